@@ -1,0 +1,613 @@
+"""e4sync.cli: the command line — argparse, rendering (text, --json, --csv) and ``main()``.
+
+Each ``cmd_<name>(args) -> int`` builds objects, calls one core function and renders what
+it returns. ``main`` holds the single ``try``: an ``E4SyncError`` becomes its ``exit_code``
+(decided in ``errors.py``) and a one-line message, never a traceback. Only this module
+prints to stdout. Imports are made inside the commands so ``e4sync --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from e4sync import __version__
+from e4sync.errors import (
+    EXIT_CODES,
+    EXIT_OK,
+    EXIT_SESSIONS_FAILED,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    ConfigError,
+    E4SyncError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from e4sync.config import AccountConfig, Config
+
+
+# -- the parser --------------------------------------------------------------------------
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Global options, accepted both before and after the command name: the sub-parsers
+    get copies whose default is SUPPRESS, so a value given after the command wins and an
+    absent one leaves the value given before it alone."""
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    parser.add_argument("--config", metavar="PATH", default=d(None),
+                        help="configuration file (default: $E4SYNC_CONFIG, else the user "
+                             "config directory's config.toml)")
+    parser.add_argument("--account", metavar="NAME", default=d(None),
+                        help="act on this account only")
+    parser.add_argument("--base-url", metavar="URL", default=d(None),
+                        help="E4 Connect address, overriding the account's base_url")
+    parser.add_argument("-v", "--verbose", action="count", default=d(0),
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=d(False),
+                        help="only warnings and errors")
+    parser.add_argument("--dry-run", action="store_true", default=d(False),
+                        help="say what would be downloaded or deleted; change nothing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    exit_status = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="e4sync",
+        description="Keep a local, verified, dated archive of every Empatica E4 session "
+                    "stored on E4 Connect.",
+        epilog=f"exit status:\n{exit_status}\n\nDocumentation: docs/index.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"e4sync {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _global_options(p, suppress=True)
+        p.set_defaults(func=func)
+        return p
+
+    command("run", cmd_run, "the daemon: a pass now, then every schedule.interval")
+    p = command("run-once", cmd_run_once, "one sync pass over every account, then exit")
+    p.add_argument("--json", action="store_true", help="print the pass report as JSON")
+    p = command("status", cmd_status, "per account: last pass, counts per state, failures")
+    p.add_argument("--json", action="store_true")
+    p = command("sessions", cmd_sessions, "the remote session list, with each local state")
+    _format_options(p)
+    p = command("devices", cmd_devices, "purchased devices")
+    _format_options(p)
+    command("whoami", cmd_whoami, "the account's user id")
+    p = command("download", cmd_download, "one session, verified, outside the archive")
+    p.add_argument("session_id", metavar="ID")
+    p.add_argument("-o", "--output", metavar="PATH", default=".",
+                   help="file or directory (default: the current directory)")
+    p = command("remove", cmd_remove, "remove a remote session that has a verified local copy")
+    p.add_argument("session_id", metavar="ID")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--force", action="store_true",
+                   help="remove even without a verified local copy (the recording may be lost)")
+    p = command("verify", cmd_verify, "re-hash the archive against the state database")
+    p.add_argument("--json", action="store_true")
+    p = command("retry", cmd_retry, "clear back-off so failed sessions are tried next pass")
+    p.add_argument("session_id", metavar="ID", nargs="?")
+    p.add_argument("--all", action="store_true", help="every failed or waiting session")
+    p = command("reindex", cmd_reindex, "rebuild the state database from the sidecar files")
+    p.add_argument("--no-rehash", action="store_true",
+                   help="trust the sidecars' sha256 instead of re-reading every file")
+    p = command("db", cmd_db, "state database maintenance")
+    p.add_argument("action", choices=["upgrade"], help="apply schema migrations")
+    p = command("config", cmd_config, "check or show the configuration")
+    p.add_argument("action", choices=["check", "show"])
+    p.add_argument("--json", action="store_true")
+    p = command("doctor", cmd_doctor,
+                "check each account's password source and login, and the directories")
+    p.add_argument("--json", action="store_true")
+    p = command("simulate", cmd_simulate, "run the E4 Connect simulator on 127.0.0.1")
+    from e4sync.simulator.cli import add_arguments
+
+    add_arguments(p)
+    p = command("demo", cmd_demo,
+                "start the simulator, sync it into a fresh folder, show the tree and status")
+    p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)")
+    p.add_argument("--sessions", type=int, default=6)
+    p = command("accounts", cmd_accounts, "import an e4client users file (email:password)")
+    p.add_argument("action", choices=["import"])
+    p.add_argument("users_file", metavar="FILE")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="folder for the password files (created 0700, files 0600)")
+    return parser
+
+
+def _format_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true")
+    group.add_argument("--csv", action="store_true")
+
+
+# -- shared helpers ----------------------------------------------------------------------
+
+
+def load(args: argparse.Namespace) -> Config:
+    import dataclasses
+
+    from e4sync.config import load_config
+
+    cfg = load_config(args.config)
+    if args.base_url:
+        # The client validates the URL (http(s) only, plain http only on loopback).
+        accounts = tuple(dataclasses.replace(a, base_url=args.base_url.rstrip("/"))
+                         for a in cfg.accounts)
+        cfg = dataclasses.replace(cfg, accounts=accounts)
+    if args.account:
+        names = [a.name for a in cfg.accounts]
+        if args.account not in names:
+            raise UsageError(f"--account {args.account}: no such account (configured: "
+                             f"{', '.join(names) or 'none'})")
+        cfg = dataclasses.replace(
+            cfg, accounts=tuple(a for a in cfg.accounts if a.name == args.account))
+    return cfg
+
+
+def one_account(cfg: Config) -> AccountConfig:
+    if len(cfg.accounts) != 1:
+        names = ", ".join(a.name for a in cfg.accounts)
+        raise UsageError(f"several accounts are configured ({names}): choose one with --account")
+    return cfg.accounts[0]
+
+
+def open_state(cfg: Config):
+    from e4sync.state.db import default_sqlite_url, open_db
+
+    return open_db(cfg.state.url or default_sqlite_url(cfg.state.dir))
+
+
+def make_client(cfg: Config, account: AccountConfig):
+    from e4sync.client import E4Connect
+    from e4sync.credentials import password_provider
+
+    return E4Connect(account.username, base_url=account.base_url,
+                     password_provider=password_provider(account),
+                     timeout=cfg.download.timeout, connect_timeout=cfg.download.connect_timeout)
+
+
+def session_id_arg(text: str) -> str:
+    text = text.strip()
+    if not text.isdigit() or not text.isascii():
+        raise UsageError(f"session id must be a number, got {text!r}")
+    return text
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def print_json(data: Any) -> None:
+    out(json.dumps(data, indent=2))
+
+
+def print_table(rows: list[dict], columns: list[str], as_csv: bool) -> None:
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
+    out("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for r in rows:
+        out("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_run_once(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from e4sync.sync import run_pass
+
+    cfg = load(args)
+    engine = open_state(cfg)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    progress = _Progress() if sys.stderr.isatty() and not args.quiet else None
+    report = run_pass(cfg, engine, dry_run=args.dry_run, stop=stop,
+                      on_progress=progress.tick if progress else None)
+    if progress:
+        progress.done()
+    if args.json:
+        print_json(_report_dict(report))
+    else:
+        _print_report(report)
+    engine.dispose()
+    if received:
+        return EXIT_SIGTERM if received[0] == signal.SIGTERM else EXIT_SIGINT
+    return report.exit_code
+
+
+class _Progress:
+    """A one-line counter on a terminal; logs stay one line per session everywhere else."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def tick(self, _what: str) -> None:
+        self.count += 1
+        sys.stderr.write(f"\r\x1b[K{self.count} sessions handled")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.count:
+            sys.stderr.write("\n")
+
+
+def _report_dict(report) -> dict:
+    import dataclasses
+
+    from e4sync.sync import iso
+
+    return {"schema": 1, "started": iso(report.started_at), "finished": iso(report.finished_at),
+            "dry_run": report.dry_run, "interrupted": report.interrupted,
+            "exit_code": report.exit_code,
+            "accounts": [dataclasses.asdict(a) for a in report.accounts]}
+
+
+def _print_report(report) -> None:
+    for a in report.accounts:
+        if a.skipped:
+            out(f"{a.name}: skipped ({a.skipped})")
+            continue
+        line = (f"{a.name}: {a.listed} listed, {a.new} new, {a.downloaded} downloaded "
+                f"({a.bytes / 1e6:.1f} MB), {a.failed} failed, {a.deleted} deleted remotely")
+        if a.gone:
+            line += f", {a.gone} vanished from the platform"
+        out(line)
+        if report.dry_run:
+            out(f"  would download: {' '.join(a.would_download) or 'nothing'}")
+            out(f"  would delete:   {' '.join(a.would_delete) or 'nothing'}")
+        for error in a.errors[:20]:
+            out(f"  error: {error}")
+        if len(a.errors) > 20:
+            out(f"  ... and {len(a.errors) - 20} more errors (see `e4sync status`)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from e4sync.daemon import Daemon, check_logins
+    from e4sync.state.db import make_worker_id
+    from e4sync.sync import default_source_factory
+
+    cfg = load(args)
+    engine = open_state(cfg)
+    factory = default_source_factory(cfg)
+    daemon = Daemon(cfg, engine, worker_id=make_worker_id(), source_factory=factory)
+    return daemon.run(check_login=lambda: check_logins(cfg, factory))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from e4sync.maintenance import status_report
+
+    cfg = load(args)
+    engine = open_state(cfg)
+    names = [a.name for a in cfg.accounts] if args.account else None
+    report = status_report(engine, names)
+    if args.json:
+        print_json(report)
+        return EXIT_OK
+    if not report["accounts"]:
+        out("no pass has run yet: try `e4sync run-once`")
+    for a in report["accounts"]:
+        c = a["counts"]
+        health = "ok" if a["healthy"] else "NOT OK"
+        out(f"{a['name']} (user {a['user_id'] or '?'}): {health}")
+        out("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        out(f"  archive: {a['archive_bytes'] / 1e6:.1f} MB")
+        p = a["last_pass"]
+        if p:
+            out(f"  last pass: {p['finished'] or p['started']}, {p['downloaded']} downloaded, "
+                f"{p['failed']} failed, {p['deleted']} deleted")
+        if a["last_error"]:
+            out(f"  last error: {a['last_error']}")
+        for f in a["failures"][:10]:
+            out(f"  session {f['session_id']}: {f['state']}, {f['attempts']} attempts, "
+                f"next {f['next_attempt'] or 'after `e4sync retry`'}: {f['last_error']}")
+    for w in report["workers"]:
+        stale = " (stale)" if w["stale"] else ""
+        out(f"worker {w['id']}: {w['current'] or 'idle'}, last seen {w['heartbeat']}{stale}")
+    return EXIT_OK
+
+
+SESSION_COLUMNS = ["id", "start_time", "start", "duration", "device_id", "label", "device",
+                   "status", "exit_code", "local_state"]
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from e4sync.source import parse_item
+    from e4sync.state.models import Account
+    from e4sync.state.models import Session as SessionRow
+
+    cfg = load(args)
+    account = one_account(cfg)
+    with make_client(cfg, account) as client:
+        rows = client.sessions_list()
+    local: dict[str, str] = {}
+    with contextlib.suppress(E4SyncError):
+        engine = open_state(cfg)
+        with engine.connect() as conn:
+            local = dict(conn.execute(
+                select(SessionRow.remote_id, SessionRow.state)
+                .join(Account, Account.id == SessionRow.account_id)
+                .where(Account.name == account.name)).all())
+        engine.dispose()
+    table = []
+    for row in rows:
+        item = parse_item(row)
+        entry = {k: row.get(k) for k in SESSION_COLUMNS if k in row}
+        if item is not None:
+            entry["start"] = dt.datetime.fromtimestamp(item.start_time, dt.UTC).isoformat()
+            entry["local_state"] = local.get(item.id, "")
+        table.append(entry)
+    table.sort(key=lambda r: str(r.get("start_time", "")))
+    if args.json:
+        print_json(table)
+    else:
+        print_table(table, SESSION_COLUMNS, args.csv)
+    return EXIT_OK
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    with make_client(cfg, one_account(cfg)) as client:
+        devices = client.purchased_devices()
+    if args.json:
+        print_json(devices)
+    else:
+        print_table(devices, ["device_id", "label", "model", "hardware_code", "purchase_code",
+                              "purchase_id"], args.csv)
+    return EXIT_OK
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    account = one_account(cfg)
+    with make_client(cfg, account) as client:
+        out(client.user_id())
+    return EXIT_OK
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    session_id = session_id_arg(args.session_id)
+    cfg = load(args)
+    with make_client(cfg, one_account(cfg)) as client:
+        path = client.download_session(session_id, args.output)
+    out(str(path))
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from e4sync.archive import Archive
+    from e4sync.state.models import VERIFIED, Account
+    from e4sync.state.models import Session as SessionRow
+    from e4sync.verify import sha256_file
+
+    session_id = session_id_arg(args.session_id)
+    cfg = load(args)
+    account = one_account(cfg)
+    engine = open_state(cfg)
+    with engine.connect() as conn:
+        row = conn.execute(select(SessionRow.state, SessionRow.local_path, SessionRow.sha256)
+                           .join(Account, Account.id == SessionRow.account_id)
+                           .where(Account.name == account.name,
+                                  SessionRow.remote_id == session_id)).first()
+    engine.dispose()
+    proof = "no verified local copy is recorded"
+    if row is not None and row.state == VERIFIED and row.local_path:
+        path = Archive(cfg.archive.root).resolve(row.local_path)
+        try:
+            proof = "" if sha256_file(path)[1] == row.sha256 else f"{path} has changed on disk"
+        except OSError as exc:
+            proof = f"{path} cannot be read ({exc.strerror})"
+    if proof and not args.force:
+        raise UsageError(f"refusing to remove session {session_id}: {proof} "
+                         "(run `e4sync run-once` first, or use --force to remove it anyway)")
+    if args.dry_run:
+        out(f"dry run: would remove remote session {session_id}")
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("not on a terminal: add --yes to confirm the removal")
+        answer = input(f"Remove session {session_id} from E4 Connect? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            out("not removed")
+            return EXIT_OK
+    with make_client(cfg, account) as client:
+        client.remove_session(session_id)
+    out(f"removed remote session {session_id}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from e4sync.archive import Archive
+    from e4sync.maintenance import verify_archive
+
+    cfg = load(args)
+    engine = open_state(cfg)
+    names = [a.name for a in cfg.accounts] if args.account else None
+    report = verify_archive(engine, Archive(cfg.archive.root), names)
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        for kind in ("missing", "changed", "unreadable"):
+            for path in getattr(report, kind):
+                out(f"{kind}: {path}")
+        out(f"{report.checked} files checked, {report.ok} match the state database")
+    return EXIT_OK if report.clean else EXIT_SESSIONS_FAILED
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from e4sync.maintenance import retry
+
+    if bool(args.session_id) == bool(args.all):
+        raise UsageError("retry needs a session ID or --all")
+    cfg = load(args)
+    ids = None if args.all else [session_id_arg(args.session_id)]
+    names = [a.name for a in cfg.accounts] if args.account else None
+    count = retry(open_state(cfg), ids, names)
+    out(f"{count} session(s) will be tried on the next pass")
+    return EXIT_OK
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from e4sync.archive import Archive
+    from e4sync.maintenance import reindex
+
+    cfg = load(args)
+    result = reindex(open_state(cfg), Archive(cfg.archive.root), rehash=not args.no_rehash)
+    out(f"{result.sidecars} sidecars read: {result.added} sessions added, "
+        f"{result.updated} updated")
+    for path in result.missing_zip:
+        out(f"missing: {path} (its sidecar exists, the ZIP does not)")
+    for problem in result.bad:
+        out(f"skipped: {problem}")
+    return EXIT_OK if not (result.missing_zip or result.bad) else EXIT_SESSIONS_FAILED
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from e4sync.state.db import current_revision
+
+    cfg = load(args)
+    engine = open_state(cfg)  # open_state migrates
+    out(f"state database at revision {current_revision(engine)}")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from e4sync.config import effective_config
+
+    cfg = load(args)
+    if args.action == "check":
+        where = cfg.path or "environment (E4_USER/E4_PWD)"
+        out(f"{where}: ok, {len(cfg.accounts)} account(s): "
+            f"{', '.join(a.name for a in cfg.accounts)}")
+        return EXIT_OK
+    shown = effective_config(cfg)
+    if args.json:
+        print_json(shown)
+    else:
+        out(_to_toml(shown))
+    return EXIT_OK
+
+
+def _to_toml(data: dict) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        if v is None:
+            return '""'
+        return json.dumps(str(v))
+
+    lines: list[str] = []
+    for section, body in data.items():
+        if isinstance(body, list):
+            for entry in body:
+                lines.append(f"[[{section}]]")
+                for k, v in entry.items():
+                    if isinstance(v, dict):
+                        continue
+                    lines.append(f"{k} = {value(v)}")
+                for k, v in entry.items():
+                    if isinstance(v, dict):
+                        lines.append(f"[{section}.{k}]")
+                        lines.extend(f"{kk} = {value(vv)}" for kk, vv in v.items())
+                lines.append("")
+        elif isinstance(body, dict):
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {value(v)}" for k, v in body.items())
+            lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from e4sync.doctor import run_checks
+
+    cfg = load(args)
+    checks = run_checks(cfg)
+    if args.json:
+        print_json({"schema": 1, "checks": checks})
+    else:
+        for c in checks:
+            out(f"[{'ok' if c['ok'] else 'FAIL'}] {c['what']}: {c['detail']}")
+    return EXIT_OK if all(c["ok"] for c in checks) else EXIT_SESSIONS_FAILED
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from e4sync.simulator.cli import run
+
+    return run(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from e4sync.demo import run_demo
+
+    return run_demo(args.dir, sessions=args.sessions, quiet=args.quiet)
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    from e4sync.credentials import import_users_file
+
+    snippet = import_users_file(args.users_file, args.out)
+    out(snippet)
+    return EXIT_OK
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from e4sync.notify import setup_logging
+
+    setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"e4sync: {line}", file=sys.stderr)
+        return exc.exit_code
+    except E4SyncError as exc:
+        print(f"e4sync: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+    except BrokenPipeError:
+        # stdout closed early (`e4sync sessions | head`): not an error worth a traceback.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SESSIONS_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

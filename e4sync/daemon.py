@@ -1,0 +1,240 @@
+"""e4sync.daemon: `e4sync run` — a pass now, then every `schedule.interval` with jitter.
+
+APScheduler 3.11's ``BackgroundScheduler`` runs the passes; the main thread owns the
+process: signal handlers that only set an event, sd_notify READY/STATUS/WATCHDOG/STOPPING,
+and the watchdog, which is pinged only while the scheduler thread is alive and the running
+pass keeps making progress (GUIDE section 1 and 4). On SIGTERM/SIGINT the stop event also
+cancels downloads between chunks, leaving their ``.part`` files to resume.
+
+Calls ``sync.run_pass``; must not import cli.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from e4sync.config import Config
+from e4sync.errors import AuthError, E4SyncError, LockBusy
+from e4sync.notify import Notifier
+from e4sync.sync import PassReport, SourceFactory, iso, run_pass
+
+log = logging.getLogger("e4sync.daemon")
+
+STALL_SECONDS = 30 * 60  # a pass with no progress this long stops the watchdog pings
+
+
+@dataclass
+class Health:
+    """What the main thread knows of the passes, updated by the pass job."""
+
+    running_since: float | None = None
+    last_progress: float = 0.0
+    last_report: PassReport | None = None
+    last_error: str = ""
+    passes: int = 0
+
+
+class Daemon:
+    def __init__(self, cfg: Config, engine: Engine, *, worker_id: str,
+                 notifier: Notifier | None = None, source_factory: SourceFactory | None = None,
+                 stop: threading.Event | None = None):
+        self.cfg = cfg
+        self.engine = engine
+        self.worker_id = worker_id
+        self.notifier = notifier or Notifier()
+        self.source_factory = source_factory
+        self.stop = stop or threading.Event()
+        self.health = Health(last_progress=time.monotonic())
+        self.scheduler = None
+        self._lock = threading.Lock()
+
+    # -- the main thread ---------------------------------------------------------------
+
+    def run(self, check_login: Callable[[], None] | None = None) -> int:
+        """Serve until a signal; return 0 on a clean stop. ``check_login`` (raising
+        ``AuthError``) runs before READY=1, so systemd sees a bad password at start-up."""
+        self._install_signals()
+        if check_login is not None:
+            check_login()
+        self.scheduler = self._start_scheduler()
+        self.notifier.ready()
+        log.info("e4sync daemon started: a pass every %s (jitter %s)",
+                 _fmt(self.cfg.schedule.interval), _fmt(self.cfg.schedule.jitter))
+        tick = self.notifier.watchdog_interval or 5.0
+        tick = max(0.2, min(tick, 5.0))
+        while not self.stop.wait(tick):
+            if self._healthy():
+                self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+        log.info("stopping: waiting for the running downloads to reach a safe point")
+        self.notifier.stopping()
+        self.scheduler.shutdown(wait=True)
+        self.engine.dispose()
+        log.info("stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _start_scheduler(self):
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            timezone=dt.UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        now = dt.datetime.now(dt.UTC)
+        scheduler.add_job(self._pass_job, "interval", id="pass",
+                          seconds=max(1.0, self.cfg.schedule.interval),
+                          jitter=int(self.cfg.schedule.jitter) or None, next_run_time=now)
+        scrub = self.cfg.archive.scrub_interval
+        if scrub:
+            scheduler.add_job(self._scrub_job, "interval", id="scrub", seconds=scrub,
+                              next_run_time=now + dt.timedelta(seconds=scrub))
+        scheduler.add_listener(
+            lambda event: log.warning("a scheduled %s was skipped: the previous one is still "
+                                      "running or the host was asleep", event.job_id),
+            EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        scheduler.start()
+        return scheduler
+
+    def _healthy(self) -> bool:
+        thread = getattr(self.scheduler, "_thread", None)
+        if thread is None or not thread.is_alive():
+            log.error("the scheduler thread died; withholding the watchdog ping")
+            return False
+        with self._lock:
+            running = self.health.running_since is not None
+            quiet = time.monotonic() - self.health.last_progress
+        if running and quiet > STALL_SECONDS:
+            log.error("the running pass has made no progress for %d s", quiet)
+            return False
+        return True
+
+    def _status_line(self) -> str:
+        job = self.scheduler.get_job("pass") if self.scheduler else None
+        next_run = job.next_run_time.strftime("%H:%M:%S") if job and job.next_run_time else "-"
+        with self._lock:
+            h = self.health
+            if h.running_since is not None:
+                return f"pass running; next {next_run}"
+            parts = [f"idle; next pass {next_run}"]
+            if h.last_report is not None:
+                r = h.last_report
+                parts.append(f"last pass {iso(r.finished_at)}: "
+                             f"{sum(a.downloaded for a in r.accounts)} downloaded, "
+                             f"{sum(a.failed for a in r.accounts)} failed")
+            if h.last_error:
+                parts.append(f"last error: {h.last_error[:120]}")
+        return "; ".join(parts)
+
+    # -- jobs (scheduler threads) ------------------------------------------------------
+
+    def _progress(self, _what: str = "") -> None:
+        with self._lock:
+            self.health.last_progress = time.monotonic()
+
+    def _pass_job(self) -> None:
+        if self.stop.is_set():
+            return
+        from e4sync.notify import ping_healthcheck
+
+        url = self.cfg.monitor.healthcheck_url
+        if url:
+            ping_healthcheck(url, "start")
+        with self._lock:
+            self.health.running_since = time.monotonic()
+            self.health.last_progress = time.monotonic()
+        report = None
+        error = ""
+        try:
+            report = run_pass(self.cfg, self.engine, stop=self.stop, worker_id=self.worker_id,
+                              source_factory=self.source_factory, on_progress=self._progress)
+            error = "; ".join(e for a in report.accounts for e in a.errors[:1])
+        except LockBusy as exc:
+            error = str(exc)
+            log.warning("pass skipped: %s", exc)
+        except E4SyncError as exc:
+            error = str(exc)
+            log.error("pass failed: %s", exc)
+        except Exception as exc:  # keep the daemon alive; the next tick tries again
+            error = f"unexpected {exc.__class__.__name__}: {exc}"
+            log.exception("pass failed unexpectedly")
+        finally:
+            with self._lock:
+                self.health.running_since = None
+                self.health.passes += 1
+                self.health.last_error = error
+                if report is not None:
+                    self.health.last_report = report
+        if url:
+            ok = report is not None and report.exit_code == 0
+            ping_healthcheck(url, "success" if ok else "fail", body=error[:1000])
+        self._write_metrics()
+
+    def _scrub_job(self) -> None:
+        from e4sync.archive import Archive
+        from e4sync.maintenance import verify_archive
+
+        result = verify_archive(self.engine, Archive(self.cfg.archive.root))
+        if result.clean:
+            log.info("scrub: %d archived files re-hashed, all match", result.checked)
+        else:
+            for kind in ("missing", "changed", "unreadable"):
+                for path in getattr(result, kind):
+                    log.error("scrub: %s: %s", kind, path)
+
+    def _write_metrics(self) -> None:
+        path = self.cfg.monitor.metrics_textfile
+        if not path:
+            return
+        try:
+            from e4sync.metrics import write_metrics
+
+            with self._lock:
+                report = self.health.last_report
+            write_metrics(path, self.engine, report)
+        except Exception as exc:  # metrics never fail a pass
+            log.warning("could not write metrics to %s: %s", path, exc)
+
+
+def check_logins(cfg: Config, source_factory: SourceFactory) -> None:
+    """Log in to every account once; raise ``AuthError`` only if none can log in because
+    the credentials were refused (a platform that is down is not a reason to exit)."""
+    refused: list[str] = []
+    for account in cfg.accounts:
+        source = None
+        try:
+            source = source_factory(account)
+            source.user_id()
+            return
+        except AuthError as exc:
+            refused.append(str(exc))
+        except E4SyncError as exc:
+            log.warning("account %s: cannot log in yet (%s); will retry each pass",
+                        account.name, exc)
+            return
+        finally:
+            if source is not None:
+                source.close()
+    if refused:
+        raise AuthError("; ".join(refused))
+
+
+def _fmt(seconds: float) -> str:
+    from e4sync.config import format_duration
+
+    return format_duration(seconds)

@@ -1,0 +1,96 @@
+"""e4sync.errors: the whole error tree, and the exit code each error means.
+
+Exit codes are decided here and nowhere else (sysexits, so systemd's
+``RestartPreventExitStatus=`` and cron wrappers can tell them apart). ``cli.main``
+turns an uncaught ``E4SyncError`` into ``exc.exit_code``. This module imports no
+other e4sync module.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SESSIONS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75
+EXIT_NOPERM = 77
+EXIT_CONFIG = 78
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+EXIT_CODES = {
+    EXIT_OK: "all went well (including nothing to do)",
+    EXIT_SESSIONS_FAILED: "one or more sessions failed this pass and will be retried",
+    EXIT_USAGE: "bad usage",
+    EXIT_TEMPFAIL: "temporary: the platform could not be reached, or another e4sync holds the lock",
+    EXIT_NOPERM: "the platform refused the credentials",
+    EXIT_CONFIG: "the configuration is wrong (the message names the file, the key and why)",
+}
+
+
+class E4SyncError(Exception):
+    """Base of every error e4sync raises on purpose; its message is meant for a person."""
+
+    exit_code = EXIT_SESSIONS_FAILED
+
+
+class UsageError(E4SyncError):
+    """The command line asks for something that cannot be done (a bad id, a bad URL)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(E4SyncError):
+    """The configuration is wrong. ``problems`` lists every problem found, each naming
+    the file and the key, so a person can fix them all in one go."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems or [message])
+        super().__init__(message if problems is None else "\n".join([message, *self.problems]))
+
+
+class AuthError(E4SyncError):
+    """The platform refused the credentials, or no password could be found. Retrying
+    will not help until a person acts."""
+
+    exit_code = EXIT_NOPERM
+
+
+class TransientError(E4SyncError):
+    """The platform could not be reached or answered 5xx/429 after every retry.
+    Safe to try again later."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class LockBusy(TransientError):
+    """Another e4sync process holds the lock on this state directory."""
+
+
+class RemoteError(E4SyncError):
+    """The platform answered, but not with what was asked for (a 404, bad JSON)."""
+
+
+class SessionNotFound(RemoteError):
+    """The platform says this session does not exist (404/410)."""
+
+
+class NotAZipError(RemoteError):
+    """A download was not a whole, valid ZIP: an HTML page, an empty or short body,
+    bad CRCs. Nothing was kept under the final name."""
+
+
+class StorageError(E4SyncError):
+    """The archive could not be written (disk full, read-only, file too large).
+    The archive is left as it was and the session stays queued for retry."""
+
+
+class VerificationError(E4SyncError):
+    """A file on disk is not what the state database recorded."""
+
+
+class Interrupted(E4SyncError):
+    """A stop was asked for (SIGTERM/SIGINT) while work was under way."""
+
+    exit_code = EXIT_SIGINT

@@ -1,0 +1,1 @@
+"""e4sync.state: the state database (models, engine, migrations, leases). Never imports client."""

@@ -1,0 +1,380 @@
+"""e4sync.state.db: the engine, its connection rules, schema upgrades, and account leases.
+
+Owns how e4sync talks to its state database: the SQLite pragmas and transaction mode, the
+PostgreSQL pool settings, running the shipped Alembic migrations at start (idempotent, safe
+when several workers start at once), sessions, and the time-limited leases by which workers
+divide the accounts among themselves (SPEC section 7).
+
+Transactions on SQLite start with ``BEGIN IMMEDIATE``: a writer takes the lock up front and
+waits (busy timeout) instead of failing half-way. So keep transactions short, never hold one
+open across a download, and never call a function here while the same thread holds another
+transaction open (it would wait for itself). Readers that may overlap a transaction use
+``engine.execution_options(sqlite_begin="DEFERRED")``; other processes' readers are never
+blocked (WAL).
+
+Times are float unix seconds from the calling worker's clock: hosts sharing a PostgreSQL
+database must keep their clocks in sync (NTP), or leases expire early or late.
+
+Imports only ``e4sync.state.models`` and ``e4sync.errors`` from e4sync; never the client,
+the archive or sync.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from e4sync.errors import StorageError
+from e4sync.state import models
+
+# Session-level advisory lock key that serialises migrations among workers on one PostgreSQL
+# database: the bytes "E4SYNC" read as an integer (fits a bigint).
+PG_MIGRATION_LOCK_KEY = 0x453453594E43
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# Execution option naming the BEGIN a SQLite transaction uses. Writes need IMMEDIATE (the
+# default) so the write lock is taken up front, not half-way with SQLITE_BUSY; a pure reader
+# may pass ``conn.execution_options(sqlite_begin="DEFERRED")`` to never wait for writers.
+SQLITE_BEGIN_OPTION = "sqlite_begin"
+
+
+def default_sqlite_url(state_dir: Path) -> str:
+    """Return the URL of the default state database, ``<state_dir>/state.db``.
+
+    Creates ``state_dir`` (mode 0700) when missing; an existing directory keeps its mode,
+    as systemd's ``StateDirectory=`` sets it.
+    """
+    state_dir = Path(state_dir).expanduser()
+    if not state_dir.is_dir():
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+    return f"sqlite:///{(state_dir.resolve() / 'state.db').as_posix()}"
+
+
+def _is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    """Return an engine for ``url`` with e4sync's connection rules.
+
+    SQLite: WAL, ``busy_timeout`` 10 s, foreign keys on, ``synchronous=NORMAL``, all set per
+    connection by a listener on this engine only. Python 3.11's sqlite3 opens transactions on
+    its own schedule (and has no ``autocommit`` attribute), so the driver is put in autocommit
+    mode and the engine emits its own ``BEGIN IMMEDIATE`` (the SQLAlchemy recipe).
+    PostgreSQL: ``pool_pre_ping`` so a restarted server does not fail the next pass.
+    """
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        kwargs: dict[str, Any] = {}
+        if sa_url.get_backend_name() == "postgresql":
+            kwargs["pool_pre_ping"] = True
+        return sa.create_engine(sa_url, **kwargs)
+
+    engine = sa.create_engine(
+        sa_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver level: BEGIN comes only from the listener below.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        if mode not in ("IMMEDIATE", "DEFERRED", "EXCLUSIVE"):
+            raise ValueError(f"bad {SQLITE_BEGIN_OPTION} execution option: {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _script_location() -> str:
+    """The folder of the shipped migrations: ``e4sync.migrations`` when installed (wheel or
+    editable), else the source tree's top-level ``migrations/`` (a plain checkout)."""
+    try:
+        path = Path(str(importlib.resources.files("e4sync.migrations")))
+    except ModuleNotFoundError:
+        path = Path(__file__).resolve().parents[2] / "migrations"
+    if not (path / "env.py").is_file():
+        raise StorageError(f"the database migrations are missing (looked in {path})")
+    return str(path)
+
+
+def _alembic_config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    # Config values pass through ConfigParser interpolation: a '%' in the path must be doubled.
+    cfg.set_main_option("script_location", _script_location().replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """Return the newest revision the shipped migrations know."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise StorageError("the shipped database migrations have no revision")
+    return head
+
+
+def _revision_on(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """Return the revision the database is at, or None for a database never migrated."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+        try:
+            return _revision_on(conn)
+        finally:
+            conn.rollback()
+
+
+@contextmanager
+def _sqlite_foreign_keys_off(conn: Connection) -> Iterator[None]:
+    # PRAGMA foreign_keys is ignored inside a transaction, so it goes straight to the driver
+    # connection before SQLAlchemy's BEGIN; batch "move and copy" migrations need it off.
+    raw = conn.connection.dbapi_connection
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
+def _upgrade_sqlite(engine: Engine) -> None:
+    with engine.connect() as conn, _sqlite_foreign_keys_off(conn):
+        with conn.begin():
+            command.upgrade(_alembic_config(conn), "head")
+            # With enforcement off, check by hand that the migration left no dangling key.
+            bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if bad:
+                raise StorageError(f"a migration left {len(bad)} broken foreign key(s): {bad[:3]}")
+
+
+def _upgrade_postgresql(engine: Engine, head: str) -> None:
+    # The advisory lock lives on its own connection, in autocommit, so that the migration's
+    # transaction on the other connection can fail and roll back without losing the lock.
+    with engine.connect() as lock_conn:
+        lock_conn = lock_conn.execution_options(isolation_level="AUTOCOMMIT")
+        lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK_KEY})
+        try:
+            with engine.begin() as conn:
+                # Another worker may have migrated while this one waited for the lock.
+                if _revision_on(conn) != head:
+                    command.upgrade(_alembic_config(conn), "head")
+        finally:
+            lock_conn.execute(
+                sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK_KEY}
+            )
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to the newest shipped revision; a no-op when it is there already.
+
+    SQLite: one transaction, foreign keys off while it runs. PostgreSQL: under a session-level
+    advisory lock, so workers starting together migrate once (not safe behind PgBouncer in
+    transaction pooling mode: migrate with ``e4sync db upgrade`` there).
+    """
+    head = head_revision()
+    if current_revision(engine) == head:
+        return
+    if _is_sqlite(engine):
+        _upgrade_sqlite(engine)
+    elif engine.dialect.name == "postgresql":
+        _upgrade_postgresql(engine, head)
+    else:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "head")
+
+
+def open_db(url: str) -> Engine:
+    """Return an engine for ``url`` whose schema is at the newest revision."""
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def sessionmaker_for(engine: Engine) -> sessionmaker[Session]:
+    """Return a Session factory for ``engine``; objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def ensure_account(db: Session, name: str, username: str, base_url: str) -> models.Account:
+    """Return the account row called ``name``, creating it if missing and bringing
+    ``username`` and ``base_url`` up to date. Flushes; the caller commits."""
+    account = db.scalars(select(models.Account).where(models.Account.name == name)).one_or_none()
+    if account is None:
+        account = models.Account(name=name, username=username, base_url=base_url)
+        db.add(account)
+    else:
+        if account.username != username:
+            account.username = username
+        if account.base_url != base_url:
+            account.base_url = base_url
+    db.flush()
+    return account
+
+
+# --- leases -----------------------------------------------------------------------------------
+
+
+def make_worker_id() -> str:
+    """Return a new worker id, ``<hostname>:<pid>:<random>``: unique per process start, and
+    readable in ``status`` so a person can tell which host holds a lease."""
+    host = socket.gethostname()[:150] or "localhost"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def claim_accounts(
+    engine: Engine,
+    worker_id: str,
+    names: Sequence[str],
+    lease_seconds: float,
+    now: float | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """Take or renew the lease on each named account that is free, and return the names
+    taken (sorted, those this worker already held first when ``limit`` cuts).
+
+    Free means: no owner, an expired lease, or this worker's own lease (a worker never counts
+    its own lease as stale; claiming again renews it). Accounts without a row are skipped:
+    create them with ``ensure_account`` first. Atomic: on PostgreSQL the rows are locked with
+    ``FOR UPDATE SKIP LOCKED`` (a row another worker is claiming is skipped, not waited for);
+    on SQLite ``BEGIN IMMEDIATE`` lets one writer at a time in.
+    """
+    if not names or (limit is not None and limit <= 0):
+        return []
+    now = time.time() if now is None else now
+    acc = models.Account
+    own_first = sa.case((acc.lease_owner == worker_id, 0), else_=1)
+    stmt = (
+        select(acc.id, acc.name)
+        .where(
+            acc.name.in_(list(names)),
+            or_(
+                acc.lease_owner.is_(None),
+                acc.lease_until.is_(None),
+                acc.lease_until < now,
+                acc.lease_owner == worker_id,
+            ),
+        )
+        .order_by(own_first, acc.name)
+        .with_for_update(skip_locked=True)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    with engine.begin() as conn:
+        rows = conn.execute(stmt).all()
+        if rows:
+            conn.execute(
+                update(acc)
+                .where(acc.id.in_([r.id for r in rows]))
+                .values(lease_owner=worker_id, lease_until=now + lease_seconds)
+            )
+    return sorted(r.name for r in rows)
+
+
+def renew_leases(
+    engine: Engine,
+    worker_id: str,
+    names: Sequence[str],
+    lease_seconds: float,
+    now: float | None = None,
+) -> list[str]:
+    """Extend this worker's leases on ``names`` and return those it still holds.
+
+    A name missing from the result is a lost lease (another worker took it after it expired):
+    the caller must stop working on that account before its next remote delete. A lease that
+    expired but was not taken by anyone is still this worker's and is renewed.
+    """
+    if not names:
+        return []
+    now = time.time() if now is None else now
+    acc = models.Account
+    mine = (acc.name.in_(list(names)), acc.lease_owner == worker_id)
+    with engine.begin() as conn:
+        conn.execute(update(acc).where(*mine).values(lease_until=now + lease_seconds))
+        held = conn.execute(select(acc.name).where(*mine)).scalars().all()
+    return sorted(held)
+
+
+def release_leases(engine: Engine, worker_id: str, names: Sequence[str] | None = None) -> None:
+    """Give up this worker's leases on ``names`` (all of them when None); other workers'
+    leases are never touched."""
+    acc = models.Account
+    stmt = update(acc).where(acc.lease_owner == worker_id)
+    if names is not None:
+        if not names:
+            return
+        stmt = stmt.where(acc.name.in_(list(names)))
+    with engine.begin() as conn:
+        conn.execute(stmt.values(lease_owner=None, lease_until=None))
+
+
+def heartbeat(engine: Engine, worker_id: str, current: str = "") -> None:
+    """Record that this worker is alive and what it is doing (insert or update its row)."""
+    now = time.time()
+    w = models.Worker
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(w).where(w.id == worker_id).values(heartbeat_at=now, current=current)
+        ).rowcount
+        if not done:
+            # Only this process writes its own row, so no other insert can race this one.
+            conn.execute(
+                sa.insert(w).values(
+                    id=worker_id,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                    current=current,
+                )
+            )
+
+
+def remove_worker(engine: Engine, worker_id: str) -> None:
+    """Forget this worker at a clean stop: delete its heartbeat row and release every lease
+    it still holds, so other workers need not wait for them to expire."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(models.Worker).where(models.Worker.id == worker_id))
+        conn.execute(
+            update(models.Account)
+            .where(models.Account.lease_owner == worker_id)
+            .values(lease_owner=None, lease_until=None)
+        )

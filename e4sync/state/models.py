@@ -1,0 +1,156 @@
+"""e4sync.state.models: the tables of the state database, and the session states.
+
+Times are stored as float unix seconds (UTC): the same on SQLite and PostgreSQL,
+with no time-zone conversions to get wrong. This module imports only SQLAlchemy;
+the migrations in the top-level ``migrations/`` import it and nothing else.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints, so Alembic's batch mode on SQLite can drop and recreate them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Session states (SPEC section 6).
+NEW = "new"
+DOWNLOADING = "downloading"
+VERIFIED = "verified"
+REMOTE_DELETED = "remote_deleted"
+FAILED = "failed"
+REMOTE_GONE = "remote_gone"
+STATES = (NEW, DOWNLOADING, VERIFIED, REMOTE_DELETED, FAILED, REMOTE_GONE)
+# States whose session still has to be fetched.
+DUE_STATES = (NEW, DOWNLOADING)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Account(Base):
+    """One E4 Connect account, named in the configuration. The lease columns say which
+    worker serves it now: the platform allows one live login per account."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    username: Mapped[str] = mapped_column(String(320), default="")
+    base_url: Mapped[str] = mapped_column(String(2000), default="")
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    last_listed_at: Mapped[float | None] = mapped_column(Float)
+    last_ok_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Session(Base):
+    """One recording as the platform lists it, and where its local copy stands."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        UniqueConstraint("account_id", "remote_id", name="uq_sessions_account_remote"),
+        Index("ix_sessions_account_state", "account_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    remote_id: Mapped[str] = mapped_column(String(64))
+    # Remote metadata, coerced from the platform's strings.
+    start_time: Mapped[int] = mapped_column(Integer, default=0)
+    duration: Mapped[float] = mapped_column(Float, default=0.0)
+    device_id: Mapped[str] = mapped_column(String(64), default="")
+    label: Mapped[str] = mapped_column(String(200), default="")
+    device: Mapped[str] = mapped_column(String(200), default="")
+    # The row exactly as listed (JSON), and a digest of it to notice changes cheaply.
+    remote_json: Mapped[str] = mapped_column(Text, default="{}")
+    metadata_hash: Mapped[str] = mapped_column(String(64), default="")
+    # Where the local copy stands.
+    state: Mapped[str] = mapped_column(String(20), default=NEW)
+    local_path: Mapped[str | None] = mapped_column(Text)  # relative to the archive root
+    size: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    # metadata_hash at download time: a deletion needs it unchanged (SPEC section 6).
+    downloaded_metadata_hash: Mapped[str | None] = mapped_column(String(64))
+    first_seen_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_seen_at: Mapped[float | None] = mapped_column(Float)
+    downloaded_at: Mapped[float | None] = mapped_column(Float)
+    verified_at: Mapped[float | None] = mapped_column(Float)
+    remote_deleted_at: Mapped[float | None] = mapped_column(Float)
+    gone_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Pass(Base):
+    """The summary of one sync pass over one account."""
+
+    __tablename__ = "passes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    worker: Mapped[str] = mapped_column(String(200), default="")
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    listed: Mapped[int] = mapped_column(Integer, default=0)
+    new: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    downloaded: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    deleted: Mapped[int] = mapped_column(Integer, default=0)
+    gone: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[str] = mapped_column(Text, default="")  # one line per error
+
+
+class Deletion(Base):
+    """The append-only deletion ledger: written before a remote delete is sent, marked
+    confirmed only once a fresh listing no longer shows the session."""
+
+    __tablename__ = "deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    remote_id: Mapped[str] = mapped_column(String(64))
+    local_path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[float] = mapped_column(Float)
+    confirmed_at: Mapped[float | None] = mapped_column(Float)
+    result: Mapped[str] = mapped_column(String(40), default="requested")
+    e4sync_version: Mapped[str] = mapped_column(String(40))
+
+
+class Worker(Base):
+    """A running e4sync process and its heartbeat, so stale leases and dead workers show."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    current: Mapped[str] = mapped_column(Text, default="")  # what it is doing now

@@ -1,0 +1,1 @@
+"""e4sync.migrations.versions: one module per schema revision (Alembic loads them by file)."""

@@ -1,0 +1,100 @@
+"""Shared fixtures: a loopback simulator, a configuration in tmp_path, the CLI in-process.
+
+Nothing here is a mock: the simulator is the real server code on 127.0.0.1, the state
+database a real SQLite file, the archive a real folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+@pytest.fixture
+def sim():
+    from e4sync.simulator import Simulator
+
+    with Simulator(port=0, seed=1, sessions=5) as server:
+        yield server
+
+
+@dataclass
+class Setup:
+    """A configuration in tmp_path that points at a simulator."""
+
+    dir: Path
+    config: Path
+    archive: Path
+    state: Path
+    password_file: Path
+
+    def write(self, base_url: str, *, extra: str = "", accounts: list[tuple[str, str, str]]
+              | None = None, account_extra: str = "") -> Path:
+        accounts = accounts or [("lab", "demo@example.org", "demo")]
+        text = (f'[archive]\nroot = "{self.archive}"\n\n[state]\ndir = "{self.state}"\n\n'
+                f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n{extra}\n')
+        for name, user, password in accounts:
+            pw = self.dir / f"{name}.password"
+            fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            text += (f'[[account]]\nname = "{name}"\nusername = "{user}"\n'
+                     f'password_file = "{pw}"\nbase_url = "{base_url}"\n{account_extra}\n')
+        self.config.write_text(text)
+        return self.config
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(dir=tmp_path, config=tmp_path / "config.toml", archive=tmp_path / "archive",
+                 state=tmp_path / "state", password_file=tmp_path / "lab.password")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run ``e4sync`` in-process (borg's ``cmd()``) and assert its exit code."""
+    from e4sync import cli
+
+    # Keep the developer's own configuration and credentials out of the tests.
+    for var in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET",
+                "JOURNAL_STREAM"):
+        monkeypatch.delenv(var, raising=False)
+
+    def run(*argv: str, exit_code: int | None = 0) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 2
+        captured = capsys.readouterr()
+        result = CliResult(code, captured.out, captured.err)
+        if exit_code is not None:
+            assert code == exit_code, f"exit {code}, wanted {exit_code}\n{result.out}\n{result.err}"
+        return result
+
+    return run
+
+
+def e4sync_cmd(*argv: str, env: dict | None = None, timeout: float = 120,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m e4sync`` as a separate process."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "e4sync", *argv], env=full_env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -1,0 +1,346 @@
+"""Tests for e4sync.state.db on real SQLite files: migrations, pragmas, transactions, leases.
+
+Nothing is mocked; time is moved with the ``now=`` argument the lease functions take.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from e4sync.state import db, models
+
+TABLES = {"accounts", "sessions", "passes", "deletions", "workers"}
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return db.default_sqlite_url(tmp_path / "state")
+
+
+@pytest.fixture
+def engine(url: str):
+    eng = db.open_db(url)
+    yield eng
+    eng.dispose()
+
+
+def add_accounts(engine: sa.Engine, *names: str) -> None:
+    with db.sessionmaker_for(engine)() as s:
+        for name in names:
+            db.ensure_account(s, name, f"{name}@lab", "http://127.0.0.1:1")
+        s.commit()
+
+
+def leases(engine: sa.Engine) -> dict[str, tuple[str | None, float | None]]:
+    acc = models.Account
+    with engine.connect() as c:
+        rows = c.execute(sa.select(acc.name, acc.lease_owner, acc.lease_until)).all()
+    return {r.name: (r.lease_owner, r.lease_until) for r in rows}
+
+
+# --- engine and migrations --------------------------------------------------------------------
+
+
+def test_default_sqlite_url_creates_private_dir(tmp_path: Path) -> None:
+    state = tmp_path / "a" / "b"
+    url = db.default_sqlite_url(state)
+    assert url == f"sqlite:///{state.resolve()}/state.db"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_default_sqlite_url_keeps_mode_of_existing_dir(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir(mode=0o750)
+    os.chmod(state, 0o750)
+    db.default_sqlite_url(state)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750
+
+
+def test_new_file_migrates_to_head(url: str, tmp_path: Path) -> None:
+    engine = db.open_db(url)
+    try:
+        assert set(sa.inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
+        assert db.current_revision(engine) == db.head_revision() == "0001"
+        idx = {i["name"] for i in sa.inspect(engine).get_indexes("sessions")}
+        assert "ix_sessions_account_state" in idx
+    finally:
+        engine.dispose()
+    assert (tmp_path / "state" / "state.db").is_file()
+
+
+def test_current_revision_of_empty_database(url: str) -> None:
+    engine = db.make_engine(url)
+    try:
+        assert db.current_revision(engine) is None
+    finally:
+        engine.dispose()
+
+
+def test_pragmas_on_every_connection(engine: sa.Engine) -> None:
+    # Two connections at once: both must come out of the pool configured, including the one
+    # that ran the migration with foreign keys switched off. The second reads with a deferred
+    # BEGIN: two IMMEDIATE transactions in one thread would wait on each other.
+    reader = engine.execution_options(sqlite_begin="DEFERRED")
+    with engine.connect() as c1, reader.connect() as c2:
+        for c in (c1, c2):
+            get = c.exec_driver_sql
+            assert get("PRAGMA journal_mode").scalar() == "wal"
+            assert get("PRAGMA foreign_keys").scalar() == 1
+            assert get("PRAGMA busy_timeout").scalar() == 10000
+            assert get("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_foreign_keys_are_enforced(engine: sa.Engine) -> None:
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.sessionmaker_for(engine)() as s:
+            s.add(models.Session(account_id=999, remote_id="1"))
+            s.commit()
+
+
+def test_listeners_stay_on_their_engine(engine: sa.Engine, tmp_path: Path) -> None:
+    # A plain engine made elsewhere must not inherit e4sync's pragmas (listener scope).
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        with other.connect() as c:
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+    finally:
+        other.dispose()
+
+
+def test_writes_take_the_lock_at_begin(engine: sa.Engine, url: str) -> None:
+    db_file = sa.make_url(url).database
+    with engine.begin() as conn:
+        conn.execute(sa.select(1))  # no write yet: BEGIN IMMEDIATE already holds the lock
+        other = sqlite3.connect(db_file, timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            # WAL readers are not blocked by the writer.
+            assert other.execute("SELECT count(*) FROM accounts").fetchone() == (0,)
+        finally:
+            other.close()
+
+
+def test_deferred_reader_option(engine: sa.Engine, url: str) -> None:
+    db_file = sa.make_url(url).database
+    other = sqlite3.connect(db_file, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process is writing
+        with engine.connect() as conn:
+            conn = conn.execution_options(sqlite_begin="DEFERRED")
+            with conn.begin():
+                assert conn.execute(sa.text("SELECT count(*) FROM workers")).scalar() == 0
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_upgrade_twice_is_a_noop(engine: sa.Engine) -> None:
+    add_accounts(engine, "a")
+    db.upgrade(engine)
+    db.upgrade(engine)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
+        assert c.execute(sa.text("SELECT name FROM accounts")).all() == [("a",)]
+
+
+def test_schema_matches_models(engine: sa.Engine) -> None:
+    with engine.connect() as c:
+        mc = MigrationContext.configure(c, opts={"compare_type": True})
+        assert compare_metadata(mc, models.Base.metadata) == []
+
+
+def test_downgrade_to_base_and_back(engine: sa.Engine) -> None:
+    with engine.connect() as c, c.begin():
+        command.downgrade(db._alembic_config(c), "base")
+    assert set(sa.inspect(engine).get_table_names()) == {"alembic_version"}
+    assert db.current_revision(engine) is None
+    db.upgrade(engine)
+    assert TABLES <= set(sa.inspect(engine).get_table_names())
+
+
+def test_ensure_account_creates_then_updates(engine: sa.Engine) -> None:
+    make = db.sessionmaker_for(engine)
+    with make() as s:
+        a = db.ensure_account(s, "lab", "u1", "http://one")
+        s.commit()
+        first_id = a.id
+    with make() as s:
+        a = db.ensure_account(s, "lab", "u2", "http://two")
+        s.commit()
+    assert a.id == first_id and (a.username, a.base_url) == ("u2", "http://two")  # no expiry
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM accounts")).scalar() == 1
+
+
+# --- leases -----------------------------------------------------------------------------------
+
+
+def test_make_worker_id() -> None:
+    a, b = db.make_worker_id(), db.make_worker_id()
+    host, pid, rnd = a.split(":")
+    assert host and int(pid) == os.getpid() and len(rnd) == 6
+    assert a != b
+
+
+def test_claim_free_accounts(engine: sa.Engine) -> None:
+    add_accounts(engine, "b", "a", "c")
+    got = db.claim_accounts(engine, "w1", ["a", "b", "missing"], 60, now=1000.0)
+    assert got == ["a", "b"]
+    assert leases(engine) == {"a": ("w1", 1060.0), "b": ("w1", 1060.0), "c": (None, None)}
+
+
+def test_claim_skips_other_workers_live_lease(engine: sa.Engine) -> None:
+    add_accounts(engine, "a", "b")
+    assert db.claim_accounts(engine, "w1", ["a"], 60, now=1000.0) == ["a"]
+    assert db.claim_accounts(engine, "w2", ["a", "b"], 60, now=1059.0) == ["b"]
+    assert leases(engine)["a"] == ("w1", 1060.0)
+
+
+def test_expired_lease_is_handed_over(engine: sa.Engine) -> None:
+    add_accounts(engine, "a")
+    db.claim_accounts(engine, "w1", ["a"], 60, now=1000.0)
+    assert db.claim_accounts(engine, "w2", ["a"], 60, now=1060.5) == ["a"]
+    assert leases(engine)["a"] == ("w2", 1120.5)
+    # The old owner finds out at its next renewal, and cannot take it back while it is live.
+    assert db.renew_leases(engine, "w1", ["a"], 60, now=1061.0) == []
+    assert db.claim_accounts(engine, "w1", ["a"], 60, now=1061.0) == []
+
+
+def test_own_lease_is_never_stale(engine: sa.Engine) -> None:
+    add_accounts(engine, "a")
+    db.claim_accounts(engine, "w1", ["a"], 60, now=1000.0)
+    # Long expired, nobody took it: re-claiming renews rather than refusing.
+    assert db.claim_accounts(engine, "w1", ["a"], 60, now=5000.0) == ["a"]
+    assert leases(engine)["a"] == ("w1", 5060.0)
+    assert db.claim_accounts(engine, "w1", ["a"], 60, now=5001.0) == ["a"]
+    assert leases(engine)["a"] == ("w1", 5061.0)
+
+
+def test_claim_limit_prefers_own_leases(engine: sa.Engine) -> None:
+    add_accounts(engine, "a", "b", "c")
+    db.claim_accounts(engine, "w1", ["c"], 60, now=1000.0)
+    assert db.claim_accounts(engine, "w1", ["a", "b", "c"], 60, now=1001.0, limit=2) == ["a", "c"]
+    assert db.claim_accounts(engine, "w2", ["a", "b", "c"], 60, now=1001.0, limit=5) == ["b"]
+    assert db.claim_accounts(engine, "w3", ["a", "b", "c"], 60, now=1001.0, limit=0) == []
+    assert db.claim_accounts(engine, "w3", [], 60, now=1001.0) == []
+
+
+def test_renew_extends_only_own(engine: sa.Engine) -> None:
+    add_accounts(engine, "a", "b", "c")
+    db.claim_accounts(engine, "w1", ["a", "b"], 60, now=1000.0)
+    db.claim_accounts(engine, "w2", ["c"], 60, now=1000.0)
+    assert db.renew_leases(engine, "w1", ["a", "b", "c"], 100, now=1030.0) == ["a", "b"]
+    assert leases(engine) == {
+        "a": ("w1", 1130.0),
+        "b": ("w1", 1130.0),
+        "c": ("w2", 1060.0),
+    }
+    # Expired but untaken is still ours.
+    assert db.renew_leases(engine, "w2", ["c"], 60, now=2000.0) == ["c"]
+    assert db.renew_leases(engine, "w2", [], 60) == []
+
+
+def test_release(engine: sa.Engine) -> None:
+    add_accounts(engine, "a", "b", "c")
+    db.claim_accounts(engine, "w1", ["a", "b"], 60, now=1000.0)
+    db.claim_accounts(engine, "w2", ["c"], 60, now=1000.0)
+    db.release_leases(engine, "w1", ["a", "c"])  # c is not w1's: untouched
+    assert leases(engine) == {"a": (None, None), "b": ("w1", 1060.0), "c": ("w2", 1060.0)}
+    db.release_leases(engine, "w1", [])
+    assert leases(engine)["b"] == ("w1", 1060.0)
+    db.release_leases(engine, "w1")
+    assert leases(engine) == {"a": (None, None), "b": (None, None), "c": ("w2", 1060.0)}
+    assert db.claim_accounts(engine, "w3", ["a", "b", "c"], 60, now=1001.0) == ["a", "b"]
+
+
+def test_heartbeat_upserts(engine: sa.Engine) -> None:
+    w = models.Worker
+    before = time.time()
+    db.heartbeat(engine, "w1")
+    with engine.connect() as c:
+        first = c.execute(sa.select(w)).one()
+    assert first.id == "w1" and first.pid == os.getpid() and first.current == ""
+    assert first.host and before <= first.started_at == first.heartbeat_at <= time.time()
+    db.heartbeat(engine, "w1", current="listing lab")
+    db.heartbeat(engine, "w2")
+    with engine.connect() as c:
+        rows = {r.id: r for r in c.execute(sa.select(w))}
+    assert set(rows) == {"w1", "w2"}
+    assert rows["w1"].started_at == first.started_at
+    assert rows["w1"].heartbeat_at >= first.heartbeat_at
+    assert rows["w1"].current == "listing lab"
+
+
+def test_remove_worker_releases_its_leases(engine: sa.Engine) -> None:
+    add_accounts(engine, "a", "b")
+    db.heartbeat(engine, "w1")
+    db.heartbeat(engine, "w2")
+    db.claim_accounts(engine, "w1", ["a"], 60, now=1000.0)
+    db.claim_accounts(engine, "w2", ["b"], 60, now=1000.0)
+    db.remove_worker(engine, "w1")
+    with engine.connect() as c:
+        assert c.execute(sa.select(models.Worker.id)).scalars().all() == ["w2"]
+    assert leases(engine) == {"a": (None, None), "b": ("w2", 1060.0)}
+
+
+def test_threads_never_share_an_account(url: str, engine: sa.Engine) -> None:
+    """Workers in threads, each with its own engine as separate processes would have,
+    hammer claim/release on one SQLite file; an account must never have two holders."""
+    names = ["a", "b", "c"]
+    add_accounts(engine, *names)
+    holders: dict[str, str | None] = dict.fromkeys(names)
+    guard = threading.Lock()
+    conflicts: list[str] = []
+    errors: list[BaseException] = []
+    claims = [0]
+    start = threading.Barrier(6)
+
+    def worker(n: int) -> None:
+        me = f"w{n}"
+        eng = db.make_engine(url)
+        try:
+            start.wait()
+            for _ in range(40):
+                got = db.claim_accounts(eng, me, names, 30, limit=1)
+                with guard:
+                    for name in got:
+                        if holders[name] is not None:
+                            conflicts.append(f"{name}: {holders[name]} and {me}")
+                        holders[name] = me
+                        claims[0] += 1
+                # "Work" while holding: a renewal, which must still find the lease ours.
+                if db.renew_leases(eng, me, got, 30) != got:
+                    conflicts.append(f"{me} lost {got} while holding it")
+                with guard:
+                    # Clear the mark before the release reaches the database, so a fair
+                    # hand-over is never mistaken for a conflict.
+                    for name in got:
+                        holders[name] = None
+                db.release_leases(eng, me, got)
+        except BaseException as exc:  # reported below, with the thread's own traceback
+            errors.append(exc)
+        finally:
+            eng.dispose()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert conflicts == []
+    assert claims[0] >= 40  # the hammering really happened
+    assert all(owner is None for owner, _ in leases(engine).values())
