@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from e4sync.config import Config
-from e4sync.errors import AuthError, E4SyncError, LockBusy
+from e4sync.errors import AuthError, ConfigError, E4SyncError, LockBusy
 from e4sync.notify import Notifier
 from e4sync.sync import PassReport, SourceFactory, iso, run_pass
 
@@ -223,6 +223,8 @@ def check_logins(cfg: Config, source_factory: SourceFactory) -> None:
             return
         except AuthError as exc:
             refused.append(str(exc))
+        except ConfigError:
+            raise
         except E4SyncError as exc:
             log.warning("account %s: cannot log in yet (%s); will retry each pass",
                         account.name, exc)

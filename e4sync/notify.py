@@ -90,11 +90,15 @@ class Notifier:
         """
         if self._address is None:
             return False
-        items = list(lines)
-        for key, value in fields.items():
-            text = "1" if value is True else "0" if value is False else str(value)
-            items.append(f"{key.upper()}={text}")
-        items = [item.replace("\n", " ") for item in items]
+        try:
+            items = list(lines)
+            for key, value in fields.items():
+                text = "1" if value is True else "0" if value is False else str(value)
+                items.append(f"{key.upper()}={text}")
+            items = [item.replace("\n", " ") for item in items]
+        except Exception as exc:  # a bad argument must not take the daemon down either
+            log.warning("bad systemd notification skipped: %s", type(exc).__name__)
+            return False
         if not items:
             return False
         payload = "\n".join(items).encode("utf-8", "replace")

@@ -30,13 +30,16 @@ from sqlalchemy.orm import Session as DbSession
 from e4sync import __version__
 from e4sync.archive import Archive, LayoutFields, render_relpath
 from e4sync.config import AccountConfig, Config
+from e4sync.crashpoints import crashpoint
 from e4sync.deletion import Candidate, Rules, plan_deletions
 from e4sync.errors import (
+    EXIT_CONFIG,
     EXIT_NOPERM,
     EXIT_OK,
     EXIT_SESSIONS_FAILED,
     EXIT_TEMPFAIL,
     AuthError,
+    ConfigError,
     E4SyncError,
     Interrupted,
     LockBusy,
@@ -98,10 +101,10 @@ class PassReport:
 
     @property
     def exit_code(self) -> int:
-        """The most telling code: credentials, then an unreachable platform, then failed
-        sessions (SPEC section 3)."""
+        """The most telling code: configuration, credentials, an unreachable platform,
+        then failed sessions (SPEC section 3)."""
         codes = {a.exit_code for a in self.accounts}
-        for code in (EXIT_NOPERM, EXIT_TEMPFAIL):
+        for code in (EXIT_CONFIG, EXIT_NOPERM, EXIT_TEMPFAIL):
             if code in codes:
                 return code
         if any(a.failed or a.errors for a in self.accounts):
@@ -268,6 +271,8 @@ class AccountPass:
             if self.dry_run:
                 source = DryRunSource(source)
             self._serve(source)
+        except ConfigError as exc:
+            self._account_failed(EXIT_CONFIG, str(exc))
         except AuthError as exc:
             self._account_failed(EXIT_NOPERM, str(exc))
         except TransientError as exc:
@@ -411,6 +416,7 @@ class AccountPass:
             adopted = self._adopt_existing(relpath, item)
             if adopted is None:
                 fetched = source.fetch(item, part, cancel=self.stop)
+                crashpoint("after-fetch")
                 problems = source.verify(part, item)
                 if problems:
                     with contextlib.suppress(OSError):
@@ -420,6 +426,7 @@ class AccountPass:
                 verified_at = time.time()
                 sidecar = self._sidecar(item, relpath, size, sha256, started, verified_at)
                 self.archive.commit(part, relpath, sidecar)
+                crashpoint("after-commit")
             else:
                 size, sha256 = adopted
                 verified_at = time.time()
@@ -594,8 +601,10 @@ class AccountPass:
             db.add(entry)
             db.flush()
             ledger_id = entry.id
+        crashpoint("after-ledger")
         try:
             source.delete(row.remote_id)
+            crashpoint("after-delete")
         except SessionNotFound:
             pass  # gone already (a retried DELETE whose first answer was lost)
         except E4SyncError as exc:

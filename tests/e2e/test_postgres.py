@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -114,6 +115,46 @@ def test_four_processes_upgrade_at_once(pg_url: str) -> None:
             versions = c.execute(sa.text("SELECT version_num FROM alembic_version")).all()
         assert versions == [(db.head_revision(),)]
         assert TABLES <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_waits_for_the_migration_lock(pg_url: str) -> None:
+    """Deterministic half of the race above: while another session holds the advisory lock,
+    upgrade() must wait for it, and finish once it is released."""
+    engine = db.make_engine(pg_url)
+    key = db.PG_MIGRATION_LOCK_KEY
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            db.upgrade(engine)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    try:
+        with engine.connect() as holder:
+            holder = holder.execution_options(isolation_level="AUTOCOMMIT")
+            holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            waiting = sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            deadline = time.monotonic() + 30
+            while holder.execute(waiting).scalar() == 0:
+                assert not done.is_set(), f"upgrade did not wait for the lock: {errors}"
+                assert time.monotonic() < deadline, "upgrade never asked for the lock"
+                time.sleep(0.02)  # polling pg_locks: the server offers no event to wait on
+            assert db.current_revision(engine) is None  # nothing migrated while locked out
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            assert done.wait(timeout=60)
+        assert errors == []
+        assert db.current_revision(engine) == db.head_revision()
     finally:
         engine.dispose()
 

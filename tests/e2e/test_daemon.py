@@ -1,0 +1,154 @@
+"""`e4sync run` as systemd runs it: a real datagram socket in NOTIFY_SOCKET, WATCHDOG_USEC
+set, the password only in a CREDENTIALS_DIRECTORY, and a real SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e4sync.simulator import Faults, Simulator
+
+
+class NotifySocket:
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in m for m in self.messages):
+                return True
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        return any(text in m for m in self.messages)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def daemon_env(tmp_path: Path, notify: Path, password: str) -> dict[str, str]:
+    creds = tmp_path / "creds"
+    creds.mkdir(mode=0o700)
+    (creds / "e4sync-password").write_text(password)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "JOURNAL_STREAM")}
+    env.update(NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="2000000",
+               CREDENTIALS_DIRECTORY=str(creds))
+    return env
+
+
+def write_config(tmp_path: Path, base_url: str, interval: str = "1h") -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[archive]\nroot = "{tmp_path / "archive"}"\n[state]\ndir = "{tmp_path / "state"}"\n'
+        f'[schedule]\ninterval = "{interval}"\njitter = "0s"\n'
+        f'[[account]]\nname = "lab"\nusername = "demo@example.org"\nbase_url = "{base_url}"\n')
+    return config
+
+
+def start_daemon(config: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "e4sync", "run", "--config", str(config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_run_under_systemd_notifies_fills_the_archive_and_stops_cleanly(tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    with Simulator(port=0, seed=3, sessions=4) as sim:
+        env = daemon_env(tmp_path, notify.path, "demo")
+        proc = start_daemon(write_config(tmp_path, sim.base_url), env)
+        try:
+            assert notify.wait_for("READY=1", 30), notify.messages
+            assert notify.wait_for("WATCHDOG=1", 10), notify.messages
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if len(list((tmp_path / "archive").rglob("*.zip"))) == 4:
+                    break
+                time.sleep(0.1)
+            zips = sorted((tmp_path / "archive").rglob("*.zip"))
+            assert len(zips) == 4
+            assert notify.wait_for("STATUS=idle", 15), notify.messages
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=10)
+            assert code == 0, proc.stderr.read()
+            assert notify.wait_for("STOPPING=1", 2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            notify.close()
+        stderr = proc.stderr.read()
+        assert "demo" not in stderr.replace("demo@example.org", "")  # the password never shows
+
+
+def test_sigterm_mid_download_exits_0_within_seconds_and_keeps_the_part(tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    # One big session behind a bandwidth cap: the pass is still downloading when we stop it.
+    with Simulator(port=0, seed=3, sessions=0, faults=Faults(bandwidth=2_000_000)) as sim:
+        sim.add_session(size_bytes=40_000_000)
+        env = daemon_env(tmp_path, notify.path, "demo")
+        proc = start_daemon(write_config(tmp_path, sim.base_url), env)
+        try:
+            assert notify.wait_for("READY=1", 30), notify.messages
+            deadline = time.monotonic() + 30
+            parts: list[Path] = []
+            while time.monotonic() < deadline and not parts:
+                parts = [p for p in (tmp_path / "archive").rglob("*.part") if p.stat().st_size]
+                time.sleep(0.05)
+            assert parts, "the download never started"
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=15)
+            assert code == 0, proc.stderr.read()
+            assert time.monotonic() - started < 10
+            assert not list((tmp_path / "archive").rglob("*.zip")), "no half file under a final name"
+            assert parts[0].exists(), "the .part file is kept to resume"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            notify.close()
+
+
+def test_wrong_password_at_start_exits_77_before_ready(tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    with Simulator(port=0, seed=3, sessions=1) as sim:
+        env = daemon_env(tmp_path, notify.path, "wrong")
+        proc = start_daemon(write_config(tmp_path, sim.base_url), env)
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert code == 77
+        assert "wrong username or password" in proc.stderr.read()
+        assert not notify.wait_for("READY=1", 0.2)
+        notify.close()
+
+
+@pytest.mark.parametrize("password_file_mode", [0o644])
+def test_world_readable_password_file_is_refused_with_78(tmp_path, password_file_mode):
+    pw = tmp_path / "pw"
+    pw.write_text("demo")
+    pw.chmod(password_file_mode)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[archive]\nroot = "{tmp_path / "a"}"\n[state]\ndir = "{tmp_path / "s"}"\n'
+        f'[[account]]\nname = "lab"\nusername = "u@example.org"\npassword_file = "{pw}"\n'
+        f'base_url = "http://127.0.0.1:9/connect"\n')
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    proc = subprocess.run([sys.executable, "-m", "e4sync", "run-once", "--config", str(config)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 78, proc.stderr
+    assert "chmod 600" in proc.stderr
+    assert "Traceback" not in proc.stderr

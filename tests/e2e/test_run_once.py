@@ -1,0 +1,263 @@
+"""`e4sync run-once` end to end: the real client against the real simulator on 127.0.0.1,
+a real SQLite state file and a real archive folder in tmp_path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from e4sync.archive import device_serial
+
+
+def remove_remotely(sim, session_id: str, user: str = "demo@example.org",
+                    password: str = "demo") -> None:
+    """Someone else deletes a session (a browser, E4 manager): the platform's own DELETE."""
+    from e4sync.client import E4Connect
+
+    with E4Connect(user, password, base_url=sim.base_url) as client:
+        client.remove_session(session_id)
+
+
+def archived_zips(archive: Path) -> dict[str, Path]:
+    """session id -> archived file, read from the sidecars."""
+    found = {}
+    for sidecar in archive.rglob("*.json"):
+        data = json.loads(sidecar.read_text())
+        found[data["session_id"]] = sidecar.with_suffix(".zip")
+    return found
+
+
+def expected_relpath(account: str, row: dict) -> str:
+    start = dt.datetime.fromtimestamp(int(row["start_time"]), dt.UTC)
+    return (f"{account}/{start:%Y}/{start:%m}/{start:%d}/"
+            f"{row['start_time']}_{device_serial(row['label'])}.zip")
+
+
+def test_first_pass_archives_every_session_byte_for_byte(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    result = run_cli("run-once", "--config", str(config))
+    rows = sim.sessions()
+    assert f"{len(rows)} downloaded" in result.out
+    zips = archived_zips(setup.archive)
+    assert set(zips) == {r["id"] for r in rows}
+    for row in rows:
+        path = zips[row["id"]]
+        assert path.relative_to(setup.archive).as_posix() == expected_relpath("lab", row)
+        assert path.read_bytes() == sim.zip_bytes(row["id"])
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert sidecar["size"] == path.stat().st_size
+        assert sidecar["remote"]["id"] == row["id"] and sidecar["account"] == "lab"
+    assert not list(setup.archive.rglob("*.part"))
+
+
+def test_second_pass_downloads_nothing_and_status_counts(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    downloads_before = sim.stats()["download"]
+    second = run_cli("run-once", "--config", str(config), "--json")
+    report = json.loads(second.out)
+    assert report["accounts"][0]["downloaded"] == 0
+    assert sim.stats()["download"] == downloads_before
+    status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+    assert status["schema"] == 1
+    (account,) = status["accounts"]
+    assert account["name"] == "lab" and account["user_id"]
+    assert account["counts"]["verified"] == len(sim.sessions())
+    assert set(account["counts"]) == {"new", "downloading", "verified", "remote_deleted",
+                                      "failed", "remote_gone"}
+    assert account["last_pass"]["downloaded"] == 0
+
+
+def test_late_published_session_with_an_old_start_time_is_archived(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    late = sim.publish_late(days_ago=400)
+    run_cli("run-once", "--config", str(config))
+    zips = archived_zips(setup.archive)
+    assert zips[late["id"]].read_bytes() == sim.zip_bytes(late["id"])
+
+
+def test_dry_run_changes_nothing(sim, setup, run_cli):
+    config = setup.write(sim.base_url, account_extra=(
+        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+        'delete_grace = "0s"\n'))
+    result = run_cli("run-once", "--config", str(config), "--dry-run")
+    assert "would download" in result.out
+    for row in sim.sessions():
+        assert row["id"] in result.out
+    assert not setup.archive.exists() or not any(setup.archive.rglob("*.zip"))
+    assert sim.stats()["download"] == 0
+
+
+def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_cli):
+    config = setup.write(sim.base_url, account_extra=(
+        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+        'delete_grace = "0s"\n'))
+    before = {r["id"] for r in sim.sessions()}
+    run_cli("run-once", "--config", str(config))
+    zips = archived_zips(setup.archive)
+    assert set(zips) == before
+    # Every deleted session has a whole local copy that hashes as recorded.
+    assert sim.deleted_ids() == before
+    for sid in before:
+        assert zips[sid].read_bytes() == sim.zip_bytes(sid)
+    db = sqlite3.connect(setup.state / "state.db")
+    ledger = db.execute("select remote_id, result, confirmed_at from deletions").fetchall()
+    assert {r[0] for r in ledger} == before
+    assert all(r[1] == "confirmed" and r[2] for r in ledger)
+    states = dict(db.execute("select remote_id, state from sessions").fetchall())
+    assert set(states.values()) == {"remote_deleted"}
+
+
+def test_grace_period_holds_deletions_back(sim, setup, run_cli):
+    config = setup.write(sim.base_url, account_extra=(
+        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+        'delete_grace = "1d"\n'))
+    run_cli("run-once", "--config", str(config))
+    run_cli("run-once", "--config", str(config))
+    assert sim.deleted_ids() == set()
+
+
+def test_deletion_never_happens_when_the_local_copy_changed(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    everything = {r["id"] for r in sim.sessions()}
+    victim = sorted(archived_zips(setup.archive).items())[0]
+    data = bytearray(victim[1].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim[1].write_bytes(bytes(data))
+    setup.write(sim.base_url, account_extra=(
+        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+        'delete_grace = "0s"\n'))
+    result = run_cli("run-once", "--config", str(config), exit_code=1)
+    assert victim[0] not in sim.deleted_ids()
+    assert "changed on disk" in result.out
+    assert sim.deleted_ids() == everything - {victim[0]}
+
+
+def test_verify_names_a_flipped_byte(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    assert "match" in run_cli("verify", "--config", str(config)).out
+    path = sorted(archived_zips(setup.archive).values())[-1]
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    result = run_cli("verify", "--config", str(config), "--json", exit_code=1)
+    report = json.loads(result.out)
+    assert report["changed"] == [str(path)] and not report["clean"]
+    other = sorted(archived_zips(setup.archive).values())[0]
+    other.unlink()
+    result = run_cli("verify", "--config", str(config), exit_code=1)
+    assert f"missing: {other}" in result.out
+
+
+def test_reindex_rebuilds_the_database_from_sidecars(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    for f in setup.state.glob("state.db*"):
+        f.unlink()
+    result = run_cli("reindex", "--config", str(config))
+    assert f"{len(sim.sessions())} sessions added" in result.out
+    status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+    assert status["accounts"][0]["counts"]["verified"] == len(sim.sessions())
+    downloads = sim.stats()["download"]
+    run_cli("run-once", "--config", str(config))
+    assert sim.stats()["download"] == downloads, "a reindexed archive is not downloaded again"
+
+
+def test_a_session_that_vanishes_is_remote_gone_and_its_copy_kept(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    victim = sim.sessions()[0]["id"]
+    path = archived_zips(setup.archive)[victim]
+    remove_remotely(sim, victim)
+    run_cli("run-once", "--config", str(config))
+    status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+    assert status["accounts"][0]["counts"]["remote_gone"] == 1
+    assert path.read_bytes() == sim.zip_bytes(victim)
+
+
+def test_an_empty_listing_is_never_taken_as_everything_deleted(sim, setup, run_cli):
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    for row in sim.sessions():
+        remove_remotely(sim, row["id"])
+    result = run_cli("run-once", "--config", str(config), exit_code=1)
+    assert "empty session list" in result.out
+    status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+    assert status["accounts"][0]["counts"]["remote_gone"] == 0
+
+
+def test_wrong_password_exits_77_and_says_so(sim, setup, run_cli):
+    config = setup.write(sim.base_url, accounts=[("lab", "demo@example.org", "not-it")])
+    result = run_cli("run-once", "--config", str(config), exit_code=77)
+    assert "wrong username or password" in result.out + result.err
+    assert "not-it" not in result.out + result.err
+
+
+def test_one_failing_account_does_not_stop_the_others(sim, setup, run_cli):
+    sim.add_account("second@example.org", "pw2", sessions=3)
+    config = setup.write(sim.base_url, accounts=[
+        ("bad", "demo@example.org", "wrong"), ("good", "second@example.org", "pw2")])
+    run_cli("run-once", "--config", str(config), exit_code=77)
+    zips = archived_zips(setup.archive)
+    assert {r["id"] for r in sim.sessions("second@example.org")} == set(zips)
+
+
+def test_hostile_labels_stay_inside_the_archive(sim, setup, run_cli, tmp_path):
+    hostile = ["../../etc", "a/b\\c", "con", "x\x00y", "9" * 5000]
+    for label in hostile:
+        sim.add_session(label=label)
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    zips = archived_zips(setup.archive)
+    assert len(zips) == len(sim.sessions())
+    for path in zips.values():
+        assert path.resolve().is_relative_to(setup.archive.resolve())
+    outside = {p for p in tmp_path.rglob("*")} - {p for p in setup.archive.rglob("*")}
+    assert all(p.is_relative_to(setup.archive) or p.parent in (tmp_path, setup.state)
+               or p == setup.archive for p in outside)
+
+
+def test_two_sessions_on_one_path_never_overwrite(sim, setup, run_cli, caplog):
+    a = sim.add_session(start_time=1541950248, label="2588")
+    b = sim.add_session(start_time=1541950248, label="2588")
+    config = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(config))
+    zips = archived_zips(setup.archive)
+    assert zips[a["id"]] != zips[b["id"]]
+    assert zips[a["id"]].read_bytes() == sim.zip_bytes(a["id"])
+    assert zips[b["id"]].read_bytes() == sim.zip_bytes(b["id"])
+    names = {zips[a["id"]].name, zips[b["id"]].name}
+    assert "1541950248_A00A1C.zip" in names
+    assert any(n.endswith(f"_{a['id']}.zip") or n.endswith(f"_{b['id']}.zip") for n in names)
+
+
+def test_second_process_gets_the_lock_busy_code(sim, setup, run_cli):
+    import fcntl
+    import os
+
+    config = setup.write(sim.base_url)
+    setup.state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(setup.state / "e4sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        result = run_cli("run-once", "--config", str(config), exit_code=75)
+        assert "lock" in result.err
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("bad_id", ["12a", "../1", "-5"])
+def test_a_session_id_that_is_not_a_number_is_a_usage_error(sim, setup, run_cli, bad_id):
+    config = setup.write(sim.base_url)
+    result = run_cli("download", bad_id, "--config", str(config), exit_code=2)
+    assert "must be a number" in result.err
+    assert "Traceback" not in result.err
