@@ -525,6 +525,7 @@ class E4Connect:
         with self._login_lock:
             with self._state_lock:
                 if self._generation != seen_generation:
+                    log.debug("the cookie was renewed by another thread; retrying with it")
                     return
             log.info("the E4 Connect cookie has expired; logging in again")
             self._login()

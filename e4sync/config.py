@@ -96,11 +96,23 @@ class StateConfig:
     dir: Path
     lease: float
 
+    def __repr__(self) -> str:
+        # A PostgreSQL URL may carry the database password.
+        url = _mask_url_password(self.url)
+        return f"StateConfig(url={url!r}, dir={self.dir!r}, lease={self.lease!r})"
+
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
     healthcheck_url: str
     metrics_textfile: Path | None
+
+    def __repr__(self) -> str:
+        # Whoever has a ping URL's token can fake this daemon's heartbeat.
+        return (
+            f"MonitorConfig(healthcheck_url={_mask_ping_url(self.healthcheck_url)!r}, "
+            f"metrics_textfile={self.metrics_textfile!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +178,9 @@ def parse_duration(text: str | int | float) -> float:
     problem = f'expected a duration like "15m", "1h30m" or a number of seconds, got {_show(text)}'
     if isinstance(text, bool):
         raise ValueError(problem)
-    if isinstance(text, int | float):
+    if isinstance(text, int) and abs(text) > MAX_DURATION:
+        value = math.inf if text > 0 else -math.inf  # float() of a huge int would overflow
+    elif isinstance(text, int | float):
         value = float(text)
     elif isinstance(text, str):
         compact = text.strip().lower()
@@ -183,7 +197,7 @@ def parse_duration(text: str | int | float) -> float:
             )
     else:
         raise ValueError(problem)
-    if not math.isfinite(value) or value < 0:
+    if math.isnan(value) or value < 0:
         raise ValueError(f"expected a duration of zero or more, got {_show(text)}")
     if value > MAX_DURATION:
         raise ValueError(f"duration {_show(text)} is longer than 100 years")
@@ -638,8 +652,13 @@ class _Loader:
                 f"{self.label}: [download]", "max_backoff", "must not be less than backoff"
             )
 
-        root = archive["root"] or platformdirs.user_data_path(APP_NAME, appauthor=False) / (
-            "archive"
+        # Under systemd (StateDirectory=, DynamicUser=) the user data dir is read-only:
+        # the archive then defaults to the state directory systemd made for us.
+        systemd_state = _first_dir(self.env.get("STATE_DIRECTORY"))
+        root = archive["root"] or (
+            Path(systemd_state) / "archive"
+            if systemd_state
+            else platformdirs.user_data_path(APP_NAME, appauthor=False) / "archive"
         )
         state_dir = state["dir"]
         if state_dir is None:
@@ -673,7 +692,7 @@ class _Loader:
         )
 
     def accounts(self, raw: Any, layout: str, remote: dict[str, Any]) -> tuple[AccountConfig, ...]:
-        if raw is None:
+        if raw is None or raw == []:
             user = self.env.get(ENV_USER, "")
             if user.strip():
                 return (self.default_account(user, layout, remote),)

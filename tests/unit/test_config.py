@@ -79,6 +79,7 @@ def test_file_without_accounts_uses_e4_user(tmp_path: Path) -> None:
     cfg = load(tmp_path, "[download]\nconcurrency = 2\n", {"E4_USER": "u@x", "E4_PWD": "p"})
     assert [a.name for a in cfg.accounts] == ["default"] and cfg.download.concurrency == 2
     assert any("no [[account]]" in p for p in problems(tmp_path, "[download]\n"))
+    assert any("no [[account]]" in p for p in problems(tmp_path, "account = []\n"))
 
 
 def test_state_directory_from_systemd(tmp_path: Path) -> None:
@@ -390,7 +391,7 @@ def test_effective_config_masks_secrets_and_round_trips(tmp_path: Path) -> None:
     shown = C.effective_config(cfg)
     rendered = C.render_toml(shown)
     for secret in ("dbs3cret", "t0ken", "tok3n-uuid"):
-        assert secret not in rendered and secret not in repr(cfg.accounts)
+        assert secret not in rendered and secret not in repr(cfg)
     assert shown["account"][0]["password_command"] == "***"
     assert shown["account"][0]["password_file"] == "/etc/pw"
     assert shown["account"][1]["password_env"] == "LAB_PW"

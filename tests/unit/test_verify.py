@@ -41,7 +41,7 @@ def make_zip(dest: Path, members: dict[str, bytes], method: int = zipfile.ZIP_DE
 def good_members(start: int = 1600000000) -> dict[str, bytes]:
     return {
         "EDA.csv": f"{start}.000000\n4.000000\n0.1\n0.2\n".encode(),
-        "ACC.csv": f"{start}.000000, {start}.000000, {start}.000000\n32.0, 32.0, 32.0\n1,2,3\n".encode(),
+        "ACC.csv": f"{start}.0, {start}.0, {start}.0\n32.0, 32.0, 32.0\n1,2,3\n".encode(),
         "HR.csv": f"{start + 10}.000000\n1.000000\n80.00\n".encode(),
         "IBI.csv": f"{start}.000000, IBI\n1.5,0.8\n".encode(),
         "tags.csv": b"",
