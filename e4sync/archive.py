@@ -307,12 +307,17 @@ class Archive:
                     )
             if os.path.lexists(final):
                 return self._commit_over_existing(part, rel, final, sidecar)
+            new_side = not os.path.lexists(side)
             self.write_sidecar(rel, sidecar)
             try:
                 _place(part, final)
             except FileExistsError:
                 # Another process put a file there between our check and the link.
                 return self._commit_over_existing(part, rel, final, sidecar)
+            except OSError:
+                if new_side:  # no sidecar may describe a file that is not there
+                    _unlink_quietly(side)
+                raise
             _fsync_dir(final.parent)
             _unlink_quietly(part)
         except OSError as exc:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 import urllib3
@@ -98,6 +98,20 @@ class _Reply:
     response: requests.Response
     first: bytes
     rest: Iterator[bytes]
+
+
+class _Progress:
+    """Turns "bytes on disk so far" into the increments a progress callback expects,
+    never counting a byte twice across resumes and restarts within one fetch."""
+
+    def __init__(self, callback: Callable[[int], None] | None):
+        self._callback = callback
+        self._high = 0
+
+    def __call__(self, total: int) -> None:
+        if self._callback is not None and total > self._high:
+            self._callback(total - self._high)
+            self._high = total
 
 
 class _BodyCut(Exception):
@@ -190,8 +204,6 @@ def _sanitize_filename(raw: str | None) -> str | None:
 def _content_disposition_filename(header: str | None) -> str | None:
     if not header:
         return None
-    from urllib.parse import unquote
-
     star = _FILENAME_STAR.search(header)
     if star:
         return _sanitize_filename(unquote(star.group(1)))
@@ -379,16 +391,17 @@ class E4Connect:
         the file is read back once. A body cut short is resumed with ``Range`` when the
         server allows it, up to ``retries`` times, then ``TransientError`` (the ``.part``
         is kept for a later resume). ``cancel`` is checked between chunks: ``Interrupted``,
-        the ``.part`` kept. ``progress(n)`` gets each chunk's size (tqdm's ``update``),
+        the ``.part`` kept. ``progress(n)`` gets the bytes newly on disk (tqdm's ``update``),
         and once the resumed offset.
         """
         sid = check_session_id(session_id)
         part = Path(part_path)
+        report = _Progress(progress)
         cuts = 0
         while True:
             _check_cancel(cancel, sid)
             try:
-                return self._fetch_once(sid, part, cancel, progress)
+                return self._fetch_once(sid, part, cancel, report)
             except _BodyCut as exc:
                 cuts += 1
                 if cuts > self._retries:
@@ -543,7 +556,8 @@ class E4Connect:
         return Retry(
             total=self._retries,
             connect=self._retries,
-            read=self._retries,
+            # A read timeout costs a whole ``timeout`` (120 s) each time: two are enough.
+            read=min(2, self._retries),
             status=self._retries,
             backoff_factor=self._backoff_factor,
             # 1 s of jitter in production (backoff_factor 1); scaled down with the
@@ -699,7 +713,7 @@ class E4Connect:
         sid: str,
         part: Path,
         cancel: threading.Event | None,
-        progress: Callable[[int], None] | None,
+        report: _Progress,
     ) -> FetchResult:
         path = "download.php"
         headers = {"Accept-Encoding": "identity"}
@@ -739,7 +753,7 @@ class E4Connect:
             if offset == 0:
                 self._refuse_non_zip(r, reply.first, sid, part)
             filename = _content_disposition_filename(r.headers.get("Content-Disposition"))
-            size, digest = self._write_body(reply, part, offset, sid, cancel, progress)
+            size, digest = self._write_body(reply, part, offset, sid, cancel, report)
 
         total = None if expected is None else expected + offset
         if total is not None and size != total:
@@ -771,7 +785,7 @@ class E4Connect:
             problem = "an HTML page"
         elif not first:
             problem = "an empty body"
-        elif not first.startswith(ZIP_MAGIC[: len(first)]) or len(first) < len(ZIP_MAGIC):
+        elif not first.startswith(ZIP_MAGIC):
             problem = "a body that does not start like a ZIP (PK\\x03\\x04)"
         if problem:
             part.unlink(missing_ok=True)
@@ -784,7 +798,7 @@ class E4Connect:
         offset: int,
         sid: str,
         cancel: threading.Event | None,
-        progress: Callable[[int], None] | None,
+        report: _Progress,
     ) -> tuple[int, str]:
         digest = hashlib.sha256()
         size = 0
@@ -797,8 +811,7 @@ class E4Connect:
                 if size != offset:
                     self._restart(sid, part)
                     raise _BodyCut("the partial file changed under the download")
-                if progress:
-                    progress(offset)
+                report(offset)
             part.parent.mkdir(parents=True, exist_ok=True)
             with open(part, "ab" if offset else "wb") as f:
                 try:
@@ -809,8 +822,7 @@ class E4Connect:
                         f.write(chunk)
                         digest.update(chunk)
                         size += len(chunk)
-                        if progress:
-                            progress(len(chunk))
+                        report(size)
                 except _NETWORK_ERRORS as exc:
                     raise _BodyCut(_describe(exc)) from None
                 finally:

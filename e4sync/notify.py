@@ -37,7 +37,7 @@ HEALTHCHECK_EVENTS = ("start", "success", "fail")
 HEALTHCHECK_MAX_BODY = 10_000
 METRIC_TYPES = ("gauge", "counter", "untyped")
 # Third-party loggers that are chatty at INFO (apscheduler logs every job run).
-NOISY_LOGGERS = ("urllib3", "apscheduler")
+NOISY_LOGGERS = ("urllib3", "apscheduler", "alembic")
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -365,6 +365,19 @@ class JournalFormatter(logging.Formatter):
 _HANDLER_MARK = "_e4sync_handler"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record, not the one it was made with
+    (tests and embedding programs swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbosity: int, env: Mapping[str, str] = os.environ) -> None:
     """Send the root logger to stderr: journald style when stderr is the journal, else
     ``"%(asctime)s %(levelname)s %(name)s: %(message)s"``. ``verbosity`` -1 (or less) shows
@@ -374,7 +387,7 @@ def setup_logging(verbosity: int, env: Mapping[str, str] = os.environ) -> None:
     for handler in list(root.handlers):
         if getattr(handler, _HANDLER_MARK, False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     setattr(handler, _HANDLER_MARK, True)
     if journal_logging_wanted(env, sys.stderr):
         handler.setFormatter(JournalFormatter())

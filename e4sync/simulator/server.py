@@ -321,11 +321,13 @@ class Simulator:
             (self._rng.uniform(3_600, 21 * 86_400) for _ in range(count)), reverse=True
         )
         for offset in offsets:
-            duration = None if size_bytes else self._random_duration()
-            if duration is not None:
-                offset = max(offset, duration + 60)
-            self.add_session(user, start_time=int(self._now - offset), duration=duration,
-                             size_bytes=size_bytes)  # fmt: skip
+            if size_bytes is None:
+                duration = self._random_duration()
+            else:
+                duration = zipgen.duration_for_size(self.seed, size_bytes)
+            # A session has ended before the platform lists it.
+            start = int(self._now - max(offset, duration + 60))
+            self.add_session(user, start_time=start, duration=duration)
 
     def _random_duration(self) -> float:
         seconds = self._rng.uniform(60, 5_400)
@@ -486,23 +488,29 @@ class Simulator:
         """The sha256 (hex) of the session's ZIP; also its ETag."""
         return self._zip(str(session_id))[3]
 
-    def _zip(self, sid: str) -> tuple[str, Any, int, str]:
+    def _cached(self, sid: str) -> tuple[str, Any, int, str] | None:
         with self._lock:
-            if sid not in self._meta:
-                raise KeyError(f"no session {sid!r}")
             if sid in self._mem_cache:
                 self._mem_cache.move_to_end(sid)
                 data, sha = self._mem_cache[sid]
                 return "mem", data, len(data), sha
-            if sid in self._disk_cache and self._disk_cache[sid][0].exists():
+            if sid in self._disk_cache:
                 path, size, sha = self._disk_cache[sid]
-                return "disk", path, size, sha
+                if path.exists():
+                    return "disk", path, size, sha
+                del self._disk_cache[sid]  # removed under us (or by stop()): build again
+            return None
+
+    def _zip(self, sid: str) -> tuple[str, Any, int, str]:
+        with self._lock:
+            if sid not in self._meta:
+                raise KeyError(f"no session {sid!r}")
             meta = self._meta[sid]
             build_lock = self._build_locks.setdefault(sid, threading.Lock())
         with build_lock:  # one build per session even when many threads ask at once
-            with self._lock:
-                if sid in self._mem_cache or sid in self._disk_cache:
-                    return self._zip(sid)
+            cached = self._cached(sid)
+            if cached is not None:
+                return cached
             if zipgen.estimate_size(self.seed, meta.duration) <= MEMORY_ZIP_LIMIT:
                 data = zipgen.zip_bytes(self.seed, sid, meta.start_time, meta.duration)
                 sha = _sha256(data)
@@ -659,6 +667,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, the body waits for the
+    # client's delayed ACK (40 ms a response on Linux).
+    disable_nagle_algorithm = True
     server_version = "Apache"
     server: _Server
 
@@ -680,6 +691,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:  # noqa: N802
         self._handle("PUT")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._handle("HEAD")
 
     # --- dispatch ---------------------------------------------------------------------------------
 
@@ -710,7 +724,7 @@ class _Handler(BaseHTTPRequestHandler):
             m = pattern.fullmatch(rel)
             if m:
                 known_path = True
-                if route_method == method:
+                if route_method == ("GET" if method == "HEAD" else method):
                     return name, m.groups()
         return ("method_not_allowed" if known_path else "not_found"), ()
 
@@ -993,7 +1007,7 @@ class _Handler(BaseHTTPRequestHandler):
             limit = min(size // 2, 32 * 1024)
         try:
             sent = self._write_body(reply, limit, faults.bandwidth, stopping)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        except OSError:  # the client went away (or stop() cut the connection)
             self.close_connection = True
             return
         sim._sent_bytes(sent)

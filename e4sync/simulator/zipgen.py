@@ -258,7 +258,7 @@ class _Block:
     packed: bytes
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _pool(seed: int, member: str) -> tuple[_Block, ...]:
     gen = _GENERATORS[member]
     blocks = []

@@ -36,6 +36,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 from sqlalchemy import event, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -219,7 +220,11 @@ def upgrade(engine: Engine) -> None:
 
 
 def open_db(url: str) -> Engine:
-    """Return an engine for ``url`` whose schema is at the newest revision."""
+    """Return an engine for ``url`` whose schema is at the newest revision. A SQLite file's
+    folder is created (0700: it holds the state and the cookie-free lock file)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(url)
     try:
         upgrade(engine)

@@ -203,17 +203,18 @@ def test_download_session_like_e4client(sim, client, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "named.zip"])
 
 
-def test_5xx_is_retried_then_transient(sim, client, tmp_path):
+def test_5xx_is_retried_then_transient(sim, tmp_path):
     sid = small_session(sim)
-    sim.set_faults(Faults(error_5xx=0.5))
-    assert client.fetch(sid, tmp_path / "a.part").path.read_bytes() == sim.zip_bytes(sid)
-    assert client.sessions_list()
-    assert sim.stats()["faults"]["error_5xx"] >= 1
-    sim.set_faults(Faults(error_5xx=1.0))
-    before = requests_to(sim, "sessions_list")
-    with pytest.raises(TransientError) as caught:
-        client.sessions_list()
-    assert requests_to(sim, "sessions_list") - before == 4  # 1 + retries
+    with connect(sim, retries=6) as c:
+        sim.set_faults(Faults(error_5xx=0.4))
+        assert c.fetch(sid, tmp_path / "a.part").path.read_bytes() == sim.zip_bytes(sid)
+        assert c.sessions_list()
+        assert sim.stats()["faults"]["error_5xx"] >= 1
+        sim.set_faults(Faults(error_5xx=1.0))
+        before = requests_to(sim, "sessions_list")
+        with pytest.raises(TransientError) as caught:
+            c.sessions_list()
+    assert requests_to(sim, "sessions_list") - before == 7  # 1 + retries
     assert "/connect/connect.php/users/" in str(caught.value)
 
 
@@ -230,13 +231,29 @@ def test_429_honours_retry_after(sim):
     assert gap >= 1.0
 
 
-def test_reset_mid_body_is_resumed_inside_fetch(sim, client, tmp_path):
+def test_reset_mid_body_is_resumed_inside_fetch(sim, tmp_path):
     sid = small_session(sim, duration=600)
-    sim.set_faults(Faults(reset_mid_body=0.5))
-    result = client.fetch(sid, tmp_path / "r.part")
-    assert sim.stats()["faults"]["reset_mid_body"] >= 1
-    assert result.path.read_bytes() == sim.zip_bytes(sid)
-    assert result.sha256 == hashlib.sha256(sim.zip_bytes(sid)).hexdigest()
+    expected = sim.zip_bytes(sid)
+    part = tmp_path / "r.part"
+    with connect(sim, retries=3) as c:
+        c.user_id()
+        sent_before = sim.stats()["bytes_sent"]
+        sim.set_faults(Faults(reset_mid_body=1.0))  # every answer is cut, 206s included
+        with pytest.raises(TransientError):
+            c.fetch(sid, part)
+        stats = sim.stats()
+        assert stats["faults"]["reset_mid_body"] == 4  # the first try and 3 retries
+        assert stats["responses"]["206"] == 3  # each retry resumed where the last stopped
+        kept = part.read_bytes()
+        # Every byte sent was kept once: resumed, never downloaded twice.
+        assert len(kept) == stats["bytes_sent"] - sent_before
+        assert expected.startswith(kept)
+        sim.set_faults(Faults())
+        seen: list[int] = []
+        result = c.fetch(sid, part, progress=seen.append)
+    assert result.path.read_bytes() == expected
+    assert result.sha256 == hashlib.sha256(expected).hexdigest()
+    assert seen[0] == len(kept) and sum(seen) == len(expected)
 
 
 def test_truncated_body_is_transient_and_keeps_the_part(sim, tmp_path):
