@@ -40,6 +40,7 @@ from urllib3.util.retry import Retry
 
 from e4sync.errors import (
     AuthError,
+    E4SyncError,
     Interrupted,
     NotAZipError,
     RemoteError,
@@ -434,6 +435,9 @@ class E4Connect:
         if self._password_provider is not None:
             try:
                 return self._password_provider()
+            except E4SyncError:
+                # e4sync.credentials' own errors name the source and the fix, never the secret.
+                raise
             except Exception as exc:
                 # The provider's own message may hold nothing secret, but its type is enough.
                 raise AuthError(

@@ -214,6 +214,7 @@ class Simulator:
         self._requests: Counter[str] = Counter()
         self._responses: Counter[str] = Counter()
         self._fault_counts: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
         self._in_flight: Counter[str] = Counter()
         self._max_in_flight: Counter[str] = Counter()
         self._bytes_sent = 0
@@ -435,7 +436,16 @@ class Simulator:
         self._faults = faults
 
     def stats(self) -> dict[str, Any]:
-        """Counts for tests and benchmarks (JSON-ready; no secrets)."""
+        """Counts for tests and benchmarks (JSON-ready; no secrets).
+
+        Keys: ``requests`` (per endpoint: authenticate, login_page, dashboard, sessions_page,
+        sessions_list, session, session_delete, devices, studies, study_sessions, download,
+        not_found ...), ``responses`` (per status code, as strings), ``faults`` (injections per
+        fault name), ``max_in_flight`` (per endpoint and ``all``), ``bytes_sent`` (response body
+        bytes), ``internal_errors`` (simulator bugs answered 500; should stay 0), ``accounts``
+        (per user: user_id, sessions, session_ids, deleted, logins, failed_logins,
+        valid_cookies, max_valid_cookies).
+        """
         with self._lock:
             return {
                 "requests": dict(self._requests),
@@ -443,6 +453,7 @@ class Simulator:
                 "faults": dict(self._fault_counts),
                 "max_in_flight": dict(self._max_in_flight),
                 "bytes_sent": self._bytes_sent,
+                "internal_errors": self._errors["internal"],
                 "accounts": {
                     a.user: {
                         "user_id": a.uid,
@@ -713,7 +724,13 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint, args = self._match(method, rel)
         sim._enter(endpoint)
         try:
-            reply, cut = self._connect(method, endpoint, args)
+            try:
+                reply, cut = self._connect(method, endpoint, args)
+            except Exception:
+                # A simulator bug must not pass for an injected fault: log it, count it, 500.
+                log.exception("simulator error on %s %s", method, url.path)
+                sim._count("_errors", "internal")
+                reply, cut = _Reply(500, _page("Error", "<h1>simulator error</h1>")), ""
             self._send(reply, cut=cut, download=endpoint == "download")
         finally:
             sim._leave(endpoint)

@@ -59,10 +59,15 @@ def info_txt() -> bytes:
 
 
 def device_serial(label: str | int | None) -> str:
-    """``A`` + the label as 5 uppercase hex digits (2588 -> ``A00A1C``); ``""`` if no label."""
-    if label is None or str(label).strip() == "":
+    """``A`` + the label as 5 uppercase hex digits (2588 -> ``A00A1C``).
+
+    ``""`` when the label is missing or not a decimal number (labels are free text on the
+    platform's side; tests feed hostile ones).
+    """
+    text = "" if label is None else str(label).strip()
+    if not text.isascii() or not text.isdigit():
         return ""
-    return f"A{int(label):05X}"
+    return f"A{int(text):05X}"
 
 
 def download_filename(start_time: str | int, label: str | int | None) -> str:

@@ -104,7 +104,8 @@ def test_sigterm_mid_download_exits_0_within_seconds_and_keeps_the_part(tmp_path
             deadline = time.monotonic() + 30
             parts: list[Path] = []
             while time.monotonic() < deadline and not parts:
-                parts = [p for p in (tmp_path / "archive").rglob("*.part") if p.stat().st_size]
+                parts = [p for p in (tmp_path / "archive").rglob("*.part")
+                     if not p.name.startswith(".") and p.stat().st_size]
                 time.sleep(0.05)
             assert parts, "the download never started"
             started = time.monotonic()

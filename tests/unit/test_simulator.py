@@ -302,6 +302,15 @@ def test_add_session_with_a_label_and_publish_late(server):
     assert zipgen.device_serial("16810") == "A041AA"
 
 
+def test_free_text_labels_download_without_a_serial(server):
+    row = server.add_session(label="../x\x00y", duration=20, start_time=T)
+    s, _ = login(server)
+    r = get(s, server, f"download.php?id={row['id']}")
+    assert r.status_code == 200 and r.content == server.zip_bytes(row["id"])
+    assert r.headers["Content-Disposition"] == f'attachment; filename="{T}.zip"'
+    assert server.stats()["internal_errors"] == 0
+
+
 def test_download_headers_body_and_ranges(server):
     s, _ = login(server)
     row = server.sessions()[0]
