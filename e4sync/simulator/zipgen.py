@@ -61,11 +61,11 @@ def info_txt() -> bytes:
 def device_serial(label: str | int | None) -> str:
     """``A`` + the label as 5 uppercase hex digits (2588 -> ``A00A1C``).
 
-    ``""`` when the label is missing or not a decimal number (labels are free text on the
-    platform's side; tests feed hostile ones).
+    ``""`` when the label is missing or not a plausible decimal number (labels are free text
+    on the platform's side; tests feed hostile ones).
     """
     text = "" if label is None else str(label).strip()
-    if not text.isascii() or not text.isdigit():
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
         return ""
     return f"A{int(text):05X}"
 

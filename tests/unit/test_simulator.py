@@ -308,6 +308,8 @@ def test_free_text_labels_download_without_a_serial(server):
     r = get(s, server, f"download.php?id={row['id']}")
     assert r.status_code == 200 and r.content == server.zip_bytes(row["id"])
     assert r.headers["Content-Disposition"] == f'attachment; filename="{T}.zip"'
+    huge = server.add_session(label="9" * 5000, duration=20, start_time=T)
+    assert get(s, server, f"download.php?id={huge['id']}").status_code == 200
     assert server.stats()["internal_errors"] == 0
 
 
@@ -317,6 +319,7 @@ def test_download_headers_body_and_ranges(server):
     whole = server.zip_bytes(row["id"])
     r = get(s, server, f"download.php?id={row['id']}")
     assert r.status_code == 200 and r.content == whole
+    assert server.zip_path(row["id"]).read_bytes() == whole
     assert r.headers["Content-Type"] == "application/zip"
     assert int(r.headers["Content-Length"]) == len(whole)
     serial = zipgen.device_serial(row["label"])
