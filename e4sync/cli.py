@@ -212,6 +212,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from e4sync.monitoring import monitored_pass
     from e4sync.sync import run_pass
 
     cfg = load(args)
@@ -226,8 +227,9 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     progress = _Progress() if sys.stderr.isatty() and not args.quiet else None
-    report = run_pass(cfg, engine, dry_run=args.dry_run, stop=stop,
-                      on_progress=progress.tick if progress else None)
+    report = monitored_pass(cfg, engine, lambda: run_pass(
+        cfg, engine, dry_run=args.dry_run, stop=stop,
+        on_progress=progress.tick if progress else None), dry_run=args.dry_run)
     if progress:
         progress.done()
     if args.json:

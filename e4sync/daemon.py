@@ -150,19 +150,17 @@ class Daemon:
     def _pass_job(self) -> None:
         if self.stop.is_set():
             return
-        from e4sync.notify import ping_healthcheck
+        from e4sync.monitoring import monitored_pass
 
-        url = self.cfg.monitor.healthcheck_url
-        if url:
-            ping_healthcheck(url, "start")
         with self._lock:
             self.health.running_since = time.monotonic()
             self.health.last_progress = time.monotonic()
         report = None
         error = ""
         try:
-            report = run_pass(self.cfg, self.engine, stop=self.stop, worker_id=self.worker_id,
-                              source_factory=self.source_factory, on_progress=self._progress)
+            report = monitored_pass(self.cfg, self.engine, lambda: run_pass(
+                self.cfg, self.engine, stop=self.stop, worker_id=self.worker_id,
+                source_factory=self.source_factory, on_progress=self._progress))
             error = "; ".join(e for a in report.accounts for e in a.errors[:1])
         except LockBusy as exc:
             error = str(exc)
@@ -180,10 +178,6 @@ class Daemon:
                 self.health.last_error = error
                 if report is not None:
                     self.health.last_report = report
-        if url:
-            ok = report is not None and report.exit_code == 0
-            ping_healthcheck(url, "success" if ok else "fail", body=error[:1000])
-        self._write_metrics()
 
     def _scrub_job(self) -> None:
         from e4sync.archive import Archive
@@ -196,19 +190,6 @@ class Daemon:
             for kind in ("missing", "changed", "unreadable"):
                 for path in getattr(result, kind):
                     log.error("scrub: %s: %s", kind, path)
-
-    def _write_metrics(self) -> None:
-        path = self.cfg.monitor.metrics_textfile
-        if not path:
-            return
-        try:
-            from e4sync.metrics import write_metrics
-
-            with self._lock:
-                report = self.health.last_report
-            write_metrics(path, self.engine, report)
-        except Exception as exc:  # metrics never fail a pass
-            log.warning("could not write metrics to %s: %s", path, exc)
 
 
 def check_logins(cfg: Config, source_factory: SourceFactory) -> None:

@@ -1,19 +1,52 @@
-"""e4sync.metrics: the Prometheus textfile written after each pass (GUIDE section 7).
+"""e4sync.monitoring: a pass wrapped in its health pings and followed by its metrics.
 
-Builds the metric values from the state database and the last pass; the atomic write is
-``notify.write_metrics_textfile``. Never raises into a pass: the daemon logs its failures.
+Used the same way by `e4sync run` (each scheduled pass) and `e4sync run-once` (cron, the
+systemd timer, launchd), so a dead-man's switch and the Prometheus textfile see every pass
+whatever started it (GUIDE section 7). A failed ping or metrics write only warns: the
+pass's own outcome always wins. Dry runs are not reported: they changed nothing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from e4sync.config import Config
 from e4sync.maintenance import status_report
-from e4sync.notify import Metric, write_metrics_textfile
+from e4sync.notify import Metric, ping_healthcheck, write_metrics_textfile
 from e4sync.sync import PassReport
+
+log = logging.getLogger("e4sync.monitoring")
+
+
+def monitored_pass(cfg: Config, engine: Engine, run: Callable[[], PassReport],
+                   dry_run: bool = False) -> PassReport:
+    """Ping start, run the pass, ping success or fail, write the metrics textfile. An
+    exception from the pass is pinged as a failure and re-raised."""
+    url = "" if dry_run else cfg.monitor.healthcheck_url
+    if url:
+        ping_healthcheck(url, "start")
+    try:
+        report = run()
+    except BaseException as exc:
+        if url:
+            ping_healthcheck(url, "fail", body=f"{exc.__class__.__name__}: {exc}"[:1000])
+        raise
+    if url:
+        ok = report.exit_code == 0
+        summary = "; ".join(e for a in report.accounts for e in a.errors[:3])
+        ping_healthcheck(url, "success" if ok else "fail", body=summary[:1000])
+    if cfg.monitor.metrics_textfile and not dry_run:
+        try:
+            write_metrics(Path(cfg.monitor.metrics_textfile), engine, report)
+        except Exception as exc:  # metrics never fail a pass
+            log.warning("could not write metrics to %s: %s", cfg.monitor.metrics_textfile, exc)
+    return report
 
 
 def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
@@ -28,8 +61,6 @@ def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
             sessions.samples.append(({"account": account["name"], "state": state}, float(n)))
         archive.samples.append(({"account": account["name"]}, float(account["archive_bytes"])))
         if account["last_ok"]:
-            import datetime as dt
-
             ts = dt.datetime.fromisoformat(account["last_ok"].replace("Z", "+00:00")).timestamp()
             last_ok.samples.append(({"account": account["name"]}, ts))
     metrics = [sessions, last_ok, archive,
@@ -51,4 +82,4 @@ def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
 
 
 def write_metrics(path: Path, engine: Engine, report: PassReport | None) -> None:
-    write_metrics_textfile(Path(path), build_metrics(engine, report))
+    write_metrics_textfile(path, build_metrics(engine, report))
