@@ -344,3 +344,9 @@ def test_threads_never_share_an_account(url: str, engine: sa.Engine) -> None:
     assert conflicts == []
     assert claims[0] >= 40  # the hammering really happened
     assert all(owner is None for owner, _ in leases(engine).values())
+
+
+def test_schema_head_constant_matches_the_shipped_migrations():
+    # open_db skips importing Alembic when the database is at SCHEMA_HEAD: a new migration
+    # whose revision is not recorded there would never be applied.
+    assert db.SCHEMA_HEAD == db.head_revision()
