@@ -261,6 +261,7 @@ class AccountPass:
         self.lease_lost = threading.Event()
         self.paths_lock = threading.Lock()
         self.claimed_paths: set[str] = set()
+        self.dry_new: list[str] = []  # sessions a dry run saw for the first time
 
     # -- the steps ---------------------------------------------------------------------
 
@@ -357,6 +358,11 @@ class AccountPass:
             if new_rows:
                 db.add_all(new_rows)
                 self.report.new = len(new_rows)
+            if self.dry_run:
+                # Say what is new, record nothing: a dry run changes nothing, here included.
+                self.dry_new = [r.remote_id for r in new_rows]
+                db.rollback()
+                return True
             pending = {d.remote_id: d for d in db.scalars(select(Deletion).where(
                 Deletion.account_id == self.account_id, Deletion.confirmed_at.is_(None)))}
             for remote_id, row in known.items():
@@ -391,8 +397,8 @@ class AccountPass:
                 SessionRow.local_path.is_not(None), SessionRow.state != NEW)))
         due = [(pk, rid) for pk, rid in due if rid in listed]
         if self.dry_run:
-            self.report.would_download = [rid for _, rid in due]
-            for _, rid in due:
+            self.report.would_download = [rid for _, rid in due] + self.dry_new
+            for rid in self.report.would_download:
                 log.info("dry run: would download session %s", rid)
             return
         if not due:
@@ -663,6 +669,8 @@ class AccountPass:
 
     def _write_pass_row(self, started: float) -> None:
         r = self.report
+        if self.dry_run:
+            return
         try:
             with self.sessions() as db, db.begin():
                 db.add(Pass(account_id=self.account_id, worker=self.worker_id,

@@ -97,6 +97,20 @@ def test_dry_run_changes_nothing(sim, setup, run_cli):
         assert row["id"] in result.out
     assert not setup.archive.exists() or not any(setup.archive.rglob("*.zip"))
     assert downloads(sim) == 0
+    db = sqlite3.connect(setup.state / "state.db")
+    assert db.execute("select count(*) from sessions").fetchone() == (0,)
+    assert db.execute("select count(*) from passes").fetchone() == (0,)
+    # After a real pass (deletion off), a dry run with deletion on names the sessions it
+    # would delete, and deletes none.
+    plain = setup.write(sim.base_url)
+    run_cli("run-once", "--config", str(plain))
+    setup.write(sim.base_url, account_extra=(
+        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+        'delete_grace = "0s"\n'))
+    again = run_cli("run-once", "--config", str(config), "--dry-run")
+    for row in sim.sessions():
+        assert row["id"] in again.out.split("would delete:")[1]
+    assert sim.deleted_ids() == set()
 
 
 def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_cli):
