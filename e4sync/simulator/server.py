@@ -29,6 +29,12 @@ Admin endpoints (JSON in, JSON out; never faulted, never counted in ``stats()["r
     PUT  /_admin/faults                 {field: value ...} replaces them (missing = default)
     GET  /_admin/zip/{id}               the session's ZIP exactly as served (X-SHA256 header)
 
+Test hooks (methods only, off by default so the simulator stays faithful): ``request_log()``
+and ``wait_requests()`` (when each request arrived and how it was answered, to measure
+Retry-After and to wait for an event instead of sleeping), ``set_listing_hook()`` (serve
+hostile listing rows: numbers, duplicates, NUL bytes, huge strings), ``replace_zip()`` (serve
+other bytes for a session: foreign members, a ZIP bomb), ``issued_cookies()``.
+
 Standard library only; must not import e4sync.state, e4sync.sync or e4sync.client.
 """
 
@@ -44,11 +50,13 @@ import secrets
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,8 @@ MEMORY_ZIP_LIMIT = 16 * 1024 * 1024
 """ZIPs estimated above this are built into a temporary file and streamed from disk."""
 MEMORY_CACHE_BUDGET = 256 * 1024 * 1024
 """Total bytes of small ZIPs kept in memory; the oldest are dropped (and rebuilt on demand)."""
+REQUEST_LOG_SIZE = 100_000
+"""Requests remembered by ``request_log()``; the oldest are dropped."""
 
 _LOGIN_FLOW = frozenset({"authenticate", "login_page", "dashboard", "sessions_page", "index"})
 _ROUTES = [
@@ -218,6 +228,11 @@ class Simulator:
         self._in_flight: Counter[str] = Counter()
         self._max_in_flight: Counter[str] = Counter()
         self._bytes_sent = 0
+        self._request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
+        self._arrived = threading.Condition(self._lock)
+        self._issued: dict[str, set[str]] = {}  # user -> every cookie ever issued
+        self._listing_hook: Callable[[str, list[dict[str, Any]]], Any] | None = None
+        self._zip_override: dict[str, bytes] = {}
         self._mem_cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._mem_bytes = 0
         self._disk_cache: dict[str, tuple[Path, int, str]] = {}
@@ -469,6 +484,49 @@ class Simulator:
                 },
             }
 
+    # --- test hooks -------------------------------------------------------------------------------
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """Every platform request (admin ones excepted) in arrival order: ``t`` (time.monotonic()
+        at arrival), ``method``, ``path`` (with its query), ``endpoint``, ``status`` (as answered;
+        None while in flight) and ``fault`` (the injected fault's name, or None)."""
+        with self._lock:
+            return [dict(e) for e in self._request_log]
+
+    def wait_requests(self, endpoint: str, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``count`` requests to ``endpoint`` (a ``stats()["requests"]`` key, or
+        ``"all"``) have arrived; False on timeout. An event to wait on, instead of a sleep."""
+
+        def arrived() -> bool:
+            total = sum(self._requests.values()) if endpoint == "all" else self._requests[endpoint]
+            return total >= count
+
+        with self._arrived:
+            return self._arrived.wait_for(arrived, timeout)
+
+    def set_listing_hook(self, hook: Callable[[str, list[dict[str, Any]]], Any] | None) -> None:
+        """Serve ``hook(user, rows)`` as the session list instead of ``rows`` (the account's
+        sessions, already filtered and shuffled). Whatever the hook returns is sent as JSON:
+        hostile rows, numbers for strings, duplicates, an empty list. None restores the
+        faithful list."""
+        with self._lock:
+            self._listing_hook = hook
+
+    def replace_zip(self, session_id: str | int, data: bytes | None) -> None:
+        """Serve ``data`` as the session's ZIP (foreign members, a ZIP bomb, garbage) from
+        now on; None restores the generated one. ``zip_bytes`` follows, as it is "as served"."""
+        with self._lock:
+            if data is None:
+                self._zip_override.pop(str(session_id), None)
+            else:
+                self._zip_override[str(session_id)] = bytes(data)
+
+    def issued_cookies(self, user: str | None = None) -> set[str]:
+        """Every session cookie value ever issued to the account, live or dead (to prove
+        that no client writes one to disk or to a log)."""
+        with self._lock:
+            return set(self._issued.get(self._account(user).user, ()))
+
     def _account(self, user: str | None) -> _Account:
         try:
             return self._accounts[self.user if user is None else user]
@@ -514,6 +572,9 @@ class Simulator:
 
     def _zip(self, sid: str) -> tuple[str, Any, int, str]:
         with self._lock:
+            override = self._zip_override.get(sid)
+            if override is not None:
+                return "mem", override, len(override), _sha256(override)
             if sid not in self._meta:
                 raise KeyError(f"no session {sid!r}")
             meta = self._meta[sid]
@@ -570,6 +631,7 @@ class Simulator:
                 account.cookies.clear()
             cookie = secrets.token_hex(13)
             account.cookies.add(cookie)
+            self._issued.setdefault(user, set()).add(cookie)
             self._cookies[cookie] = user
             account.logins += 1
             account.max_cookies = max(account.max_cookies, len(account.cookies))
@@ -602,12 +664,33 @@ class Simulator:
         with self._lock:
             getattr(self, counter)[key] += n
 
-    def _enter(self, endpoint: str) -> None:
+    def _enter(self, endpoint: str, method: str = "", path: str = "") -> dict[str, Any]:
         with self._lock:
             self._requests[endpoint] += 1
             for key in (endpoint, "all"):
                 self._in_flight[key] += 1
                 self._max_in_flight[key] = max(self._max_in_flight[key], self._in_flight[key])
+            entry: dict[str, Any] = {
+                "t": time.monotonic(),
+                "method": method,
+                "path": path,
+                "endpoint": endpoint,
+                "status": None,
+                "fault": None,
+            }
+            self._request_log.append(entry)
+            self._arrived.notify_all()
+            return entry
+
+    def _answered(self, entry: dict[str, Any], status: int) -> None:
+        with self._lock:
+            entry["status"] = status
+
+    def _injected(self, entry: dict[str, Any] | None, fault: str) -> None:
+        with self._lock:
+            self._fault_counts[fault] += 1
+            if entry is not None and entry["fault"] is None:
+                entry["fault"] = fault
 
     def _leave(self, endpoint: str) -> None:
         with self._lock:
@@ -655,6 +738,14 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-request (a killed e4sync, a cut download) is normal
+        # here; anything else is a simulator bug and is logged with its traceback.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        log.exception("simulator: error while serving %s", client_address)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
             self._open.add(request)
@@ -683,6 +774,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "Apache"
     server: _Server
+    _entry: dict[str, Any] | None = None  # this request's request_log() entry
 
     def version_string(self) -> str:
         return "Apache"
@@ -722,7 +814,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         rel = url.path[len("/connect/") :]
         endpoint, args = self._match(method, rel)
-        sim._enter(endpoint)
+        self._entry = sim._enter(endpoint, method, self.path)
         try:
             try:
                 reply, cut = self._connect(method, endpoint, args)
@@ -731,6 +823,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("simulator error on %s %s", method, url.path)
                 sim._count("_errors", "internal")
                 reply, cut = _Reply(500, _page("Error", "<h1>simulator error</h1>")), ""
+            sim._answered(self._entry, 503 if cut == "close" else reply.status)
             self._send(reply, cut=cut, download=endpoint == "download")
         finally:
             sim._leave(endpoint)
@@ -756,7 +849,7 @@ class _Handler(BaseHTTPRequestHandler):
             return _Reply(status, _page("Error", f"<h1>{status}</h1>")), ""
         if sim._dice.roll("error_5xx", key, faults.error_5xx):
             status = sim._dice.pick("error_5xx", key, (500, 502, 503))
-            sim._count("_fault_counts", "error_5xx")
+            sim._injected(self._entry, "error_5xx")
             return _Reply(status, _page("Error", f"<h1>{status}</h1>")), ""
         if endpoint in _LOGIN_FLOW:
             return getattr(self, f"_ep_{endpoint}")(*args), ""
@@ -767,10 +860,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._to_login(), ""
         if sim._dice.roll("expire_cookie", key, faults.expire_cookie):
             sim._kill_cookie(cookie or "")
-            sim._count("_fault_counts", "expire_cookie")
+            sim._injected(self._entry, "expire_cookie")
             return self._to_login(), ""
         if sim._dice.roll("rate_429", key, faults.rate_429):
-            sim._count("_fault_counts", "rate_429")
+            sim._injected(self._entry, "rate_429")
             retry = str(max(0, int(-(-faults.retry_after // 1))))
             return _Reply(429, _page("Too Many Requests", "<h1>429</h1>"),
                           headers=[("Retry-After", retry)]), ""  # fmt: skip
@@ -779,7 +872,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.status in (200, 206):
             for fault in ("empty_body", "truncate_body", "reset_mid_body"):
                 if sim._dice.roll(fault, key, getattr(faults, fault)):
-                    sim._count("_fault_counts", fault)
+                    sim._injected(self._entry, fault)
                     cut = fault
                     break
         return reply, cut
@@ -868,6 +961,10 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         # The platform never promised an order: shuffle, reproducibly for the same list.
         random.Random(f"{sim.seed}:{uid}:{[r['id'] for r in rows]}").shuffle(rows)
+        with sim._lock:
+            hook = sim._listing_hook
+        if hook is not None:
+            return self._json(hook(account.user, self._rows(rows)))
         return self._json(self._rows(rows))
 
     def _ep_session(self, account: _Account, sid: str) -> _Reply:
@@ -880,10 +977,10 @@ class _Handler(BaseHTTPRequestHandler):
         if sim._owned(account, sid) is None:
             return self._not_found()
         if sim._dice.roll("missing_session", key, sim.faults.missing_session):
-            sim._count("_fault_counts", "missing_session")
+            sim._injected(self._entry, "missing_session")
             return self._not_found()
         if sim._dice.roll("delete_lingers", key, sim.faults.delete_lingers):
-            sim._count("_fault_counts", "delete_lingers")
+            sim._injected(self._entry, "delete_lingers")
         else:
             sim._delete(account, sid)
         return self._json({})
@@ -907,10 +1004,10 @@ class _Handler(BaseHTTPRequestHandler):
         if row is None:
             return self._not_found()
         if sim._dice.roll("missing_session", key, sim.faults.missing_session):
-            sim._count("_fault_counts", "missing_session")
+            sim._injected(self._entry, "missing_session")
             return self._not_found()
         if sim._dice.roll("html_instead_of_zip", key, sim.faults.html_instead_of_zip):
-            sim._count("_fault_counts", "html_instead_of_zip")
+            sim._injected(self._entry, "html_instead_of_zip")
             return _Reply(200, MAINTENANCE_PAGE)
         kind, data, size, sha = sim._zip(sid)
         etag = f'"{sha}"'
@@ -1000,7 +1097,7 @@ class _Handler(BaseHTTPRequestHandler):
         if download and faults.slow_first_byte and reply.status in (200, 206):
             key = f"GET {self.path}"
             if sim._dice.roll("slow_first_byte", key, faults.slow_first_byte_rate):
-                sim._count("_fault_counts", "slow_first_byte")
+                sim._injected(self._entry, "slow_first_byte")
                 if stopping.wait(faults.slow_first_byte):
                     self.close_connection = True
                     return
