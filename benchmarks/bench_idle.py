@@ -55,10 +55,18 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
             statements[n] = data["statements"]
             seconds[n] = median(times)
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(data["by_kind"].items()))
-            rows.append([f"{n:,}", fmt_s(median(times)), fmt_s(data["pass_seconds"]),
-                         f"{median(rss):.0f} MB", str(data["statements"]), kinds,
-                         "login + list only" if not extra else f"also {extra[0]}",
-                         fmt_s(seed.seconds)])
+            rows.append(
+                [
+                    f"{n:,}",
+                    fmt_s(median(times)),
+                    fmt_s(data["pass_seconds"]),
+                    f"{median(rss):.0f} MB",
+                    str(data["statements"]),
+                    kinds,
+                    "login + list only" if not extra else f"also {extra[0]}",
+                    fmt_s(seed.seconds),
+                ]
+            )
         if mode.judged and n == max(mode.idle_sizes):
             ctx["idle_workdir"] = wd  # a populated archive for `e4sync status` at start-up
         else:
@@ -70,12 +78,20 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
         key="idle",
         title="Idle pass: every listed session archived already",
         measured=f"{fmt_s(seconds[large])} at {large:,} sessions; SQL statements "
-                 f"{statements[small]} at {small:,} vs {statements[large]} at {large:,}"
-                 f"{'' if requests_ok else '; extra requests'}",
+        f"{statements[small]} at {small:,} vs {statements[large]} at {large:,}"
+        f"{'' if requests_ok else '; extra requests'}",
         target=f"< {TARGET_SECONDS:.0f} s, login + list requests only, SQL count constant",
         met=met if mode.judged else None,
-        headers=["sessions", "run-once (process)", "pass (in-process)", "peak RSS",
-                 "SQL statements", "by kind", "requests to the platform", "seeding pass"],
+        headers=[
+            "sessions",
+            "run-once (process)",
+            "pass (in-process)",
+            "peak RSS",
+            "SQL statements",
+            "by kind",
+            "requests to the platform",
+            "seeding pass",
+        ],
         rows=rows,
         notes=[
             "Seeding: the simulator's smallest sessions (a one-second recording, about "

@@ -49,18 +49,26 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
                 idle.append(wd.run("run-once", "-q").check("idle run-once").rss_mb)
                 wd.remove()
                 out = tmp / f"mem-e4client-{size}-{rep}"
-                c = run_child([PYTHON, "-m", "benchmarks.e4client_loop", sim.base_url,
-                               str(out), sid],
-                              env=child_env({"E4_USER": USER, "E4_PWD": PASSWORD}))
+                c = run_child(
+                    [PYTHON, "-m", "benchmarks.e4client_loop", sim.base_url, str(out), sid],
+                    env=child_env({"E4_USER": USER, "E4_PWD": PASSWORD}),
+                )
                 c.check("e4client download_session")
                 e4c.append(c.rss_mb)
                 for f in out.glob("*.zip"):
                     f.unlink()
             peaks[size] = median(e4s)
             floors.append(median(idle))
-            rows.append([f"{actual / 1e6:.0f} MB", fmt_mb(median(e4s)), fmt_mb(median(idle)),
-                         fmt_mb(median(e4s) - median(idle)), fmt_mb(median(e4c)),
-                         f"{median(e4c) / median(e4s):.1f}x"])
+            rows.append(
+                [
+                    f"{actual / 1e6:.0f} MB",
+                    fmt_mb(median(e4s)),
+                    fmt_mb(median(idle)),
+                    fmt_mb(median(e4s) - median(idle)),
+                    fmt_mb(median(e4c)),
+                    f"{median(e4c) / median(e4s):.1f}x",
+                ]
+            )
     largest = max(peaks)
     growth = peaks[largest] - peaks[min(peaks)]
     met = peaks[largest] <= TARGET_MB and growth <= GROWTH_MB
@@ -68,12 +76,18 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
         key="memory",
         title="Memory: peak RSS of the client process while downloading one session",
         measured=f"e4sync {fmt_mb(peaks[largest])} at {largest // 1_000_000} MB "
-                 f"(+{growth:.1f} MB from {min(peaks) // 1_000_000} MB; floor "
-                 f"{fmt_mb(median(floors))})",
+        f"(+{growth:.1f} MB from {min(peaks) // 1_000_000} MB; floor "
+        f"{fmt_mb(median(floors))})",
         target=f"<= {TARGET_MB:.0f} MB, flat in size (+<= {GROWTH_MB:.0f} MB)",
         met=met if mode.judged else None,
-        headers=["session", "e4sync peak", "e4sync idle pass", "e4sync download adds",
-                 "e4client peak", "e4client / e4sync"],
+        headers=[
+            "session",
+            "e4sync peak",
+            "e4sync idle pass",
+            "e4sync download adds",
+            "e4client peak",
+            "e4client / e4sync",
+        ],
         rows=rows,
         notes=[
             "Peak RSS (VmHWM via wait4's ru_maxrss) of the client process alone; the "

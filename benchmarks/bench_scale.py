@@ -62,8 +62,11 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
         met=(peak < TARGET_MB) if mode.judged else None,
         headers=["pass", "wall", "peak RSS"],
         rows=[
-            [f"first: {n:,} new, all queued, stopped by SIGTERM after ~{STOP_AFTER} downloads",
-             fmt_s(first.seconds), fmt_mb(first.rss_mb)],
+            [
+                f"first: {n:,} new, all queued, stopped by SIGTERM after ~{STOP_AFTER} downloads",
+                fmt_s(first.seconds),
+                fmt_mb(first.rss_mb),
+            ],
             [f"idle: {n:,} listed, all archived", fmt_s(idle.seconds), fmt_mb(idle.rss_mb)],
         ],
         notes=[__doc__.split("\n\n", 1)[1].strip().replace("\n", " ")],
@@ -77,6 +80,8 @@ def _mark_archived(db: Path) -> int:
             "UPDATE sessions SET state = 'verified', local_path = 'lab/' || remote_id || '.zip',"
             " size = 1900, sha256 = printf('%064d', id), downloaded_metadata_hash ="
             " metadata_hash, downloaded_at = ?, verified_at = ?, next_attempt_at = NULL,"
-            " attempts = 0, last_error = NULL", (now, now))
+            " attempts = 0, last_error = NULL",
+            (now, now),
+        )
         (count,) = conn.execute("SELECT count(*) FROM sessions").fetchone()
     return count

@@ -31,8 +31,11 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
     results = {}
     for name, argv in commands.items():
         runs = [run_child(argv).check(name) for _ in range(mode.startup_runs)]
-        results[name] = (median([r.seconds for r in runs]), min(r.seconds for r in runs),
-                         median([r.rss_mb for r in runs]))
+        results[name] = (
+            median([r.seconds for r in runs]),
+            min(r.seconds for r in runs),
+            median([r.rss_mb for r in runs]),
+        )
     help_s = results["e4sync --help"][0]
     status_s = results[f"e4sync status ({where})"][0]
     return Result(
@@ -42,7 +45,9 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
         target=f"both < {TARGET_SECONDS} s",
         met=(help_s < TARGET_SECONDS and status_s < TARGET_SECONDS) if mode.judged else None,
         headers=["command", "median", "best", "peak RSS"],
-        rows=[[name, fmt_s(med), fmt_s(best), f"{rss:.0f} MB"]
-              for name, (med, best, rss) in results.items()],
+        rows=[
+            [name, fmt_s(med), fmt_s(best), f"{rss:.0f} MB"]
+            for name, (med, best, rss) in results.items()
+        ],
         notes=[f"{mode.startup_runs} runs of each; wall clock of the whole process."],
     )

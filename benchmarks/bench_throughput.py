@@ -58,16 +58,19 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
     return Result(
         key="throughput",
         title=f"Throughput: {n} sessions of ~{size_kb} kB, {latency_ms} ms added per request",
-        measured=f"e4sync {fmt_s(median(e4s))} vs e4client {fmt_s(median(e4c))}: "
-                 f"{ratio:.2f}x",
+        measured=f"e4sync {fmt_s(median(e4s))} vs e4client {fmt_s(median(e4c))}: {ratio:.2f}x",
         target=f">= {TARGET_RATIO}x",
         met=(ratio >= TARGET_RATIO) if mode.judged else None,
         headers=["client", "median", "runs", "vs e4client"],
         rows=[
             ["e4client 1.12 loop (process)", fmt_s(median(e4c)), _runs(e4c), "1.00x"],
             ["e4sync run-once (process)", fmt_s(median(e4s)), _runs(e4s), f"{ratio:.2f}x"],
-            ["e4sync pass only (in-process, no start-up)", fmt_s(median(passes)),
-             _runs(passes), f"{pass_ratio:.2f}x"],
+            [
+                "e4sync pass only (in-process, no start-up)",
+                fmt_s(median(passes)),
+                _runs(passes),
+                f"{pass_ratio:.2f}x",
+            ],
         ],
         notes=[
             "Wall-clock time of each client's whole process, start-up included; the ZIPs "
@@ -84,8 +87,10 @@ def _runs(values: list[float]) -> str:
 
 
 def _e4client(sim: SimProcess, out: Path, n: int) -> float:
-    m = run_child([PYTHON, "-m", "benchmarks.e4client_loop", sim.base_url, str(out)],
-                  env=child_env({"E4_USER": USER, "E4_PWD": PASSWORD})).check("e4client loop")
+    m = run_child(
+        [PYTHON, "-m", "benchmarks.e4client_loop", sim.base_url, str(out)],
+        env=child_env({"E4_USER": USER, "E4_PWD": PASSWORD}),
+    ).check("e4client loop")
     got = len(list(out.glob("*.zip")))
     if got != n:
         raise RuntimeError(f"e4client saved {got} of {n} sessions")

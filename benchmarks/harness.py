@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue
 import re
-import select
 import shutil
 import signal
 import statistics
@@ -35,8 +35,14 @@ PYTHON = sys.executable
 USER = "demo@example.org"
 PASSWORD = "demo"  # the simulator's own demo credential, not a secret
 # Variables that would point a child at the developer's own configuration or credentials.
-_SCRUB = ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET",
-          "JOURNAL_STREAM")
+_SCRUB = (
+    "E4SYNC_CONFIG",
+    "E4_USER",
+    "E4_PWD",
+    "CREDENTIALS_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+)
 
 
 def e4sync_argv() -> list[str]:
@@ -73,9 +79,14 @@ class Measured:
         return self
 
 
-def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None,
-              cwd: Path | None = None, timeout: float = 900,
-              during: Callable[[int, threading.Event], None] | None = None) -> Measured:
+def run_child(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 900,
+    during: Callable[[int, threading.Event], None] | None = None,
+) -> Measured:
     """Run ``argv`` to completion; time it and read its peak RSS from ``wait4``.
 
     ``subprocess.run`` would reap the child itself and lose its rusage, so the output goes
@@ -84,8 +95,14 @@ def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None,
     must never wait for the child itself, which would steal its rusage."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=env or child_env(), cwd=cwd)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env or child_env(),
+            cwd=cwd,
+        )
         killer = threading.Timer(timeout, lambda: _kill(proc.pid))
         killer.start()
         done = threading.Event()
@@ -104,8 +121,13 @@ def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None,
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
         out.seek(0)
         err.seek(0)
-        return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        return Measured(
+            seconds,
+            usage.ru_maxrss / 1024,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
 
 
 def _kill(pid: int) -> None:
@@ -121,10 +143,26 @@ def _kill(pid: int) -> None:
 class SimProcess:
     """``e4sync simulate`` on 127.0.0.1 in a child process, driven through its admin API."""
 
-    def __init__(self, *, sessions: int = 0, session_size: int | None = None,
-                 latency: float = 0.0, seed: int = 0) -> None:
-        argv = [*e4sync_argv(), "simulate", "--host", "127.0.0.1", "--port", "0",
-                "--sessions", str(sessions), "--seed", str(seed)]
+    def __init__(
+        self,
+        *,
+        sessions: int = 0,
+        session_size: int | None = None,
+        latency: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        argv = [
+            *e4sync_argv(),
+            "simulate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--sessions",
+            str(sessions),
+            "--seed",
+            str(seed),
+        ]
         if session_size is not None:
             argv += ["--session-size", str(session_size)]
         if latency:
@@ -141,15 +179,23 @@ class SimProcess:
         self.stop()
 
     def start(self, timeout: float = 120) -> SimProcess:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                     text=True, env=child_env())
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=child_env(),
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        # A thread drains stdout for the simulator's whole life, so the pipe never fills.
+        threading.Thread(target=_pump, args=(self.proc.stdout, lines), daemon=True).start()
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while not self.admin_url:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
-            line = self.proc.stdout.readline() if ready else ""
+        while not (self.base_url and self.admin_url):
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
             if not line:
                 self.stop()
                 raise RuntimeError(f"the simulator did not start: {' '.join(self.argv)}")
@@ -159,6 +205,7 @@ class SimProcess:
                 self.admin_url = m.group(1)
         for url in (self.base_url, self.admin_url):
             if not url.startswith(("http://127.0.0.1:", "http://[::1]:")):
+                self.stop()
                 raise RuntimeError(f"the simulator is not on loopback: {url}")
         return self
 
@@ -172,8 +219,6 @@ class SimProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
         self.proc = None
 
     @property
@@ -182,8 +227,12 @@ class SimProcess:
 
     def admin(self, method: str, path: str, payload: Any = None, timeout: float = 300) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(f"{self.admin_url}/{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.admin_url}/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read() or b"null")
 
@@ -211,6 +260,12 @@ class SimProcess:
                     pass
 
 
+def _pump(stream: Any, lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put("")  # end of output: the simulator exited
+
+
 # -- an e4sync configuration -------------------------------------------------------------
 
 
@@ -231,7 +286,8 @@ class Workdir:
         self.config.write_text(
             f'[archive]\nroot = "{self.archive}"\n\n[state]\ndir = "{self.state}"\n\n{download}'
             f'[[account]]\nname = "lab"\nusername = "{USER}"\npassword_file = "{pw}"\n'
-            f'base_url = "{base_url}"\n')
+            f'base_url = "{base_url}"\n'
+        )
 
     @property
     def db(self) -> Path:
@@ -240,8 +296,12 @@ class Workdir:
     def argv(self, *args: str) -> list[str]:
         return [*e4sync_argv(), "--config", str(self.config), *args]
 
-    def run(self, *args: str, timeout: float = 900,
-            during: Callable[[int, threading.Event], None] | None = None) -> Measured:
+    def run(
+        self,
+        *args: str,
+        timeout: float = 900,
+        during: Callable[[int, threading.Event], None] | None = None,
+    ) -> Measured:
         return run_child(self.argv(*args), timeout=timeout, during=during)
 
     def migrate(self) -> None:
@@ -307,12 +367,31 @@ class Mode:
 
 
 MODES = {
-    "full": Mode("full", 5, 120, 100_000, 0.04, (50_000_000, 100_000_000, 200_000_000),
-                 200_000_000, (2_000, 20_000), 20, 100_000),
-    "quick": Mode("quick", 3, 120, 100_000, 0.04, (10_000_000, 20_000_000, 40_000_000),
-                  40_000_000, (500, 5_000), 10, 20_000),
-    "tiny": Mode("tiny", 1, 8, 20_000, 0.04, (1_000_000, 2_000_000), 2_000_000, (20, 200),
-                 2, 300),
+    "full": Mode(
+        "full",
+        5,
+        120,
+        100_000,
+        0.04,
+        (50_000_000, 100_000_000, 200_000_000),
+        200_000_000,
+        (2_000, 20_000),
+        20,
+        100_000,
+    ),
+    "quick": Mode(
+        "quick",
+        3,
+        120,
+        100_000,
+        0.04,
+        (10_000_000, 20_000_000, 40_000_000),
+        40_000_000,
+        (500, 5_000),
+        10,
+        20_000,
+    ),
+    "tiny": Mode("tiny", 1, 8, 20_000, 0.04, (1_000_000, 2_000_000), 2_000_000, (20, 200), 2, 300),
 }
 
 
@@ -342,18 +421,25 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     versions = {}
-    for name, argv in (("curl", ["curl", "--version"]), ("unzip", ["unzip", "-v"]),
-                       ("sha256sum", ["sha256sum", "--version"])):
+    for name, argv in (
+        ("curl", ["curl", "--version"]),
+        ("unzip", ["unzip", "-v"]),
+        ("sha256sum", ["sha256sum", "--version"]),
+    ):
         try:
             first = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
             versions[name] = first.splitlines()[0].strip() if first else "?"
         except (OSError, subprocess.SubprocessError):
             versions[name] = "missing"
-    e4 = subprocess.run([*e4sync_argv(), "--version"], capture_output=True, text=True,
-                        env=child_env(), timeout=60).stdout.strip()
-    e4c = subprocess.run([PYTHON, "-c", "import importlib.metadata as m; "
-                          "print(m.version('e4client'))"], capture_output=True, text=True,
-                         timeout=60).stdout.strip()
+    e4 = subprocess.run(
+        [*e4sync_argv(), "--version"], capture_output=True, text=True, env=child_env(), timeout=60
+    ).stdout.strip()
+    e4c = subprocess.run(
+        [PYTHON, "-c", "import importlib.metadata as m; print(m.version('e4client'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     return {
         "cpu": cpu,
         "cores": str(os.cpu_count()),

@@ -42,17 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     finished = time.perf_counter()
     engine.dispose()
     accounts = report.accounts
-    print(json.dumps({
-        "open_seconds": opened - started,
-        "pass_seconds": finished - opened,
-        "statements": sum(kinds.values()),
-        "by_kind": dict(kinds),
-        "exit_code": report.exit_code,
-        "listed": sum(a.listed for a in accounts),
-        "new": sum(a.new for a in accounts),
-        "downloaded": sum(a.downloaded for a in accounts),
-        "failed": sum(a.failed for a in accounts),
-    }))
+    print(
+        json.dumps(
+            {
+                "open_seconds": opened - started,
+                "pass_seconds": finished - opened,
+                "statements": sum(kinds.values()),
+                "by_kind": dict(kinds),
+                "exit_code": report.exit_code,
+                "listed": sum(a.listed for a in accounts),
+                "new": sum(a.new for a in accounts),
+                "downloaded": sum(a.downloaded for a in accounts),
+                "failed": sum(a.failed for a in accounts),
+            }
+        )
+    )
     return 0
 
 

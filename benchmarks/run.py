@@ -55,16 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in keys if k not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
-    command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (
-        argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/run.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="e4sync-bench-"))
     results: list[Result] = []
     failed: list[str] = []
     ctx: dict = {}
     started = time.monotonic()
-    print(f"e4sync benchmarks, mode {mode.name}, {mode.reps} repetition(s); work in {tmp}",
-          flush=True)
+    print(
+        f"e4sync benchmarks, mode {mode.name}, {mode.reps} repetition(s); work in {tmp}", flush=True
+    )
     try:
         for key in keys:
             t0 = time.monotonic()
@@ -85,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSummary")
     print(render_summary(results, markdown=False))
     total = time.monotonic() - started
-    print(f"\n{len(results)} benchmark(s) in {total:.0f} s"
-          + (f"; could not run: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\n{len(results)} benchmark(s) in {total:.0f} s"
+        + (f"; could not run: {', '.join(failed)}" if failed else "")
+    )
     if mode.name == "full" and not args.no_write and not failed and not args.only:
         path = REPO / "docs" / "benchmarks.md"
         path.write_text(render_doc(results, machine(), command, mode.reps, total))
@@ -101,8 +105,10 @@ def _table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
         return "\n".join(lines)
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -120,8 +126,7 @@ def render_detail(result, markdown: bool) -> str:
     return "\n\n".join(parts) if markdown else "\n".join(parts)
 
 
-def render_doc(results: list, info: dict[str, str], command: str, reps: int,
-               total: float) -> str:
+def render_doc(results: list, info: dict[str, str], command: str, reps: int, total: float) -> str:
     today = dt.date.today().isoformat()
     findings = REPO / "benchmarks" / "findings.md"
     lines = [

@@ -296,7 +296,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load(args)
     engine = open_state(cfg)
     factory = default_source_factory(cfg)
-    daemon = Daemon(cfg, engine, worker_id=make_worker_id(), source_factory=factory)
+    daemon = Daemon(cfg, engine, worker_id=make_worker_id(), source_factory=factory,
+                    dry_run=args.dry_run)
     return daemon.run(check_login=lambda: check_logins(cfg, factory))
 
 
@@ -398,6 +399,9 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     session_id = session_id_arg(args.session_id)
     cfg = load(args)
+    if args.output.endswith(("/", os.sep)):
+        # "-o newdir/" names a folder, even one that does not exist yet.
+        os.makedirs(args.output, exist_ok=True)
     with make_client(cfg, one_account(cfg)) as client:
         path = client.download_session(session_id, args.output)
     out(str(path))
@@ -417,11 +421,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
     account = one_account(cfg)
     engine = open_state(cfg)
     with engine.connect() as conn:
-        row = conn.execute(select(SessionRow.state, SessionRow.local_path, SessionRow.sha256)
+        row = conn.execute(select(SessionRow.id, SessionRow.account_id, SessionRow.state,
+                                  SessionRow.local_path, SessionRow.sha256)
                            .join(Account, Account.id == SessionRow.account_id)
                            .where(Account.name == account.name,
                                   SessionRow.remote_id == session_id)).first()
-    engine.dispose()
     proof = "no verified local copy is recorded"
     if row is not None and row.state == VERIFIED and row.local_path:
         path = Archive(cfg.archive.root).resolve(row.local_path)
@@ -442,6 +446,20 @@ def cmd_remove(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             out("not removed")
             return EXIT_OK
+    if row is not None:
+        # The ledger entry comes first, as in a pass (SPEC section 6); the next pass confirms
+        # it from a fresh listing and marks the session remote_deleted, not remote_gone.
+        import time
+
+        from e4sync.state.db import sessionmaker_for
+        from e4sync.state.models import Deletion
+
+        with sessionmaker_for(engine)() as db, db.begin():
+            db.add(Deletion(account_id=row.account_id, session_id=row.id, remote_id=session_id,
+                            local_path=row.local_path or "", sha256=row.sha256 or "",
+                            requested_at=time.time(), result="requested by `e4sync remove`",
+                            e4sync_version=__version__))
+    engine.dispose()
     with make_client(cfg, account) as client:
         client.remove_session(session_id)
     out(f"removed remote session {session_id}")

@@ -45,8 +45,9 @@ class Health:
 class Daemon:
     def __init__(self, cfg: Config, engine: Engine, *, worker_id: str,
                  notifier: Notifier | None = None, source_factory: SourceFactory | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, dry_run: bool = False):
         self.cfg = cfg
+        self.dry_run = dry_run
         self.engine = engine
         self.worker_id = worker_id
         self.notifier = notifier or Notifier()
@@ -160,7 +161,8 @@ class Daemon:
         try:
             report = monitored_pass(self.cfg, self.engine, lambda: run_pass(
                 self.cfg, self.engine, stop=self.stop, worker_id=self.worker_id,
-                source_factory=self.source_factory, on_progress=self._progress))
+                source_factory=self.source_factory, on_progress=self._progress,
+                dry_run=self.dry_run), dry_run=self.dry_run)
             error = "; ".join(e for a in report.accounts for e in a.errors[:1])
         except LockBusy as exc:
             error = str(exc)

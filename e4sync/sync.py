@@ -166,6 +166,8 @@ def run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
     Raises ``LockBusy`` if another pass holds this state directory, ``StorageError`` if the
     archive root cannot be written; everything else is caught per account and reported."""
     stop = stop or threading.Event()
+    # A one-off pass (run-once) is its own short-lived worker: its row goes when it ends.
+    one_off = worker_id is None
     worker_id = worker_id or statedb.make_worker_id()
     source_factory = source_factory or default_source_factory(cfg)
     chosen = [a for a in cfg.accounts if accounts is None or a.name in accounts]
@@ -193,7 +195,10 @@ def run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
                             source_factory, dry_run, on_progress or _ignore).run())
         if stop.is_set():
             report.interrupted = True
-        statedb.heartbeat(engine, worker_id, "idle")
+        if one_off:
+            statedb.remove_worker(engine, worker_id)
+        else:
+            statedb.heartbeat(engine, worker_id, "idle")
     report.finished_at = time.time()
     return report
 

@@ -311,8 +311,6 @@ def claim_accounts(
     """
     if not names or (limit is not None and limit <= 0):
         return []
-    if os.environ.get("E4SYNC_BREAK_LEASES"):
-        return sorted(names)
     now = time.time() if now is None else now
     acc = models.Account
     own_first = sa.case((acc.lease_owner == worker_id, 0), else_=1)

@@ -1,0 +1,116 @@
+"""The scrub: a real `e4sync run` daemon with ``[archive] scrub_interval = "1s"`` re-hashes the
+archive on its own; a byte flipped on disk is logged as ``changed`` with the file's path,
+and finding it costs no request to the platform (the simulator's request log proves it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+
+SESSIONS = 3
+
+
+def write_config(tmp_path: Path, base_url: str) -> Path:
+    pw = tmp_path / "lab.password"
+    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, DEFAULT_PASSWORD.encode() + b"\n")
+    os.close(fd)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[archive]\nroot = "{tmp_path / "archive"}"\nscrub_interval = "1s"\n\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n\n'
+        '[schedule]\ninterval = "1h"\njitter = "0s"\n\n'
+        f'[[account]]\nname = "lab"\nusername = "{DEFAULT_USER}"\npassword_file = "{pw}"\n'
+        f'base_url = "{base_url}"\n'
+    )
+    return config
+
+
+class Lines:
+    """The daemon's stderr, line by line, read by a thread: waiting for a line blocks on a
+    queue (an event), never on a sleep."""
+
+    def __init__(self, stream):
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no line matching {pattern!r}:\n{''.join(self.seen)[-3000:]}"
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            assert line is not None, f"the daemon ended:\n{''.join(self.seen)[-3000:]}"
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+
+def test_the_scrub_names_a_flipped_byte_without_asking_the_platform(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("E4SYNC_", "E4_"))
+        and k not in ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "JOURNAL_STREAM")
+    }
+    with Simulator(port=0, seed=61, sessions=SESSIONS, session_size=30_000) as sim:
+        config = write_config(tmp_path, sim.base_url)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "e4sync", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            lines = Lines(proc.stderr)
+            # The first pass archives every session; a later scrub finds them all whole.
+            lines.wait_for(rf"scrub: {SESSIONS} archived files re-hashed, all match")
+            requests = sim.stats()["requests"]
+            zips = {
+                json.loads(p.read_text())["session_id"]: p.with_suffix(".zip")
+                for p in (tmp_path / "archive").rglob("*.json")
+            }
+            victim = sorted(zips.values())[0]
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 3] ^= 0x01
+            victim.write_bytes(bytes(data))
+            flipped_at = time.monotonic()
+
+            match = lines.wait_for(r"scrub: changed: (.+)$")
+            assert match.group(1).strip() == str(victim)
+            # Found on disk alone: not one request since, least of all a new download.
+            assert sim.stats()["requests"] == requests
+            assert not [e for e in sim.request_log() if e["t"] >= flipped_at]
+            # The damaged copy is left for a person to look at, not replaced behind their back.
+            assert victim.read_bytes() == bytes(data)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 0
