@@ -79,6 +79,31 @@ class Measured:
         return self
 
 
+# A tiny parent between the runner and the measured program. On Linux a child's ru_maxrss
+# starts at the RSS of the process image it was forked (or vforked) from, so a program
+# started straight from the runner would inherit the runner's own peak. This launcher is
+# small (its RSS is the floor of every figure, ~10 MB), forks the program, forwards
+# SIGTERM/SIGINT to it, and reports the program's own peak RSS and wall time from wait4.
+_LAUNCHER = r"""
+import os, signal, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda n, _f: os.kill(pid, n))
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(f"{usage.ru_maxrss} {time.perf_counter() - started}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_child(
     argv: Sequence[str],
     *,
@@ -87,54 +112,52 @@ def run_child(
     timeout: float = 900,
     during: Callable[[int, threading.Event], None] | None = None,
 ) -> Measured:
-    """Run ``argv`` to completion; time it and read its peak RSS from ``wait4``.
+    """Run ``argv`` to completion; return its wall time and its own peak RSS (``wait4``).
 
-    ``subprocess.run`` would reap the child itself and lose its rusage, so the output goes
-    to temporary files and the child is reaped here. ``during(pid, done)`` runs in a thread
-    while the child runs (to signal it, say); ``done`` is set once the child is reaped. It
-    must never wait for the child itself, which would steal its rusage."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=env or child_env(),
-            cwd=cwd,
-        )
-        killer = threading.Timer(timeout, lambda: _kill(proc.pid))
-        killer.start()
-        done = threading.Event()
-        helper = None
-        if during:
-            helper = threading.Thread(target=during, args=(proc.pid, done), daemon=True)
-            helper.start()
+    ``during(pid, done)`` runs in a thread while the program runs (to signal it, say);
+    ``pid`` is the launcher's, which forwards SIGTERM and SIGINT; ``done`` is set at the end.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "rusage"
+        out_path, err_path = Path(scratch) / "out", Path(scratch) / "err"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [PYTHON, "-I", "-S", "-c", _LAUNCHER, str(report), *argv],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env or child_env(),
+                cwd=cwd,
+            )
+            done = threading.Event()
+            helper = None
+            if during:
+                helper = threading.Thread(target=during, args=(proc.pid, done), daemon=True)
+                helper.start()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.terminate()  # forwarded to the program
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            finally:
+                done.set()
+            if helper:
+                helper.join(timeout=60)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            done.set()
-            killer.cancel()
-        seconds = time.perf_counter() - started
-        if helper:
-            helper.join(timeout=60)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
-        out.seek(0)
-        err.seek(0)
+            maxrss_kb, seconds = report.read_text().split()
+        except (OSError, ValueError):
+            maxrss_kb, seconds = "0", "nan"  # the launcher itself failed: see err
         return Measured(
-            seconds,
-            usage.ru_maxrss / 1024,
+            float(seconds),
+            int(maxrss_kb) / 1024,
             proc.returncode,
-            out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
+            out_path.read_bytes().decode(errors="replace"),
+            err_path.read_bytes().decode(errors="replace"),
         )
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # -- the simulator in its own process ----------------------------------------------------

@@ -627,6 +627,18 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_SESSIONS_FAILED
+    except Exception as exc:
+        # A state database locked by another process, or a PostgreSQL server that is down:
+        # temporary (75), said in one line.
+        if "sqlalchemy" not in sys.modules:
+            raise
+        from e4sync.state.db import database_busy
+
+        busy = database_busy(exc)
+        if busy is None:
+            raise
+        print(f"e4sync: error: {busy}", file=sys.stderr)
+        return busy.exit_code
 
 
 if __name__ == "__main__":

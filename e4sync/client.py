@@ -643,7 +643,9 @@ class E4Connect:
                 return reply
             r.close()
             if relogged:
-                raise AuthError(
+                # The fresh login proved the password; a cookie that dies again at once is
+                # another login elsewhere (one live login per account): temporary, not 77.
+                raise TransientError(
                     f"E4 Connect still answers {self._path(path)} with its login page right after"
                     f" a fresh login for {self._user}"
                 )

@@ -26,6 +26,7 @@ log = logging.getLogger("e4sync.source")
 # The listed fields that define a session's identity and content; a change in any of
 # them since the download blocks a remote deletion (SPEC section 6).
 METADATA_FIELDS = ("id", "start_time", "duration", "device_id", "label", "device", "status", "exit_code")
+MAX_START_TIME = 253402300799  # 9999-12-31T23:59:59Z: beyond it no datetime, no database int
 MAX_FIELD_CHARS = 500  # a listed value longer than this is cut: the platform never sends one
 
 
@@ -77,7 +78,7 @@ def parse_item(row: Any) -> RemoteItem | None:
         log.warning("ignoring a listed session with an id that is not a number: %.80r", row.get("id"))
         return None
     start = _number(row.get("start_time"), int)
-    if start is None or start < 0:
+    if start is None or not 0 <= start <= MAX_START_TIME:
         log.warning("session %s: start_time %.40r is not a time; its CSV times are not checked",
                     session_id, row.get("start_time"))
         start = 0

@@ -196,7 +196,7 @@ def main():
         while True:
             got = sum(a["counts"]["verified"] for a in status(config)["accounts"])
             if got >= want:
-                print(f"{got} sessions verified after {time.monotonic() - began:.1f} s")
+                print(f"  {got} sessions verified after {time.monotonic() - began:.1f} s")
                 return
             if time.monotonic() - began > timeout:
                 sys.exit(f"only {got} of {want} sessions verified after {timeout:g} s")
@@ -224,7 +224,7 @@ def main():
             owner = {a["name"]: a["lease"]["owner"] for a in status(config)["accounts"]}.get(
                 account)
             if owner and owner != dead:
-                print(f"{account} taken over by {owner} {time.monotonic() - began:.1f} s "
+                print(f"  {account} taken over by {owner} {time.monotonic() - began:.1f} s "
                       "after the kill")
                 return
             time.sleep(0.2)
@@ -411,11 +411,12 @@ in_ns "$SRV" "$PY" "$WORK/helper.py" wait-verified "$CFGS" $((ACCOUNTS * SESSION
 in_ns "$SRV" "$PY" "$WORK/helper.py" summary "$CFGS"
 
 say "phase 3: stop the survivor (SIGTERM) and check the archive"
-date +%T; kill -TERM "$SURVIVOR_PID"
+kill -TERM "$SURVIVOR_PID"
 code=0
 wait "$SURVIVOR_PID" || code=$?
-echo "  survivor exited with $code"; date +%T
+echo "  survivor exited with $code"
 in_ns "$SRV" "$PY" -m e4sync verify --config "$CFGS" | sed 's/^/  /'
+in_ns "$SRV" "$PY" "$WORK/helper.py" faults '{"bandwidth": 0}'  # the ZIPs are fetched to compare
 in_ns "$SRV" "$PY" "$WORK/helper.py" check-archive "$WORK/archive" "${USERS[@]}"
 echo "  files: $(find "$WORK/archive" -name '*.zip' | wc -l) zip, " \
     "$(find "$WORK/archive" -name '*.json' | wc -l) sidecars, " \

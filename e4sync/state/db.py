@@ -36,7 +36,7 @@ from sqlalchemy import event, or_, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from e4sync.errors import StorageError
+from e4sync.errors import StorageError, TransientError
 from e4sync.state import models
 
 # Session-level advisory lock key that serialises migrations among workers on one PostgreSQL
@@ -54,6 +54,21 @@ SCHEMA_HEAD = "0001"
 # default) so the write lock is taken up front, not half-way with SQLITE_BUSY; a pure reader
 # may pass ``conn.execution_options(sqlite_begin="DEFERRED")`` to never wait for writers.
 SQLITE_BEGIN_OPTION = "sqlite_begin"
+
+
+def database_busy(exc: BaseException, url: str = "") -> TransientError | None:
+    """The ``TransientError`` (exit 75) that a locked or unreachable state database means,
+    or None if ``exc`` is something else. Another process holding a SQLite write lock past
+    the busy timeout, or a PostgreSQL server that is down, is worth retrying later."""
+    if not isinstance(exc, sa.exc.OperationalError):
+        return None
+    text = str(exc.orig or exc).lower()
+    where = make_url(url).render_as_string(hide_password=True) if url else "the state database"
+    if "locked" in text or "busy" in text:
+        return TransientError(f"{where} is locked by another process; try again later")
+    if "connection" in text or "could not connect" in text or "server closed" in text:
+        return TransientError(f"{where} cannot be reached: {text.splitlines()[0][:200]}")
+    return None
 
 
 def default_sqlite_url(state_dir: Path) -> str:

@@ -43,8 +43,15 @@ PASS_ROW_SLACK = 0.25
 # status_report's fixed staleness threshold (maintenance.py); see test_killed_worker_...
 STATUS_STALE_AFTER = 600.0
 
-CHILD_ENV_DROP = ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET",
-                  "WATCHDOG_USEC", "JOURNAL_STREAM")
+CHILD_ENV_DROP = (
+    "E4SYNC_CONFIG",
+    "E4_USER",
+    "E4_PWD",
+    "CREDENTIALS_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "JOURNAL_STREAM",
+)
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -104,15 +111,19 @@ class Lab:
     def config(self, host: str) -> Path:
         """The configuration of one worker host: everything shared but its state dir."""
         state_url = f'url = "{self.state_url}"\n' if self.state_url else ""
-        text = (f'[archive]\nroot = "{self.archive}"\n\n'
-                f'[state]\n{state_url}dir = "{self.root / host / "state"}"\n'
-                f'lease = "{LEASE:g}s"\n\n'
-                f'[schedule]\ninterval = "{INTERVAL:g}s"\njitter = "0s"\n\n'
-                f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n')
+        text = (
+            f'[archive]\nroot = "{self.archive}"\n\n'
+            f'[state]\n{state_url}dir = "{self.root / host / "state"}"\n'
+            f'lease = "{LEASE:g}s"\n\n'
+            f'[schedule]\ninterval = "{INTERVAL:g}s"\njitter = "0s"\n\n'
+            f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n'
+        )
         for a in self.accounts:
-            text += (f'[[account]]\nname = "{a.name}"\nusername = "{a.user}"\n'
-                     f'password_file = "{self.secrets / (a.name + ".password")}"\n'
-                     f'base_url = "{self.base_url}"\n\n')
+            text += (
+                f'[[account]]\nname = "{a.name}"\nusername = "{a.user}"\n'
+                f'password_file = "{self.secrets / (a.name + ".password")}"\n'
+                f'base_url = "{self.base_url}"\n\n'
+            )
         path = self.root / host / "config.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
@@ -134,9 +145,12 @@ class Workers:
     def start(self, config: Path) -> subprocess.Popen:
         log = config.with_name("worker.log")
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "e4sync", "run", "--config",
-                                     str(config)], env=child_env(), stdout=out,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "e4sync", "run", "--config", str(config)],
+                env=child_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.procs.append(proc)
         self.logs.append(log)
         return proc
@@ -167,8 +181,9 @@ class Workers:
         return codes
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str,
-               workers: Workers | None = None) -> float:
+def wait_until(
+    check: Callable[[], object], timeout: float, what: str, workers: Workers | None = None
+) -> float:
     """Poll ``check`` until it is true; return the seconds it took."""
     began = time.monotonic()
     while not check():
@@ -182,14 +197,22 @@ def wait_until(check: Callable[[], object], timeout: float, what: str,
 
 
 def e4sync_cmd(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e4sync", *argv], env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "e4sync", *argv],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def count_verified(engine: sa.Engine, account: str | None = None) -> int:
-    query = (sa.select(sa.func.count()).select_from(SessionRow)
-             .join(Account, Account.id == SessionRow.account_id)
-             .where(SessionRow.state == VERIFIED))
+    query = (
+        sa.select(sa.func.count())
+        .select_from(SessionRow)
+        .join(Account, Account.id == SessionRow.account_id)
+        .where(SessionRow.state == VERIFIED)
+    )
     if account is not None:
         query = query.where(Account.name == account)
     with engine.connect() as c:
@@ -200,13 +223,16 @@ def pass_rows(engine: sa.Engine) -> list[sa.Row]:
     with engine.connect() as c:
         return c.execute(
             sa.select(Account.name, Pass.worker, Pass.started_at, Pass.finished_at)
-            .join(Account, Account.id == Pass.account_id).order_by(Pass.started_at)).all()
+            .join(Account, Account.id == Pass.account_id)
+            .order_by(Pass.started_at)
+        ).all()
 
 
 def lease_owner(engine: sa.Engine, account: str) -> str | None:
     with engine.connect() as c:
-        row = c.execute(sa.select(Account.lease_owner, Account.lease_until)
-                        .where(Account.name == account)).one_or_none()
+        row = c.execute(
+            sa.select(Account.lease_owner, Account.lease_until).where(Account.name == account)
+        ).one_or_none()
     if row is None:  # no worker has reached the account yet
         return None
     owner, until = row
@@ -222,7 +248,7 @@ def shared_service(passes: list[sa.Row]) -> list[str]:
     """Pairs of passes of one account by two workers that overlap in time."""
     found = []
     for i, p in enumerate(passes):
-        for q in passes[i + 1:]:
+        for q in passes[i + 1 :]:
             if p.name != q.name or p.worker == q.worker:
                 continue
             overlap = min(p.finished_at, q.finished_at) - max(p.started_at, q.started_at)
@@ -257,7 +283,8 @@ def add_lab_accounts(sim: Simulator, n: int, sessions: int, size: int) -> list[A
 
 @pytest.mark.postgres
 def test_three_workers_archive_every_session_once_and_never_share_an_account(
-        pg_url, engine, tmp_path):
+    pg_url, engine, tmp_path
+):
     # ~300 KB sessions behind a 1 MB/s cap: an account's first pass takes long enough that
     # two workers serving it at once could not hide in the pass rows' slack.
     with Simulator(port=0, seed=7, sessions=0, faults=Faults(bandwidth=1_000_000)) as sim:
@@ -284,8 +311,12 @@ def test_three_workers_archive_every_session_once_and_never_share_an_account(
             wait_until(lambda: count_verified(engine) == 18, 45, "18 sessions archived", workers)
             # Two more rounds with nothing to download: the workers keep contending.
             done = len(pass_rows(engine))
-            wait_until(lambda: len(pass_rows(engine)) >= done + 2 * len(lab.accounts), 20,
-                       "two more rounds of passes", workers)
+            wait_until(
+                lambda: len(pass_rows(engine)) >= done + 2 * len(lab.accounts),
+                20,
+                "two more rounds of passes",
+                workers,
+            )
             # `status` from a host that runs no worker, with its own config.
             observer = e4sync_cmd("status", "--json", "--config", str(lab.config("observer")))
             assert observer.returncode == 0, observer.stderr
@@ -318,8 +349,7 @@ def test_three_workers_archive_every_session_once_and_never_share_an_account(
         mine = [p for p in passes if p.name == a.name]
         started = sum(1 for p in mine if p.started_at >= counted_from)
         straddling = sum(1 for p in mine if p.started_at < counted_from < p.finished_at)
-        logins = (after["accounts"][a.user]["logins"]
-                  - before["accounts"][a.user]["logins"])
+        logins = after["accounts"][a.user]["logins"] - before["accounts"][a.user]["logins"]
         assert started <= logins <= started + straddling, (a.name, started, logins)
 
     # status --json: the workers with heartbeats, each account's health and its lease.
@@ -353,9 +383,11 @@ def test_killed_worker_hands_its_account_over_within_a_lease(pg_url, engine, tmp
         for host in ("host1", "host2", "host3"):
             workers.start(lab.config(host))
         try:
+
             def slow_part_growing() -> bool:
                 return lease_owner(engine, "slow") is not None and any(
-                    p.stat().st_size for p in (lab.archive / "slow").rglob("*.part"))
+                    p.stat().st_size for p in (lab.archive / "slow").rglob("*.part")
+                )
 
             wait_until(slow_part_growing, 30, "a download of 'slow' under way", workers)
             victim = lease_owner(engine, "slow")
@@ -366,8 +398,9 @@ def test_killed_worker_hands_its_account_over_within_a_lease(pg_url, engine, tmp
             killed_at = time.monotonic()
 
             # Right after the kill, status still names the dead worker's (unexpired) lease.
-            seen = json.loads(e4sync_cmd("status", "--json", "--config",
-                                         str(lab.config("observer"))).stdout)
+            seen = json.loads(
+                e4sync_cmd("status", "--json", "--config", str(lab.config("observer"))).stdout
+            )
             lease = {a["name"]: a["lease"] for a in seen["accounts"]}["slow"]
             assert lease["owner"] in (victim, None)  # None only on a very slow machine
 
@@ -375,20 +408,23 @@ def test_killed_worker_hands_its_account_over_within_a_lease(pg_url, engine, tmp
                 owner = lease_owner(engine, "slow")
                 return owner is not None and owner != victim
 
-            wait_until(taken_over, LEASE + INTERVAL + 5, "another worker to take 'slow'",
-                       workers)
+            wait_until(taken_over, LEASE + INTERVAL + 5, "another worker to take 'slow'", workers)
             took = time.monotonic() - killed_at
             # The dead lease lapses at most LEASE after its last renewal; the others look
             # again every INTERVAL.
             assert took <= LEASE + INTERVAL + 2, f"take-over after {took:.1f} s"
-            wait_until(lambda: count_verified(engine) == 5, 30, "every session archived",
-                       workers)
+            wait_until(lambda: count_verified(engine) == 5, 30, "every session archived", workers)
             # Let each survivor heartbeat after its own pass: the dead row is then the oldest.
             marks = {w: hb for w, hb in heartbeats(engine).items() if w != victim}
-            wait_until(lambda: all(heartbeats(engine)[w] > hb for w, hb in marks.items()),
-                       3 * INTERVAL, "the surviving workers to heartbeat", workers)
-            status_cli = json.loads(e4sync_cmd("status", "--json", "--config",
-                                               str(lab.config("observer"))).stdout)
+            wait_until(
+                lambda: all(heartbeats(engine)[w] > hb for w, hb in marks.items()),
+                3 * INTERVAL,
+                "the surviving workers to heartbeat",
+                workers,
+            )
+            status_cli = json.loads(
+                e4sync_cmd("status", "--json", "--config", str(lab.config("observer"))).stdout
+            )
             from e4sync.maintenance import status_report
 
             dead_beat = heartbeats(engine)[victim]
@@ -412,12 +448,10 @@ def test_killed_worker_hands_its_account_over_within_a_lease(pg_url, engine, tmp
     rows = {w["id"]: w for w in status_cli["workers"]}
     assert len(rows) == 3 and victim in rows
     assert all(rows[victim]["heartbeat"] <= w["heartbeat"] for w in rows.values())
-    assert {w["id"]: w["stale"] for w in later["workers"]} == {
-        w: w == victim for w in rows}
+    assert {w["id"]: w["stale"] for w in later["workers"]} == {w: w == victim for w in rows}
     slow_status = {a["name"]: a for a in status_cli["accounts"]}["slow"]
     assert slow_status["counts"]["verified"] == 2 and slow_status["healthy"]
     assert slow_status["last_pass"]["worker"] != victim
-
 
 
 # -- many accounts in one configuration (SQLite is enough) ----------------------------------
@@ -451,8 +485,9 @@ def test_users_file_import_writes_private_files_and_a_snippet_that_loads(tmp_pat
     from e4sync.config import load_config
 
     users = tmp_path / "users.txt"
-    users.write_text("# lab wristbands\nana@example.org:s3cret\n\n"
-                     "bo@example.org:pass:with:colons\n")
+    users.write_text(
+        "# lab wristbands\nana@example.org:s3cret\n\nbo@example.org:pass:with:colons\n"
+    )
     out_dir = tmp_path / "passwords"
     result = run_cli("accounts", "import", str(users), "--out", str(out_dir))
     assert "s3cret" not in result.out and "with:colons" not in result.out + result.err
@@ -468,11 +503,12 @@ def test_users_file_import_writes_private_files_and_a_snippet_that_loads(tmp_pat
         sim.add_session("ana@example.org", size_bytes=20_000)
         sim.add_account("bo@example.org", "pass:with:colons")
         sim.add_session("bo@example.org", size_bytes=20_000)
-        snippet = result.out.replace("[[account]]\n",
-                                     f'[[account]]\nbase_url = "{sim.base_url}"\n')
+        snippet = result.out.replace("[[account]]\n", f'[[account]]\nbase_url = "{sim.base_url}"\n')
         config = tmp_path / "config.toml"
-        config.write_text(f'[archive]\nroot = "{tmp_path / "archive"}"\n'
-                          f'[state]\ndir = "{tmp_path / "state"}"\n\n{snippet}')
+        config.write_text(
+            f'[archive]\nroot = "{tmp_path / "archive"}"\n'
+            f'[state]\ndir = "{tmp_path / "state"}"\n\n{snippet}'
+        )
         cfg = load_config(config)
         assert sorted(a.username for a in cfg.accounts) == ["ana@example.org", "bo@example.org"]
         # The passwords in the written files log in for real.

@@ -211,7 +211,6 @@ def test_a_cookie_killed_by_another_login_costs_one_relogin(tmp_path, run_cli):
         assert result[0] < len(ids), "the other login came after every download had started"
         # The daemon's login, the other one, and one re-login: not one per thread.
         assert sim.login_count() == 3
-        assert sim.stats()["accounts"][DEFAULT_USER]["max_valid_cookies"] == 1
         assert set(archived(tmp_path / "archive")) == ids
         for sid, path in archived(tmp_path / "archive").items():
             assert path.read_bytes() == sim.zip_bytes(sid)
@@ -244,12 +243,6 @@ def test_dead_cookies_never_cause_a_login_storm(tmp_path, run_cli, expire_all):
         assert set(archived(tmp_path / "archive")) == ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: client._send raises AuthError (exit 77, which "
-    "RestartPreventExitStatus=77 treats as permanent) when the cookie dies again "
-    "right after a login that succeeded; the credentials were fine: 75",
-)
 def test_a_cookie_killed_again_right_after_a_fresh_login_is_temporary(tmp_path, run_cli):
     # Another client (the E4 manager, a second worker) keeps logging in: every cookie dies at
     # once. Each login of ours succeeds, so the credentials are right: this is temporary.

@@ -276,11 +276,6 @@ def test_a_locked_database_changes_nothing_and_the_next_pass_recovers(locked_pas
     assert p["states"][p["new"]] == "verified" and set(p["states"].values()) == {"verified"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a locked state database escapes run_pass as "
-    "sqlalchemy OperationalError: a traceback and exit 1, not a message and 75",
-)
 def test_a_locked_database_is_temporary_exit_75_with_a_clear_message(locked_pass):
     locked = locked_pass["locked"]
     assert "Traceback" not in locked.stderr, locked.stderr[-3000:]
