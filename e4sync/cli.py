@@ -296,9 +296,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load(args)
     engine = open_state(cfg)
     factory = default_source_factory(cfg)
-    daemon = Daemon(cfg, engine, worker_id=make_worker_id(), source_factory=factory,
+    worker_id = make_worker_id()
+    daemon = Daemon(cfg, engine, worker_id=worker_id, source_factory=factory,
                     dry_run=args.dry_run)
-    return daemon.run(check_login=lambda: check_logins(cfg, factory))
+    return daemon.run(check_login=lambda: check_logins(cfg, factory, engine, worker_id))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -307,7 +308,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = load(args)
     engine = open_state(cfg)
     names = [a.name for a in cfg.accounts] if args.account else None
-    report = status_report(engine, names)
+    # A daemon heartbeats at least once a pass; it is stale only when it missed two.
+    stale_after = 2 * (cfg.schedule.interval + cfg.schedule.jitter) + cfg.state.lease
+    report = status_report(engine, names, stale_after=stale_after)
     if args.json:
         print_json(report)
         return EXIT_OK

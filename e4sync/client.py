@@ -475,6 +475,8 @@ class E4Connect:
                 ) from None
             with r:
                 self._raise_for_login_status(r, "authenticate.php")
+                # A good login's redirects end on dashboard.php, a refused one on login.php.
+                accepted = urlsplit(r.url).path.endswith("/dashboard.php")
             jar = post_session.cookies.copy()
             # The session-list page proves the login; it is an idempotent GET, so it
             # gets the normal retries.
@@ -490,6 +492,13 @@ class E4Connect:
             with page:
                 self._raise_for_login_status(page, "sessions.php")
                 match = _USER_ID.search(page.text)
+            if match is None and accepted:
+                # The password was accepted, then the cookie died before sessions.php:
+                # another login to this account (one live login each). Temporary.
+                raise TransientError(
+                    f"E4 Connect accepted the login for {user} but ended the session at once;"
+                    " another login to this account is probably active"
+                )
             if match is None:
                 raise AuthError(
                     f"E4 Connect refused the login for {user}: wrong username or password"

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from e4sync.config import Config
 from e4sync.errors import AuthError, ConfigError, E4SyncError, LockBusy
 from e4sync.notify import Notifier
+from e4sync.state import db as statedb
 from e4sync.sync import PassReport, SourceFactory, iso, run_pass
 
 log = logging.getLogger("e4sync.daemon")
@@ -78,6 +79,10 @@ class Daemon:
         log.info("stopping: waiting for the running downloads to reach a safe point")
         self.notifier.stopping()
         self.scheduler.shutdown(wait=True)
+        try:
+            statedb.remove_worker(self.engine, self.worker_id)
+        except Exception as exc:  # the database may be what failed; the row goes stale then
+            log.warning("could not remove this worker's row: %s", exc)
         self.engine.dispose()
         log.info("stopped")
         return 0
@@ -162,7 +167,7 @@ class Daemon:
             report = monitored_pass(self.cfg, self.engine, lambda: run_pass(
                 self.cfg, self.engine, stop=self.stop, worker_id=self.worker_id,
                 source_factory=self.source_factory, on_progress=self._progress,
-                dry_run=self.dry_run), dry_run=self.dry_run)
+                dry_run=self.dry_run, min_gap=self._min_gap()), dry_run=self.dry_run)
             error = "; ".join(e for a in report.accounts for e in a.errors[:1])
         except LockBusy as exc:
             error = str(exc)
@@ -181,6 +186,13 @@ class Daemon:
                 if report is not None:
                     self.health.last_report = report
 
+    def _min_gap(self) -> float:
+        # Several workers share a PostgreSQL database: an account another worker listed
+        # within half an interval is left alone, so N workers do not mean N logins each.
+        if self.engine.dialect.name == "sqlite":
+            return 0.0
+        return self.cfg.schedule.interval / 2
+
     def _scrub_job(self) -> None:
         from e4sync.archive import Archive
         from e4sync.maintenance import verify_archive
@@ -194,11 +206,21 @@ class Daemon:
                     log.error("scrub: %s: %s", kind, path)
 
 
-def check_logins(cfg: Config, source_factory: SourceFactory) -> None:
-    """Log in to every account once; raise ``AuthError`` only if none can log in because
-    the credentials were refused (a platform that is down is not a reason to exit)."""
+def check_logins(cfg: Config, source_factory: SourceFactory, engine: Engine,
+                 worker_id: str) -> None:
+    """Log in to the accounts once before READY=1; raise ``AuthError`` only if every login
+    tried was refused (a platform that is down is not a reason to exit). Each login is made
+    under the account's lease, so it never logs out another worker serving that account."""
+    from e4sync.state.db import claim_accounts, ensure_account, release_leases, sessionmaker_for
+
     refused: list[str] = []
     for account in cfg.accounts:
+        with sessionmaker_for(engine)() as db, db.begin():
+            ensure_account(db, account.name, account.username, account.base_url)
+        if not claim_accounts(engine, worker_id, [account.name], cfg.state.lease):
+            log.info("account %s: served by another worker; not checking its login",
+                     account.name)
+            continue
         source = None
         try:
             source = source_factory(account)
@@ -215,6 +237,7 @@ def check_logins(cfg: Config, source_factory: SourceFactory) -> None:
         finally:
             if source is not None:
                 source.close()
+            release_leases(engine, worker_id, [account.name])
     if refused:
         raise AuthError("; ".join(refused))
 

@@ -43,7 +43,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 def status_report(engine: Engine, account_names: list[str] | None = None,
-                  now: float | None = None) -> dict:
+                  now: float | None = None, stale_after: float = 600.0) -> dict:
     """Per account: counts per state, the last pass, failures with their next retry, the
     archive size; plus the workers and their leases. A constant number of queries."""
     now = time.time() if now is None else now
@@ -100,7 +100,7 @@ def status_report(engine: Engine, account_names: list[str] | None = None,
         "accounts": out,
         "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "current": w.current,
                      "heartbeat": _iso(w.heartbeat_at),
-                     "stale": now - w.heartbeat_at > 600} for w in workers],
+                     "stale": now - w.heartbeat_at > stale_after} for w in workers],
     }
 
 

@@ -156,15 +156,31 @@ def default_source_factory(cfg: Config) -> SourceFactory:
     return make
 
 
-def run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
+def run_pass(cfg: Config, engine: Engine, **kwargs) -> PassReport:
+    """Run one pass over the configured accounts (or the named ones) and return its report.
+
+    Raises ``LockBusy`` if another pass holds this state directory, ``TransientError`` if
+    the state database is locked or unreachable, ``StorageError`` if the archive root cannot
+    be written; everything else is caught per account and reported. The keyword arguments
+    are ``_run_pass``'s."""
+    try:
+        return _run_pass(cfg, engine, **kwargs)
+    except Exception as exc:
+        busy = statedb.database_busy(exc, str(engine.url))
+        if busy is None:
+            raise
+        raise busy from None
+
+
+def _run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
              stop: threading.Event | None = None, accounts: list[str] | None = None,
              worker_id: str | None = None, source_factory: SourceFactory | None = None,
              use_lock: bool | None = None,
-             on_progress: Callable[[str], None] | None = None) -> PassReport:
-    """Run one pass over the configured accounts (or the named ones) and return its report.
-
-    Raises ``LockBusy`` if another pass holds this state directory, ``StorageError`` if the
-    archive root cannot be written; everything else is caught per account and reported."""
+             on_progress: Callable[[str], None] | None = None,
+             min_gap: float = 0.0) -> PassReport:
+    """``on_progress`` is called after each session and step (the daemon's watchdog). A
+    ``worker_id`` names a long-lived worker (the daemon), whose row stays between passes;
+    ``min_gap`` skips accounts another worker listed less than that many seconds ago."""
     stop = stop or threading.Event()
     # A one-off pass (run-once) is its own short-lived worker: its row goes when it ends.
     one_off = worker_id is None
@@ -181,7 +197,7 @@ def run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
     with lock:
         if not dry_run:
             archive.check_writable()
-            _remove_stale_parts(engine, archive, cfg)
+            _remove_stale_parts(engine, archive, cfg, shared=not use_lock)
         sessions = statedb.sessionmaker_for(engine)
         if use_lock:
             _clear_dead_leases(sessions, worker_id)
@@ -192,7 +208,7 @@ def run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
                 break
             report.accounts.append(
                 AccountPass(cfg, account, engine, sessions, archive, worker_id, stop,
-                            source_factory, dry_run, on_progress or _ignore).run())
+                            source_factory, dry_run, on_progress or _ignore, min_gap).run())
         if stop.is_set():
             report.interrupted = True
         if one_off:
@@ -215,23 +231,18 @@ def _clear_dead_leases(sessions: Callable[[], DbSession], worker_id: str) -> Non
             log.info("released %d account lease(s) left by a process that died", stale.rowcount)
 
 
-def _remove_stale_parts(engine: Engine, archive: Archive, cfg: Config) -> None:
-    """Remove ``.part`` files that no running download can own (SPEC section 5).
-
-    Parts of sessions still due are kept, so a stopped download can resume. On a shared
-    archive another worker may be writing one right now: those are kept while fresh."""
+def _remove_stale_parts(engine: Engine, archive: Archive, cfg: Config, shared: bool) -> None:
+    """Remove ``.part`` and sidecar ``.tmp`` files that no running download can own
+    (SPEC section 5). Parts of sessions still due are kept, so a stopped download can
+    resume. On a ``shared`` archive (workers on other hosts) one may be being written right
+    now: only those untouched for longer than a download's read timeout can be stale."""
     with statedb.sessionmaker_for(engine)() as db:
         keep_rel = db.scalars(
             select(SessionRow.local_path).where(SessionRow.state.in_(DUE_STATES),
                                                 SessionRow.local_path.is_not(None))).all()
     keep = {_part_of(archive.resolve(PurePosixPath(p))) for p in keep_rel}
-    fresh_for = max(600.0, 2 * cfg.download.timeout)
-    now = time.time()
-    for part in archive.root.rglob("*.part"):
-        with contextlib.suppress(OSError):
-            if now - part.stat().st_mtime < fresh_for:
-                keep.add(part)
-    for path in archive.remove_stale_parts(keep=keep):
+    min_age = max(600.0, 2 * cfg.download.timeout) if shared else 0.0
+    for path in archive.remove_stale_parts(keep=keep, min_age=min_age):
         log.info("removed stale partial file %s", path)
 
 
@@ -249,8 +260,9 @@ class AccountPass:
     def __init__(self, cfg: Config, account: AccountConfig, engine: Engine,
                  sessions: Callable[[], DbSession], archive: Archive, worker_id: str,
                  stop: threading.Event, source_factory: SourceFactory, dry_run: bool,
-                 on_progress: Callable[[str], None]):
+                 on_progress: Callable[[str], None], min_gap: float = 0.0):
         self.cfg = cfg
+        self.min_gap = min_gap
         self.on_progress = on_progress
         self.account = account
         self.engine = engine
@@ -276,6 +288,9 @@ class AccountPass:
             row = statedb.ensure_account(db, self.account.name, self.account.username,
                                          self.account.base_url)
             self.account_id = row.id
+        if self.min_gap and self._served_recently():
+            self.report.skipped = "served by another worker less than half an interval ago"
+            return self.report
         claimed = statedb.claim_accounts(self.engine, self.worker_id, [self.account.name],
                                          self.cfg.state.lease)
         if not claimed:
@@ -306,6 +321,14 @@ class AccountPass:
             statedb.release_leases(self.engine, self.worker_id, [self.account.name])
             self._write_pass_row(started)
         return self.report
+
+    def _served_recently(self) -> bool:
+        """With several workers each pass of each would otherwise log in to every account:
+        skip one that another worker listed less than ``min_gap`` seconds ago."""
+        with self.sessions() as db:
+            row = db.get(Account, self.account_id)
+            listed_at = row.last_listed_at if row else None
+        return listed_at is not None and time.time() - listed_at < self.min_gap
 
     def _account_failed(self, code: int, message: str) -> None:
         self.report.ok = False

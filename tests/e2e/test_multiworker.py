@@ -40,7 +40,7 @@ INTERVAL = 2.0
 # table without sharing the account: a row's started_at is taken just before the claim and
 # its finished_at just after the release, each one short local transaction apart.
 PASS_ROW_SLACK = 0.25
-# status_report's fixed staleness threshold (maintenance.py); see test_killed_worker_...
+# maintenance.status_report marks a worker stale at this heartbeat age (a constant there).
 STATUS_STALE_AFTER = 600.0
 
 CHILD_ENV_DROP = (
