@@ -40,19 +40,34 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     get copies whose default is SUPPRESS, so a value given after the command wins and an
     absent one leaves the value given before it alone."""
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
-    parser.add_argument("--config", metavar="PATH", default=d(None),
-                        help="configuration file (default: $E4SYNC_CONFIG, else the user "
-                             "config directory's config.toml)")
-    parser.add_argument("--account", metavar="NAME", default=d(None),
-                        help="act on this account only")
-    parser.add_argument("--base-url", metavar="URL", default=d(None),
-                        help="E4 Connect address, overriding the account's base_url")
-    parser.add_argument("-v", "--verbose", action="count", default=d(0),
-                        help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", default=d(False),
-                        help="only warnings and errors")
-    parser.add_argument("--dry-run", action="store_true", default=d(False),
-                        help="say what would be downloaded or deleted; change nothing")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=d(None),
+        help="configuration file (default: $E4SYNC_CONFIG, else the user "
+        "config directory's config.toml)",
+    )
+    parser.add_argument(
+        "--account", metavar="NAME", default=d(None), help="act on this account only"
+    )
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=d(None),
+        help="E4 Connect address, overriding the account's base_url",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=d(0), help="more log output (-vv for debug)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=d(False), help="only warnings and errors"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=d(False),
+        help="say what would be downloaded or deleted; change nothing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e4sync",
         description="Keep a local, verified, dated archive of every Empatica E4 session "
-                    "stored on E4 Connect.",
+        "stored on E4 Connect.",
         epilog=f"exit status:\n{exit_status}\n\nDocumentation: docs/index.md",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"e4sync {__version__}")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -86,42 +102,61 @@ def build_parser() -> argparse.ArgumentParser:
     command("whoami", cmd_whoami, "the account's user id")
     p = command("download", cmd_download, "one session, verified, outside the archive")
     p.add_argument("session_id", metavar="ID")
-    p.add_argument("-o", "--output", metavar="PATH", default=".",
-                   help="file or directory (default: the current directory)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        default=".",
+        help="file or directory (default: the current directory)",
+    )
     p = command("remove", cmd_remove, "remove a remote session that has a verified local copy")
     p.add_argument("session_id", metavar="ID")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--force", action="store_true",
-                   help="remove even without a verified local copy (the recording may be lost)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even without a verified local copy (the recording may be lost)",
+    )
     p = command("verify", cmd_verify, "re-hash the archive against the state database")
     p.add_argument("--json", action="store_true")
     p = command("retry", cmd_retry, "clear back-off so failed sessions are tried next pass")
     p.add_argument("session_id", metavar="ID", nargs="?")
     p.add_argument("--all", action="store_true", help="every failed or waiting session")
     p = command("reindex", cmd_reindex, "rebuild the state database from the sidecar files")
-    p.add_argument("--no-rehash", action="store_true",
-                   help="trust the sidecars' sha256 instead of re-reading every file")
+    p.add_argument(
+        "--no-rehash",
+        action="store_true",
+        help="trust the sidecars' sha256 instead of re-reading every file",
+    )
     p = command("db", cmd_db, "state database maintenance")
     p.add_argument("action", choices=["upgrade"], help="apply schema migrations")
     p = command("config", cmd_config, "check or show the configuration")
     p.add_argument("action", choices=["check", "show"])
     p.add_argument("--json", action="store_true")
-    p = command("doctor", cmd_doctor,
-                "check each account's password source and login, and the directories")
+    p = command(
+        "doctor", cmd_doctor, "check each account's password source and login, and the directories"
+    )
     p.add_argument("--json", action="store_true")
     p = command("simulate", cmd_simulate, "run the E4 Connect simulator on 127.0.0.1")
     from e4sync.simulator.cli import add_arguments
 
     add_arguments(p)
-    p = command("demo", cmd_demo,
-                "start the simulator, sync it into a fresh folder, show the tree and status")
+    p = command(
+        "demo",
+        cmd_demo,
+        "start the simulator, sync it into a fresh folder, show the tree and status",
+    )
     p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)")
     p.add_argument("--sessions", type=int, default=6)
     p = command("accounts", cmd_accounts, "import an e4client users file (email:password)")
     p.add_argument("action", choices=["import"])
     p.add_argument("users_file", metavar="FILE")
-    p.add_argument("--out", metavar="DIR", required=True,
-                   help="folder for the password files (created 0700, files 0600)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        required=True,
+        help="folder for the password files (created 0700, files 0600)",
+    )
     return parser
 
 
@@ -142,16 +177,20 @@ def load(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config)
     if args.base_url:
         # The client validates the URL (http(s) only, plain http only on loopback).
-        accounts = tuple(dataclasses.replace(a, base_url=args.base_url.rstrip("/"))
-                         for a in cfg.accounts)
+        accounts = tuple(
+            dataclasses.replace(a, base_url=args.base_url.rstrip("/")) for a in cfg.accounts
+        )
         cfg = dataclasses.replace(cfg, accounts=accounts)
     if args.account:
         names = [a.name for a in cfg.accounts]
         if args.account not in names:
-            raise UsageError(f"--account {args.account}: no such account (configured: "
-                             f"{', '.join(names) or 'none'})")
+            raise UsageError(
+                f"--account {args.account}: no such account (configured: "
+                f"{', '.join(names) or 'none'})"
+            )
         cfg = dataclasses.replace(
-            cfg, accounts=tuple(a for a in cfg.accounts if a.name == args.account))
+            cfg, accounts=tuple(a for a in cfg.accounts if a.name == args.account)
+        )
     return cfg
 
 
@@ -172,9 +211,13 @@ def make_client(cfg: Config, account: AccountConfig):
     from e4sync.client import E4Connect
     from e4sync.credentials import password_provider
 
-    return E4Connect(account.username, base_url=account.base_url,
-                     password_provider=password_provider(account),
-                     timeout=cfg.download.timeout, connect_timeout=cfg.download.connect_timeout)
+    return E4Connect(
+        account.username,
+        base_url=account.base_url,
+        password_provider=password_provider(account),
+        timeout=cfg.download.timeout,
+        connect_timeout=cfg.download.connect_timeout,
+    )
 
 
 def session_id_arg(text: str) -> str:
@@ -194,8 +237,9 @@ def print_json(data: Any) -> None:
 
 def print_table(rows: list[dict], columns: list[str], as_csv: bool) -> None:
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore",
-                                lineterminator="\n")
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(rows)
         return
@@ -227,9 +271,18 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     progress = _Progress() if sys.stderr.isatty() and not args.quiet else None
-    report = monitored_pass(cfg, engine, lambda: run_pass(
-        cfg, engine, dry_run=args.dry_run, stop=stop,
-        on_progress=progress.tick if progress else None), dry_run=args.dry_run)
+    report = monitored_pass(
+        cfg,
+        engine,
+        lambda: run_pass(
+            cfg,
+            engine,
+            dry_run=args.dry_run,
+            stop=stop,
+            on_progress=progress.tick if progress else None,
+        ),
+        dry_run=args.dry_run,
+    )
     if progress:
         progress.done()
     if args.json:
@@ -263,10 +316,15 @@ def _report_dict(report) -> dict:
 
     from e4sync.sync import iso
 
-    return {"schema": 1, "started": iso(report.started_at), "finished": iso(report.finished_at),
-            "dry_run": report.dry_run, "interrupted": report.interrupted,
-            "exit_code": report.exit_code,
-            "accounts": [dataclasses.asdict(a) for a in report.accounts]}
+    return {
+        "schema": 1,
+        "started": iso(report.started_at),
+        "finished": iso(report.finished_at),
+        "dry_run": report.dry_run,
+        "interrupted": report.interrupted,
+        "exit_code": report.exit_code,
+        "accounts": [dataclasses.asdict(a) for a in report.accounts],
+    }
 
 
 def _print_report(report) -> None:
@@ -274,8 +332,10 @@ def _print_report(report) -> None:
         if a.skipped:
             out(f"{a.name}: skipped ({a.skipped})")
             continue
-        line = (f"{a.name}: {a.listed} listed, {a.new} new, {a.downloaded} downloaded "
-                f"({a.bytes / 1e6:.1f} MB), {a.failed} failed, {a.deleted} deleted remotely")
+        line = (
+            f"{a.name}: {a.listed} listed, {a.new} new, {a.downloaded} downloaded "
+            f"({a.bytes / 1e6:.1f} MB), {a.failed} failed, {a.deleted} deleted remotely"
+        )
         if a.gone:
             line += f", {a.gone} vanished from the platform"
         out(line)
@@ -297,8 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = open_state(cfg)
     factory = default_source_factory(cfg)
     worker_id = make_worker_id()
-    daemon = Daemon(cfg, engine, worker_id=worker_id, source_factory=factory,
-                    dry_run=args.dry_run)
+    daemon = Daemon(cfg, engine, worker_id=worker_id, source_factory=factory, dry_run=args.dry_run)
     return daemon.run(check_login=lambda: check_logins(cfg, factory, engine, worker_id))
 
 
@@ -324,21 +383,35 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(f"  archive: {a['archive_bytes'] / 1e6:.1f} MB")
         p = a["last_pass"]
         if p:
-            out(f"  last pass: {p['finished'] or p['started']}, {p['downloaded']} downloaded, "
-                f"{p['failed']} failed, {p['deleted']} deleted")
+            out(
+                f"  last pass: {p['finished'] or p['started']}, {p['downloaded']} downloaded, "
+                f"{p['failed']} failed, {p['deleted']} deleted"
+            )
         if a["last_error"]:
             out(f"  last error: {a['last_error']}")
         for f in a["failures"][:10]:
-            out(f"  session {f['session_id']}: {f['state']}, {f['attempts']} attempts, "
-                f"next {f['next_attempt'] or 'after `e4sync retry`'}: {f['last_error']}")
+            out(
+                f"  session {f['session_id']}: {f['state']}, {f['attempts']} attempts, "
+                f"next {f['next_attempt'] or 'after `e4sync retry`'}: {f['last_error']}"
+            )
     for w in report["workers"]:
         stale = " (stale)" if w["stale"] else ""
         out(f"worker {w['id']}: {w['current'] or 'idle'}, last seen {w['heartbeat']}{stale}")
     return EXIT_OK
 
 
-SESSION_COLUMNS = ["id", "start_time", "start", "duration", "device_id", "label", "device",
-                   "status", "exit_code", "local_state"]
+SESSION_COLUMNS = [
+    "id",
+    "start_time",
+    "start",
+    "duration",
+    "device_id",
+    "label",
+    "device",
+    "status",
+    "exit_code",
+    "local_state",
+]
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -358,10 +431,13 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     with contextlib.suppress(E4SyncError):
         engine = open_state(cfg)
         with engine.connect() as conn:
-            local = dict(conn.execute(
-                select(SessionRow.remote_id, SessionRow.state)
-                .join(Account, Account.id == SessionRow.account_id)
-                .where(Account.name == account.name)).all())
+            local = dict(
+                conn.execute(
+                    select(SessionRow.remote_id, SessionRow.state)
+                    .join(Account, Account.id == SessionRow.account_id)
+                    .where(Account.name == account.name)
+                ).all()
+            )
         engine.dispose()
     table = []
     for row in rows:
@@ -386,8 +462,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         print_json(devices)
     else:
-        print_table(devices, ["device_id", "label", "model", "hardware_code", "purchase_code",
-                              "purchase_id"], args.csv)
+        print_table(
+            devices,
+            ["device_id", "label", "model", "hardware_code", "purchase_code", "purchase_id"],
+            args.csv,
+        )
     return EXIT_OK
 
 
@@ -424,11 +503,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
     account = one_account(cfg)
     engine = open_state(cfg)
     with engine.connect() as conn:
-        row = conn.execute(select(SessionRow.id, SessionRow.account_id, SessionRow.state,
-                                  SessionRow.local_path, SessionRow.sha256)
-                           .join(Account, Account.id == SessionRow.account_id)
-                           .where(Account.name == account.name,
-                                  SessionRow.remote_id == session_id)).first()
+        row = conn.execute(
+            select(
+                SessionRow.id,
+                SessionRow.account_id,
+                SessionRow.state,
+                SessionRow.local_path,
+                SessionRow.sha256,
+            )
+            .join(Account, Account.id == SessionRow.account_id)
+            .where(Account.name == account.name, SessionRow.remote_id == session_id)
+        ).first()
     proof = "no verified local copy is recorded"
     if row is not None and row.state == VERIFIED and row.local_path:
         path = Archive(cfg.archive.root).resolve(row.local_path)
@@ -437,8 +522,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
         except OSError as exc:
             proof = f"{path} cannot be read ({exc.strerror})"
     if proof and not args.force:
-        raise UsageError(f"refusing to remove session {session_id}: {proof} "
-                         "(run `e4sync run-once` first, or use --force to remove it anyway)")
+        raise UsageError(
+            f"refusing to remove session {session_id}: {proof} "
+            "(run `e4sync run-once` first, or use --force to remove it anyway)"
+        )
     if args.dry_run:
         out(f"dry run: would remove remote session {session_id}")
         return EXIT_OK
@@ -458,10 +545,18 @@ def cmd_remove(args: argparse.Namespace) -> int:
         from e4sync.state.models import Deletion
 
         with sessionmaker_for(engine)() as db, db.begin():
-            db.add(Deletion(account_id=row.account_id, session_id=row.id, remote_id=session_id,
-                            local_path=row.local_path or "", sha256=row.sha256 or "",
-                            requested_at=time.time(), result="requested by `e4sync remove`",
-                            e4sync_version=__version__))
+            db.add(
+                Deletion(
+                    account_id=row.account_id,
+                    session_id=row.id,
+                    remote_id=session_id,
+                    local_path=row.local_path or "",
+                    sha256=row.sha256 or "",
+                    requested_at=time.time(),
+                    result="requested by `e4sync remove`",
+                    e4sync_version=__version__,
+                )
+            )
     engine.dispose()
     with make_client(cfg, account) as client:
         client.remove_session(session_id)
@@ -506,8 +601,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     result = reindex(open_state(cfg), Archive(cfg.archive.root), rehash=not args.no_rehash)
-    out(f"{result.sidecars} sidecars read: {result.added} sessions added, "
-        f"{result.updated} updated")
+    out(f"{result.sidecars} sidecars read: {result.added} sessions added, {result.updated} updated")
     for path in result.missing_zip:
         out(f"missing: {path} (its sidecar exists, the ZIP does not)")
     for problem in result.bad:
@@ -530,8 +624,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.action == "check":
         where = cfg.path or "environment (E4_USER/E4_PWD)"
-        out(f"{where}: ok, {len(cfg.accounts)} account(s): "
-            f"{', '.join(a.name for a in cfg.accounts)}")
+        out(
+            f"{where}: ok, {len(cfg.accounts)} account(s): "
+            f"{', '.join(a.name for a in cfg.accounts)}"
+        )
         return EXIT_OK
     shown = effective_config(cfg)
     if args.json:

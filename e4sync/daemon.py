@@ -44,9 +44,17 @@ class Health:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, engine: Engine, *, worker_id: str,
-                 notifier: Notifier | None = None, source_factory: SourceFactory | None = None,
-                 stop: threading.Event | None = None, dry_run: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        engine: Engine,
+        *,
+        worker_id: str,
+        notifier: Notifier | None = None,
+        source_factory: SourceFactory | None = None,
+        stop: threading.Event | None = None,
+        dry_run: bool = False,
+    ):
         self.cfg = cfg
         self.dry_run = dry_run
         self.engine = engine
@@ -68,8 +76,11 @@ class Daemon:
             check_login()
         self.scheduler = self._start_scheduler()
         self.notifier.ready()
-        log.info("e4sync daemon started: a pass every %s (jitter %s)",
-                 _fmt(self.cfg.schedule.interval), _fmt(self.cfg.schedule.jitter))
+        log.info(
+            "e4sync daemon started: a pass every %s (jitter %s)",
+            _fmt(self.cfg.schedule.interval),
+            _fmt(self.cfg.schedule.jitter),
+        )
         tick = self.notifier.watchdog_interval or 5.0
         tick = max(0.2, min(tick, 5.0))
         while not self.stop.wait(tick):
@@ -101,19 +112,34 @@ class Daemon:
 
         scheduler = BackgroundScheduler(
             timezone=dt.UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
         now = dt.datetime.now(dt.UTC)
-        scheduler.add_job(self._pass_job, "interval", id="pass",
-                          seconds=max(1.0, self.cfg.schedule.interval),
-                          jitter=int(self.cfg.schedule.jitter) or None, next_run_time=now)
+        scheduler.add_job(
+            self._pass_job,
+            "interval",
+            id="pass",
+            seconds=max(1.0, self.cfg.schedule.interval),
+            jitter=int(self.cfg.schedule.jitter) or None,
+            next_run_time=now,
+        )
         scrub = self.cfg.archive.scrub_interval
         if scrub:
-            scheduler.add_job(self._scrub_job, "interval", id="scrub", seconds=scrub,
-                              next_run_time=now + dt.timedelta(seconds=scrub))
+            scheduler.add_job(
+                self._scrub_job,
+                "interval",
+                id="scrub",
+                seconds=scrub,
+                next_run_time=now + dt.timedelta(seconds=scrub),
+            )
         scheduler.add_listener(
-            lambda event: log.warning("a scheduled %s was skipped: the previous one is still "
-                                      "running or the host was asleep", event.job_id),
-            EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+            lambda event: log.warning(
+                "a scheduled %s was skipped: the previous one is still "
+                "running or the host was asleep",
+                event.job_id,
+            ),
+            EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
+        )
         scheduler.start()
         return scheduler
 
@@ -140,9 +166,11 @@ class Daemon:
             parts = [f"idle; next pass {next_run}"]
             if h.last_report is not None:
                 r = h.last_report
-                parts.append(f"last pass {iso(r.finished_at)}: "
-                             f"{sum(a.downloaded for a in r.accounts)} downloaded, "
-                             f"{sum(a.failed for a in r.accounts)} failed")
+                parts.append(
+                    f"last pass {iso(r.finished_at)}: "
+                    f"{sum(a.downloaded for a in r.accounts)} downloaded, "
+                    f"{sum(a.failed for a in r.accounts)} failed"
+                )
             if h.last_error:
                 parts.append(f"last error: {h.last_error[:120]}")
         return "; ".join(parts)
@@ -164,10 +192,21 @@ class Daemon:
         report = None
         error = ""
         try:
-            report = monitored_pass(self.cfg, self.engine, lambda: run_pass(
-                self.cfg, self.engine, stop=self.stop, worker_id=self.worker_id,
-                source_factory=self.source_factory, on_progress=self._progress,
-                dry_run=self.dry_run, min_gap=self._min_gap()), dry_run=self.dry_run)
+            report = monitored_pass(
+                self.cfg,
+                self.engine,
+                lambda: run_pass(
+                    self.cfg,
+                    self.engine,
+                    stop=self.stop,
+                    worker_id=self.worker_id,
+                    source_factory=self.source_factory,
+                    on_progress=self._progress,
+                    dry_run=self.dry_run,
+                    min_gap=self._min_gap(),
+                ),
+                dry_run=self.dry_run,
+            )
             error = "; ".join(e for a in report.accounts for e in a.errors[:1])
         except LockBusy as exc:
             error = str(exc)
@@ -206,8 +245,9 @@ class Daemon:
                     log.error("scrub: %s: %s", kind, path)
 
 
-def check_logins(cfg: Config, source_factory: SourceFactory, engine: Engine,
-                 worker_id: str) -> None:
+def check_logins(
+    cfg: Config, source_factory: SourceFactory, engine: Engine, worker_id: str
+) -> None:
     """Log in to the accounts once before READY=1; raise ``AuthError`` only if every login
     tried was refused (a platform that is down is not a reason to exit). Each login is made
     under the account's lease, so it never logs out another worker serving that account."""
@@ -218,8 +258,7 @@ def check_logins(cfg: Config, source_factory: SourceFactory, engine: Engine,
         with sessionmaker_for(engine)() as db, db.begin():
             ensure_account(db, account.name, account.username, account.base_url)
         if not claim_accounts(engine, worker_id, [account.name], cfg.state.lease):
-            log.info("account %s: served by another worker; not checking its login",
-                     account.name)
+            log.info("account %s: served by another worker; not checking its login", account.name)
             continue
         source = None
         try:
@@ -231,8 +270,9 @@ def check_logins(cfg: Config, source_factory: SourceFactory, engine: Engine,
         except ConfigError:
             raise
         except E4SyncError as exc:
-            log.warning("account %s: cannot log in yet (%s); will retry each pass",
-                        account.name, exc)
+            log.warning(
+                "account %s: cannot log in yet (%s); will retry each pass", account.name, exc
+            )
             return
         finally:
             if source is not None:

@@ -47,12 +47,14 @@ class Decision:
     reason: str
 
 
-def plan_deletions(candidates: Iterable[Candidate], *, now: float, rules: Rules,
-                   listing_ok: bool) -> list[Decision]:
+def plan_deletions(
+    candidates: Iterable[Candidate], *, now: float, rules: Rules, listing_ok: bool
+) -> list[Decision]:
     """Given every session of one account, return a decision for each verified one, oldest
     recording first. At most ``rules.max_deletes_per_pass`` decisions say delete."""
-    verified = sorted((c for c in candidates if c.state == VERIFIED),
-                      key=lambda c: (c.start_time, c.remote_id))
+    verified = sorted(
+        (c for c in candidates if c.state == VERIFIED), key=lambda c: (c.start_time, c.remote_id)
+    )
     decisions: list[Decision] = []
     budget = max(0, rules.max_deletes_per_pass)
     for c in verified:
@@ -61,7 +63,9 @@ def plan_deletions(candidates: Iterable[Candidate], *, now: float, rules: Rules,
             reason = f"per-pass cap of {rules.max_deletes_per_pass} deletions reached"
         if reason is None:
             budget -= 1
-            decisions.append(Decision(c.remote_id, True, "verified copy older than the grace period"))
+            decisions.append(
+                Decision(c.remote_id, True, "verified copy older than the grace period")
+            )
         else:
             decisions.append(Decision(c.remote_id, False, reason))
     return decisions

@@ -38,7 +38,8 @@ def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = Fals
             'name = "demo"\n'
             'username = "demo@example.org"\n'
             f'password_file = "{password_file}"\n'
-            f'base_url = "{sim.base_url}"\n')
+            f'base_url = "{sim.base_url}"\n'
+        )
         cfg = load_config(config_file, env={})
         print(f"E4 Connect simulator at {sim.base_url} with {sessions} sessions", flush=True)
         print(f"syncing into {cfg.archive.root}", flush=True)

@@ -21,8 +21,10 @@ def _writable(path: Path) -> tuple[bool, str]:
             pass
         return True, f"{path} is writable"
     except OSError as exc:
-        return False, (f"{path} is not writable ({exc.strerror}); create it and give the user "
-                       f"running e4sync write access (uid {os.getuid()})")
+        return False, (
+            f"{path} is not writable ({exc.strerror}); create it and give the user "
+            f"running e4sync write access (uid {os.getuid()})"
+        )
 
 
 def run_checks(cfg: Config) -> list[dict]:
@@ -37,25 +39,46 @@ def run_checks(cfg: Config) -> list[dict]:
         try:
             source = password_source(account, interactive=False)
         except E4SyncError as exc:
-            checks.append({"what": f"account {account.name} password", "ok": False,
-                           "detail": str(exc)})
+            checks.append(
+                {"what": f"account {account.name} password", "ok": False, "detail": str(exc)}
+            )
             continue
         if source is None:
-            checks.append({"what": f"account {account.name} password", "ok": False,
-                           "detail": "no password source found (password_file, "
-                                     "password_command, password_env, keyring, or "
-                                     "$CREDENTIALS_DIRECTORY/e4sync-password)"})
+            checks.append(
+                {
+                    "what": f"account {account.name} password",
+                    "ok": False,
+                    "detail": "no password source found (password_file, "
+                    "password_command, password_env, keyring, or "
+                    "$CREDENTIALS_DIRECTORY/e4sync-password)",
+                }
+            )
             continue
-        checks.append({"what": f"account {account.name} password", "ok": True,
-                       "detail": f"{source.kind}: {source.detail}"})
+        checks.append(
+            {
+                "what": f"account {account.name} password",
+                "ok": True,
+                "detail": f"{source.kind}: {source.detail}",
+            }
+        )
         try:
-            with E4Connect(account.username, resolve_password(account, interactive=False),
-                           base_url=account.base_url, timeout=cfg.download.timeout,
-                           connect_timeout=cfg.download.connect_timeout) as client:
+            with E4Connect(
+                account.username,
+                resolve_password(account, interactive=False),
+                base_url=account.base_url,
+                timeout=cfg.download.timeout,
+                connect_timeout=cfg.download.connect_timeout,
+            ) as client:
                 user_id = client.user_id()
-            checks.append({"what": f"account {account.name} login", "ok": True,
-                           "detail": f"logged in to {account.base_url} as user {user_id}"})
+            checks.append(
+                {
+                    "what": f"account {account.name} login",
+                    "ok": True,
+                    "detail": f"logged in to {account.base_url} as user {user_id}",
+                }
+            )
         except E4SyncError as exc:
-            checks.append({"what": f"account {account.name} login", "ok": False,
-                           "detail": str(exc)})
+            checks.append(
+                {"what": f"account {account.name} login", "ok": False, "detail": str(exc)}
+            )
     return checks

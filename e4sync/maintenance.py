@@ -42,8 +42,12 @@ def _iso(ts: float | None) -> str | None:
     return iso(ts)
 
 
-def status_report(engine: Engine, account_names: list[str] | None = None,
-                  now: float | None = None, stale_after: float = 600.0) -> dict:
+def status_report(
+    engine: Engine,
+    account_names: list[str] | None = None,
+    now: float | None = None,
+    stale_after: float = 600.0,
+) -> dict:
     """Per account: counts per state, the last pass, failures with their next retry, the
     archive size; plus the workers and their leases. A constant number of queries."""
     now = time.time() if now is None else now
@@ -54,53 +58,96 @@ def status_report(engine: Engine, account_names: list[str] | None = None,
         counts: dict[int, dict[str, int]] = {}
         sizes: dict[int, int] = {}
         for account_id, state, n, size in db.execute(
-                select(SessionRow.account_id, SessionRow.state, func.count(),
-                       func.coalesce(func.sum(SessionRow.size), 0))
-                .group_by(SessionRow.account_id, SessionRow.state)):
+            select(
+                SessionRow.account_id,
+                SessionRow.state,
+                func.count(),
+                func.coalesce(func.sum(SessionRow.size), 0),
+            ).group_by(SessionRow.account_id, SessionRow.state)
+        ):
             counts.setdefault(account_id, dict.fromkeys(STATES, 0))[state] = n
             if state in (VERIFIED, REMOTE_DELETED, REMOTE_GONE):
                 sizes[account_id] = sizes.get(account_id, 0) + int(size or 0)
-        last_pass_id = {aid: pid for aid, pid in db.execute(
-            select(Pass.account_id, func.max(Pass.id)).group_by(Pass.account_id))}
-        passes = {p.account_id: p for p in db.scalars(
-            select(Pass).where(Pass.id.in_(list(last_pass_id.values()) or [-1])))}
-        failures = db.scalars(select(SessionRow).where(
-            SessionRow.last_error.is_not(None),
-            SessionRow.state.in_((*DUE_STATES, FAILED))).order_by(SessionRow.remote_id)).all()
+        last_pass_id = {
+            aid: pid
+            for aid, pid in db.execute(
+                select(Pass.account_id, func.max(Pass.id)).group_by(Pass.account_id)
+            )
+        }
+        passes = {
+            p.account_id: p
+            for p in db.scalars(
+                select(Pass).where(Pass.id.in_(list(last_pass_id.values()) or [-1]))
+            )
+        }
+        failures = db.scalars(
+            select(SessionRow)
+            .where(SessionRow.last_error.is_not(None), SessionRow.state.in_((*DUE_STATES, FAILED)))
+            .order_by(SessionRow.remote_id)
+        ).all()
         workers = db.scalars(select(Worker).order_by(Worker.id)).all()
     failures_by_account: dict[int, list[dict]] = {}
     for row in failures:
-        failures_by_account.setdefault(row.account_id, []).append({
-            "session_id": row.remote_id, "state": row.state, "attempts": row.attempts,
-            "last_error": row.last_error, "next_attempt": _iso(row.next_attempt_at)})
+        failures_by_account.setdefault(row.account_id, []).append(
+            {
+                "session_id": row.remote_id,
+                "state": row.state,
+                "attempts": row.attempts,
+                "last_error": row.last_error,
+                "next_attempt": _iso(row.next_attempt_at),
+            }
+        )
     out = []
     for a in accounts:
         p = passes.get(a.id)
         lease_live = bool(a.lease_owner and a.lease_until and a.lease_until > now)
-        out.append({
-            "name": a.name,
-            "user_id": a.user_id,
-            "healthy": a.last_error is None and p is not None and p.ok,
-            "last_error": a.last_error,
-            "last_ok": _iso(a.last_ok_at),
-            "counts": counts.get(a.id, dict.fromkeys(STATES, 0)),
-            "archive_bytes": sizes.get(a.id, 0),
-            "last_pass": None if p is None else {
-                "started": _iso(p.started_at), "finished": _iso(p.finished_at), "ok": p.ok,
-                "dry_run": p.dry_run, "worker": p.worker, "listed": p.listed, "new": p.new,
-                "downloaded": p.downloaded, "bytes": p.bytes, "failed": p.failed,
-                "deleted": p.deleted, "gone": p.gone,
-                "errors": [e for e in p.errors.splitlines() if e]},
-            "failures": failures_by_account.get(a.id, []),
-            "lease": {"owner": a.lease_owner if lease_live else None,
-                      "until": _iso(a.lease_until) if lease_live else None},
-        })
+        out.append(
+            {
+                "name": a.name,
+                "user_id": a.user_id,
+                "healthy": a.last_error is None and p is not None and p.ok,
+                "last_error": a.last_error,
+                "last_ok": _iso(a.last_ok_at),
+                "counts": counts.get(a.id, dict.fromkeys(STATES, 0)),
+                "archive_bytes": sizes.get(a.id, 0),
+                "last_pass": None
+                if p is None
+                else {
+                    "started": _iso(p.started_at),
+                    "finished": _iso(p.finished_at),
+                    "ok": p.ok,
+                    "dry_run": p.dry_run,
+                    "worker": p.worker,
+                    "listed": p.listed,
+                    "new": p.new,
+                    "downloaded": p.downloaded,
+                    "bytes": p.bytes,
+                    "failed": p.failed,
+                    "deleted": p.deleted,
+                    "gone": p.gone,
+                    "errors": [e for e in p.errors.splitlines() if e],
+                },
+                "failures": failures_by_account.get(a.id, []),
+                "lease": {
+                    "owner": a.lease_owner if lease_live else None,
+                    "until": _iso(a.lease_until) if lease_live else None,
+                },
+            }
+        )
     return {
         "schema": 1,
         "accounts": out,
-        "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "current": w.current,
-                     "heartbeat": _iso(w.heartbeat_at),
-                     "stale": now - w.heartbeat_at > stale_after} for w in workers],
+        "workers": [
+            {
+                "id": w.id,
+                "host": w.host,
+                "pid": w.pid,
+                "current": w.current,
+                "heartbeat": _iso(w.heartbeat_at),
+                "stale": now - w.heartbeat_at > stale_after,
+            }
+            for w in workers
+        ],
     }
 
 
@@ -120,19 +167,25 @@ class VerifyReport:
         return {"schema": 1, **asdict(self), "clean": self.clean}
 
 
-def verify_archive(engine: Engine, archive: Archive,
-                   account_names: list[str] | None = None) -> VerifyReport:
+def verify_archive(
+    engine: Engine, archive: Archive, account_names: list[str] | None = None
+) -> VerifyReport:
     """Re-hash every file the database says is archived and name each one that is missing,
     changed (sha256 differs) or unreadable."""
     from e4sync.verify import sha256_file
 
     report = VerifyReport()
     with statedb.sessionmaker_for(engine)() as db:
-        query = (select(SessionRow.local_path, SessionRow.sha256, SessionRow.size, Account.name)
-                 .join(Account, Account.id == SessionRow.account_id)
-                 .where(SessionRow.local_path.is_not(None), SessionRow.sha256.is_not(None),
-                        SessionRow.verified_at.is_not(None),
-                        SessionRow.state.in_((VERIFIED, REMOTE_DELETED, REMOTE_GONE))))
+        query = (
+            select(SessionRow.local_path, SessionRow.sha256, SessionRow.size, Account.name)
+            .join(Account, Account.id == SessionRow.account_id)
+            .where(
+                SessionRow.local_path.is_not(None),
+                SessionRow.sha256.is_not(None),
+                SessionRow.verified_at.is_not(None),
+                SessionRow.state.in_((VERIFIED, REMOTE_DELETED, REMOTE_GONE)),
+            )
+        )
         rows = db.execute(query).all()
     for local_path, sha256, _size, account in rows:
         if account_names is not None and account not in account_names:
@@ -201,8 +254,11 @@ def reindex(engine: Engine, archive: Archive, rehash: bool = True) -> ReindexRep
             account = statedb.ensure_account(db, account_name, "", "")
             if sidecar.get("user_id"):
                 account.user_id = str(sidecar["user_id"])
-            row = db.scalar(select(SessionRow).where(SessionRow.account_id == account.id,
-                                                     SessionRow.remote_id == item.id))
+            row = db.scalar(
+                select(SessionRow).where(
+                    SessionRow.account_id == account.id, SessionRow.remote_id == item.id
+                )
+            )
             if row is None:
                 from e4sync.sync import _new_row
 
@@ -236,8 +292,9 @@ def _parse_iso(text: object) -> float | None:
         return None
 
 
-def retry(engine: Engine, session_ids: list[str] | None = None,
-          account_names: list[str] | None = None) -> int:
+def retry(
+    engine: Engine, session_ids: list[str] | None = None, account_names: list[str] | None = None
+) -> int:
     """Clear back-off so failed and waiting sessions are tried on the next pass; return how
     many rows were reset. ``session_ids=None`` means every failed or waiting session."""
     now = time.time()

@@ -24,8 +24,9 @@ from e4sync.sync import PassReport
 log = logging.getLogger("e4sync.monitoring")
 
 
-def monitored_pass(cfg: Config, engine: Engine, run: Callable[[], PassReport],
-                   dry_run: bool = False) -> PassReport:
+def monitored_pass(
+    cfg: Config, engine: Engine, run: Callable[[], PassReport], dry_run: bool = False
+) -> PassReport:
     """Ping start, run the pass, ping success or fail, write the metrics textfile. An
     exception from the pass is pinged as a failure and re-raised."""
     url = "" if dry_run else cfg.monitor.healthcheck_url
@@ -52,9 +53,12 @@ def monitored_pass(cfg: Config, engine: Engine, run: Callable[[], PassReport],
 def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
     status = status_report(engine)
     sessions = Metric("e4sync_sessions", "Sessions per account and state.", "gauge", [])
-    last_ok = Metric("e4sync_last_success_timestamp_seconds",
-                     "When each account last finished a pass without an account error.",
-                     "gauge", [])
+    last_ok = Metric(
+        "e4sync_last_success_timestamp_seconds",
+        "When each account last finished a pass without an account error.",
+        "gauge",
+        [],
+    )
     archive = Metric("e4sync_archive_bytes", "Bytes archived per account.", "gauge", [])
     for account in status["accounts"]:
         for state, n in account["counts"].items():
@@ -63,9 +67,17 @@ def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
         if account["last_ok"]:
             ts = dt.datetime.fromisoformat(account["last_ok"].replace("Z", "+00:00")).timestamp()
             last_ok.samples.append(({"account": account["name"]}, ts))
-    metrics = [sessions, last_ok, archive,
-               Metric("e4sync_last_run_timestamp_seconds", "When the last pass ended.", "gauge",
-                      [({}, report.finished_at if report else time.time())])]
+    metrics = [
+        sessions,
+        last_ok,
+        archive,
+        Metric(
+            "e4sync_last_run_timestamp_seconds",
+            "When the last pass ended.",
+            "gauge",
+            [({}, report.finished_at if report else time.time())],
+        ),
+    ]
     if report is not None:
         per_pass = [
             ("e4sync_pass_downloads", "Sessions downloaded in the last pass.", "downloaded"),
@@ -74,10 +86,22 @@ def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
             ("e4sync_pass_remote_deletes", "Remote copies deleted in the last pass.", "deleted"),
         ]
         for name, help_text, attr in per_pass:
-            metrics.append(Metric(name, help_text, "gauge", [
-                ({"account": a.name}, float(getattr(a, attr))) for a in report.accounts]))
-        metrics.append(Metric("e4sync_up", "1 if the last pass ended with exit code 0.", "gauge",
-                              [({}, 1.0 if report.exit_code == 0 else 0.0)]))
+            metrics.append(
+                Metric(
+                    name,
+                    help_text,
+                    "gauge",
+                    [({"account": a.name}, float(getattr(a, attr))) for a in report.accounts],
+                )
+            )
+        metrics.append(
+            Metric(
+                "e4sync_up",
+                "1 if the last pass ended with exit code 0.",
+                "gauge",
+                [({}, 1.0 if report.exit_code == 0 else 0.0)],
+            )
+        )
     return metrics
 
 

@@ -25,7 +25,16 @@ log = logging.getLogger("e4sync.source")
 
 # The listed fields that define a session's identity and content; a change in any of
 # them since the download blocks a remote deletion (SPEC section 6).
-METADATA_FIELDS = ("id", "start_time", "duration", "device_id", "label", "device", "status", "exit_code")
+METADATA_FIELDS = (
+    "id",
+    "start_time",
+    "duration",
+    "device_id",
+    "label",
+    "device",
+    "status",
+    "exit_code",
+)
 MAX_START_TIME = 253402300799  # 9999-12-31T23:59:59Z: beyond it no datetime, no database int
 MAX_FIELD_CHARS = 500  # a listed value longer than this is cut: the platform never sends one
 
@@ -75,12 +84,17 @@ def parse_item(row: Any) -> RemoteItem | None:
         return None
     session_id = _text(row.get("id")).strip()
     if not session_id.isdigit() or not session_id.isascii() or len(session_id) > 20:
-        log.warning("ignoring a listed session with an id that is not a number: %.80r", row.get("id"))
+        log.warning(
+            "ignoring a listed session with an id that is not a number: %.80r", row.get("id")
+        )
         return None
     start = _number(row.get("start_time"), int)
     if start is None or not 0 <= start <= MAX_START_TIME:
-        log.warning("session %s: start_time %.40r is not a time; its CSV times are not checked",
-                    session_id, row.get("start_time"))
+        log.warning(
+            "session %s: start_time %.40r is not a time; its CSV times are not checked",
+            session_id,
+            row.get("start_time"),
+        )
         start = 0
     duration = _number(row.get("duration"), float) or 0.0
     clean = {str(k)[:100]: _text(v) for k, v in row.items()}
@@ -104,8 +118,9 @@ def parse_listing(rows: list[Any]) -> list[RemoteItem]:
             continue
         if item.id in items:
             if items[item.id].metadata_hash != item.metadata_hash:
-                log.warning("session %s is listed twice with different metadata; keeping the first",
-                            item.id)
+                log.warning(
+                    "session %s is listed twice with different metadata; keeping the first", item.id
+                )
             continue
         items[item.id] = item
     return list(items.values())
@@ -127,8 +142,9 @@ class Source(Protocol):
 
     def list_items(self) -> list[RemoteItem]: ...
 
-    def fetch(self, item: RemoteItem, part_path: Path,
-              cancel: threading.Event | None = None) -> Fetched: ...
+    def fetch(
+        self, item: RemoteItem, part_path: Path, cancel: threading.Event | None = None
+    ) -> Fetched: ...
 
     def delete(self, item_id: str) -> None: ...
 
@@ -150,8 +166,9 @@ class E4Source:
         # Always the whole list: sessions appear late with old start times (protocol file).
         return parse_listing(self.client.sessions_list())
 
-    def fetch(self, item: RemoteItem, part_path: Path,
-              cancel: threading.Event | None = None) -> Fetched:
+    def fetch(
+        self, item: RemoteItem, part_path: Path, cancel: threading.Event | None = None
+    ) -> Fetched:
         result = self.client.fetch(item.id, part_path, cancel=cancel)
         return Fetched(path=Path(result.path), size=result.size, sha256=result.sha256)
 
@@ -181,8 +198,9 @@ class DryRunSource:
     def list_items(self) -> list[RemoteItem]:
         return self.inner.list_items()
 
-    def fetch(self, item: RemoteItem, part_path: Path,
-              cancel: threading.Event | None = None) -> Fetched:
+    def fetch(
+        self, item: RemoteItem, part_path: Path, cancel: threading.Event | None = None
+    ) -> Fetched:
         raise UsageError(f"dry run: session {item.id} would be downloaded, not fetched")
 
     def delete(self, item_id: str) -> None:

@@ -115,7 +115,9 @@ class PassReport:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
 
 
 @contextlib.contextmanager
@@ -172,12 +174,19 @@ def run_pass(cfg: Config, engine: Engine, **kwargs) -> PassReport:
         raise busy from None
 
 
-def _run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
-             stop: threading.Event | None = None, accounts: list[str] | None = None,
-             worker_id: str | None = None, source_factory: SourceFactory | None = None,
-             use_lock: bool | None = None,
-             on_progress: Callable[[str], None] | None = None,
-             min_gap: float = 0.0) -> PassReport:
+def _run_pass(
+    cfg: Config,
+    engine: Engine,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+    accounts: list[str] | None = None,
+    worker_id: str | None = None,
+    source_factory: SourceFactory | None = None,
+    use_lock: bool | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    min_gap: float = 0.0,
+) -> PassReport:
     """``on_progress`` is called after each session and step (the daemon's watchdog). A
     ``worker_id`` names a long-lived worker (the daemon), whose row stays between passes;
     ``min_gap`` skips accounts another worker listed less than that many seconds ago."""
@@ -207,8 +216,20 @@ def _run_pass(cfg: Config, engine: Engine, *, dry_run: bool = False,
                 report.interrupted = True
                 break
             report.accounts.append(
-                AccountPass(cfg, account, engine, sessions, archive, worker_id, stop,
-                            source_factory, dry_run, on_progress or _ignore, min_gap).run())
+                AccountPass(
+                    cfg,
+                    account,
+                    engine,
+                    sessions,
+                    archive,
+                    worker_id,
+                    stop,
+                    source_factory,
+                    dry_run,
+                    on_progress or _ignore,
+                    min_gap,
+                ).run()
+            )
         if stop.is_set():
             report.interrupted = True
         if one_off:
@@ -224,9 +245,11 @@ def _clear_dead_leases(sessions: Callable[[], DbSession], worker_id: str) -> Non
     (SQLite lives on one host), so any lease still recorded was left by a process that
     died (kill -9, power cut): release it rather than wait for it to expire."""
     with sessions() as db, db.begin():
-        stale = db.execute(update(Account).where(Account.lease_owner.is_not(None),
-                                                 Account.lease_owner != worker_id)
-                           .values(lease_owner=None, lease_until=None))
+        stale = db.execute(
+            update(Account)
+            .where(Account.lease_owner.is_not(None), Account.lease_owner != worker_id)
+            .values(lease_owner=None, lease_until=None)
+        )
         if stale.rowcount:
             log.info("released %d account lease(s) left by a process that died", stale.rowcount)
 
@@ -238,8 +261,10 @@ def _remove_stale_parts(engine: Engine, archive: Archive, cfg: Config, shared: b
     now: only those untouched for longer than a download's read timeout can be stale."""
     with statedb.sessionmaker_for(engine)() as db:
         keep_rel = db.scalars(
-            select(SessionRow.local_path).where(SessionRow.state.in_(DUE_STATES),
-                                                SessionRow.local_path.is_not(None))).all()
+            select(SessionRow.local_path).where(
+                SessionRow.state.in_(DUE_STATES), SessionRow.local_path.is_not(None)
+            )
+        ).all()
     keep = {_part_of(archive.resolve(PurePosixPath(p))) for p in keep_rel}
     min_age = max(600.0, 2 * cfg.download.timeout) if shared else 0.0
     for path in archive.remove_stale_parts(keep=keep, min_age=min_age):
@@ -257,10 +282,20 @@ def _part_of(final: Path) -> Path:
 class AccountPass:
     """One account's part of a pass. Holds the account's lease while it works."""
 
-    def __init__(self, cfg: Config, account: AccountConfig, engine: Engine,
-                 sessions: Callable[[], DbSession], archive: Archive, worker_id: str,
-                 stop: threading.Event, source_factory: SourceFactory, dry_run: bool,
-                 on_progress: Callable[[str], None], min_gap: float = 0.0):
+    def __init__(
+        self,
+        cfg: Config,
+        account: AccountConfig,
+        engine: Engine,
+        sessions: Callable[[], DbSession],
+        archive: Archive,
+        worker_id: str,
+        stop: threading.Event,
+        source_factory: SourceFactory,
+        dry_run: bool,
+        on_progress: Callable[[str], None],
+        min_gap: float = 0.0,
+    ):
         self.cfg = cfg
         self.min_gap = min_gap
         self.on_progress = on_progress
@@ -285,20 +320,23 @@ class AccountPass:
     def run(self) -> AccountReport:
         started = time.time()
         with self.sessions() as db, db.begin():
-            row = statedb.ensure_account(db, self.account.name, self.account.username,
-                                         self.account.base_url)
+            row = statedb.ensure_account(
+                db, self.account.name, self.account.username, self.account.base_url
+            )
             self.account_id = row.id
         if self.min_gap and self._served_recently():
             self.report.skipped = "served by another worker less than half an interval ago"
             return self.report
-        claimed = statedb.claim_accounts(self.engine, self.worker_id, [self.account.name],
-                                         self.cfg.state.lease)
+        claimed = statedb.claim_accounts(
+            self.engine, self.worker_id, [self.account.name], self.cfg.state.lease
+        )
         if not claimed:
             self.report.skipped = "leased by another worker"
             log.info("account %s: served by another worker this pass", self.account.name)
             return self.report
-        keeper = _LeaseKeeper(self.engine, self.worker_id, self.account.name,
-                              self.cfg.state.lease, self.lease_lost)
+        keeper = _LeaseKeeper(
+            self.engine, self.worker_id, self.account.name, self.cfg.state.lease, self.lease_lost
+        )
         source: Source | None = None
         try:
             keeper.start()
@@ -357,15 +395,23 @@ class AccountPass:
             account = db.get(Account, self.account_id)
             account.user_id = self.user_id
             account.last_listed_at = now
-            known = {r.remote_id: r for r in db.scalars(
-                select(SessionRow).where(SessionRow.account_id == self.account_id))}
-            present_before = sum(1 for r in known.values()
-                                 if r.state not in (REMOTE_GONE, REMOTE_DELETED))
+            known = {
+                r.remote_id: r
+                for r in db.scalars(
+                    select(SessionRow).where(SessionRow.account_id == self.account_id)
+                )
+            }
+            present_before = sum(
+                1 for r in known.values() if r.state not in (REMOTE_GONE, REMOTE_DELETED)
+            )
             if not items and present_before:
                 # An empty list where sessions existed is a platform fault, never "all deleted".
-                log.warning("account %s: the platform listed no sessions where %d existed; "
-                            "treating the listing as untrustworthy", self.account.name,
-                            present_before)
+                log.warning(
+                    "account %s: the platform listed no sessions where %d existed; "
+                    "treating the listing as untrustworthy",
+                    self.account.name,
+                    present_before,
+                )
                 self.report.errors.append("empty session list where sessions existed")
                 return False
             new_rows = []
@@ -391,8 +437,14 @@ class AccountPass:
                 self.dry_new = [r.remote_id for r in new_rows]
                 db.rollback()
                 return True
-            pending = {d.remote_id: d for d in db.scalars(select(Deletion).where(
-                Deletion.account_id == self.account_id, Deletion.confirmed_at.is_(None)))}
+            pending = {
+                d.remote_id: d
+                for d in db.scalars(
+                    select(Deletion).where(
+                        Deletion.account_id == self.account_id, Deletion.confirmed_at.is_(None)
+                    )
+                )
+            }
             for remote_id, row in known.items():
                 if remote_id in listed or row.state in (REMOTE_GONE, REMOTE_DELETED):
                     continue
@@ -403,11 +455,18 @@ class AccountPass:
                 row.state = REMOTE_GONE
                 row.gone_at = now
                 self.report.gone += 1
-                log.warning("session %s vanished from the platform without e4sync deleting it%s",
-                            remote_id, "; the local copy is kept" if row.local_path else "")
+                log.warning(
+                    "session %s vanished from the platform without e4sync deleting it%s",
+                    remote_id,
+                    "; the local copy is kept" if row.local_path else "",
+                )
         if self.report.new:
-            log.info("account %s: %d sessions listed, %d new", self.account.name,
-                     len(items), self.report.new)
+            log.info(
+                "account %s: %d sessions listed, %d new",
+                self.account.name,
+                len(items),
+                self.report.new,
+            )
         return True
 
     # -- downloads ---------------------------------------------------------------------
@@ -416,13 +475,21 @@ class AccountPass:
         now = time.time()
         with self.sessions() as db:
             due = db.execute(
-                select(SessionRow.id, SessionRow.remote_id).where(
+                select(SessionRow.id, SessionRow.remote_id)
+                .where(
                     SessionRow.account_id == self.account_id,
                     SessionRow.state.in_(DUE_STATES),
                     (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
-                ).order_by(SessionRow.start_time, SessionRow.id)).all()
-            self.claimed_paths = set(db.scalars(select(SessionRow.local_path).where(
-                SessionRow.local_path.is_not(None), SessionRow.state != NEW)))
+                )
+                .order_by(SessionRow.start_time, SessionRow.id)
+            ).all()
+            self.claimed_paths = set(
+                db.scalars(
+                    select(SessionRow.local_path).where(
+                        SessionRow.local_path.is_not(None), SessionRow.state != NEW
+                    )
+                )
+            )
         due = [(pk, rid) for pk, rid in due if rid in listed]
         if self.dry_run:
             self.report.would_download = [rid for _, rid in due] + self.dry_new
@@ -432,10 +499,10 @@ class AccountPass:
         if not due:
             return
         workers = max(1, min(self.cfg.download.concurrency, len(due)))
-        with ThreadPoolExecutor(max_workers=workers,
-                                thread_name_prefix=f"dl-{self.account.name}") as pool:
-            futures = [pool.submit(self._download_one, source, pk, listed[rid])
-                       for pk, rid in due]
+        with ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=f"dl-{self.account.name}"
+        ) as pool:
+            futures = [pool.submit(self._download_one, source, pk, listed[rid]) for pk, rid in due]
             for future in futures:
                 try:
                     future.result()
@@ -505,15 +572,26 @@ class AccountPass:
             self.report.downloaded += 1
             self.report.bytes += size
         seconds = max(time.time() - started, 1e-6)
-        log.info("session %s: archived %s (%.1f MB, %.1f MB/s)", item.id, final,
-                 size / 1e6, size / 1e6 / seconds)
+        log.info(
+            "session %s: archived %s (%.1f MB, %.1f MB/s)",
+            item.id,
+            final,
+            size / 1e6,
+            size / 1e6 / seconds,
+        )
 
     def _choose_path(self, pk: int, item: RemoteItem) -> PurePosixPath:
         layout = self.account.layout or self.cfg.archive.layout
-        fields = LayoutFields(account=self.account.name, user_id=self.user_id,
-                              session_id=item.id, device_id=item.device_id, label=item.label,
-                              device=item.device, start_time=item.start_time,
-                              duration=item.duration)
+        fields = LayoutFields(
+            account=self.account.name,
+            user_id=self.user_id,
+            session_id=item.id,
+            device_id=item.device_id,
+            label=item.label,
+            device=item.device,
+            start_time=item.start_time,
+            duration=item.duration,
+        )
         wanted = render_relpath(layout, fields, self.cfg.archive.timezone)
         key = self._session_key(item)
         with self.sessions() as db, db.begin():
@@ -524,7 +602,8 @@ class AccountPass:
             else:
                 with self.paths_lock:
                     chosen = self.archive.choose_path(
-                        wanted, key, lambda p: str(p) in self.claimed_paths)
+                        wanted, key, lambda p: str(p) in self.claimed_paths
+                    )
                     self.claimed_paths.add(str(chosen))
             row.state = DOWNLOADING
             row.local_path = str(chosen)
@@ -553,8 +632,15 @@ class AccountPass:
             _part_of(final).unlink()
         return size, sha256
 
-    def _sidecar(self, item: RemoteItem, relpath: PurePosixPath, size: int, sha256: str,
-                 downloaded_at: float, verified_at: float) -> dict:
+    def _sidecar(
+        self,
+        item: RemoteItem,
+        relpath: PurePosixPath,
+        size: int,
+        sha256: str,
+        downloaded_at: float,
+        verified_at: float,
+    ) -> dict:
         return {
             "schema": 1,
             "session_key": self._session_key(item),
@@ -580,36 +666,67 @@ class AccountPass:
             if row.attempts >= self.cfg.download.max_attempts:
                 row.state = FAILED
                 row.next_attempt_at = None
-                log.error("session %s: failed %d times, giving up until `e4sync retry`: %s",
-                          item.id, row.attempts, message)
+                log.error(
+                    "session %s: failed %d times, giving up until `e4sync retry`: %s",
+                    item.id,
+                    row.attempts,
+                    message,
+                )
             else:
                 row.next_attempt_at = now + backoff_delay(
-                    row.attempts, self.cfg.download.backoff, self.cfg.download.max_backoff)
-                log.warning("session %s: attempt %d failed, retrying after %s: %s", item.id,
-                            row.attempts, iso(row.next_attempt_at), message)
+                    row.attempts, self.cfg.download.backoff, self.cfg.download.max_backoff
+                )
+                log.warning(
+                    "session %s: attempt %d failed, retrying after %s: %s",
+                    item.id,
+                    row.attempts,
+                    iso(row.next_attempt_at),
+                    message,
+                )
         with self.paths_lock:
             self.report.failed += 1
             self.report.errors.append(f"session {item.id}: {message}")
 
     # -- deletions ---------------------------------------------------------------------
 
-    def _delete_qualifying(self, source: Source, listed: dict[str, RemoteItem],
-                           listing_ok: bool) -> None:
-        rules = Rules(**{k: getattr(self.account.remote, k) for k in (
-            "delete_after_verify", "delete_min_age", "delete_grace", "max_deletes_per_pass")})
+    def _delete_qualifying(
+        self, source: Source, listed: dict[str, RemoteItem], listing_ok: bool
+    ) -> None:
+        rules = Rules(
+            **{
+                k: getattr(self.account.remote, k)
+                for k in (
+                    "delete_after_verify",
+                    "delete_min_age",
+                    "delete_grace",
+                    "max_deletes_per_pass",
+                )
+            }
+        )
         if not rules.delete_after_verify:
             return
         now = time.time()
         with self.sessions() as db:
-            rows = db.scalars(select(SessionRow).where(
-                SessionRow.account_id == self.account_id, SessionRow.state == VERIFIED)).all()
-        plan = plan_deletions([_candidate(r, r.remote_id in listed) for r in rows], now=now,
-                              rules=rules, listing_ok=listing_ok)
+            rows = db.scalars(
+                select(SessionRow).where(
+                    SessionRow.account_id == self.account_id, SessionRow.state == VERIFIED
+                )
+            ).all()
+        plan = plan_deletions(
+            [_candidate(r, r.remote_id in listed) for r in rows],
+            now=now,
+            rules=rules,
+            listing_ok=listing_ok,
+        )
         chosen = [d for d in plan if d.delete]
         self.report.deletion_cap_reached = any("cap" in d.reason for d in plan if not d.delete)
         if self.report.deletion_cap_reached:
-            log.warning("account %s: the cap of %d deletions per pass was reached; the rest "
-                        "wait for the next pass", self.account.name, rules.max_deletes_per_pass)
+            log.warning(
+                "account %s: the cap of %d deletions per pass was reached; the rest "
+                "wait for the next pass",
+                self.account.name,
+                rules.max_deletes_per_pass,
+            )
         if self.dry_run:
             self.report.would_delete = [d.remote_id for d in chosen]
             for d in chosen:
@@ -634,21 +751,38 @@ class AccountPass:
         try:
             size, sha256 = sha256_file(path)
         except OSError as exc:
-            self.report.errors.append(f"session {row.remote_id}: local copy unreadable, "
-                                      f"not deleting the remote one: {exc}")
-            log.error("session %s: local copy %s unreadable (%s); remote copy kept",
-                      row.remote_id, path, exc)
+            self.report.errors.append(
+                f"session {row.remote_id}: local copy unreadable, "
+                f"not deleting the remote one: {exc}"
+            )
+            log.error(
+                "session %s: local copy %s unreadable (%s); remote copy kept",
+                row.remote_id,
+                path,
+                exc,
+            )
             return None
         if sha256 != row.sha256:
-            self.report.errors.append(f"session {row.remote_id}: local copy changed on disk; "
-                                      "remote copy kept")
-            log.error("session %s: %s no longer matches its recorded sha256; remote copy kept "
-                      "(run `e4sync verify`)", row.remote_id, path)
+            self.report.errors.append(
+                f"session {row.remote_id}: local copy changed on disk; remote copy kept"
+            )
+            log.error(
+                "session %s: %s no longer matches its recorded sha256; remote copy kept "
+                "(run `e4sync verify`)",
+                row.remote_id,
+                path,
+            )
             return None
         with self.sessions() as db, db.begin():
-            entry = Deletion(account_id=self.account_id, session_id=row.id,
-                             remote_id=row.remote_id, local_path=row.local_path, sha256=sha256,
-                             requested_at=time.time(), e4sync_version=__version__)
+            entry = Deletion(
+                account_id=self.account_id,
+                session_id=row.id,
+                remote_id=row.remote_id,
+                local_path=row.local_path,
+                sha256=sha256,
+                requested_at=time.time(),
+                e4sync_version=__version__,
+            )
             db.add(entry)
             db.flush()
             ledger_id = entry.id
@@ -670,8 +804,12 @@ class AccountPass:
         try:
             still_listed = {i.id for i in source.list_items()}
         except E4SyncError as exc:
-            log.warning("account %s: could not re-list to confirm deletions (%s); they are "
-                        "confirmed on the next pass", self.account.name, exc)
+            log.warning(
+                "account %s: could not re-list to confirm deletions (%s); they are "
+                "confirmed on the next pass",
+                self.account.name,
+                exc,
+            )
             return
         now = time.time()
         with self.sessions() as db, db.begin():
@@ -679,19 +817,28 @@ class AccountPass:
                 entry = db.get(Deletion, ledger_id)
                 if remote_id in still_listed:
                     entry.result = "still listed"
-                    log.warning("session %s: the platform accepted the delete but still lists "
-                                "it; it stays verified and is tried again", remote_id)
+                    log.warning(
+                        "session %s: the platform accepted the delete but still lists "
+                        "it; it stays verified and is tried again",
+                        remote_id,
+                    )
                     continue
                 row = db.get(SessionRow, entry.session_id)
                 _confirm_deleted(row, entry, now)
                 self.report.deleted += 1
-                log.info("session %s: remote copy deleted (verified local copy %s)", remote_id,
-                         row.local_path)
+                log.info(
+                    "session %s: remote copy deleted (verified local copy %s)",
+                    remote_id,
+                    row.local_path,
+                )
 
     def _set_ledger(self, ledger_id: int, result: str, confirmed: bool) -> None:
         with self.sessions() as db, db.begin():
-            db.execute(update(Deletion).where(Deletion.id == ledger_id).values(
-                result=result, confirmed_at=time.time() if confirmed else None))
+            db.execute(
+                update(Deletion)
+                .where(Deletion.id == ledger_id)
+                .values(result=result, confirmed_at=time.time() if confirmed else None)
+            )
 
     # -- the pass row ------------------------------------------------------------------
 
@@ -701,12 +848,25 @@ class AccountPass:
             return
         try:
             with self.sessions() as db, db.begin():
-                db.add(Pass(account_id=self.account_id, worker=self.worker_id,
-                            started_at=started, finished_at=time.time(),
-                            ok=r.ok and not r.failed, dry_run=self.dry_run, listed=r.listed,
-                            new=r.new, changed=r.changed, downloaded=r.downloaded,
-                            bytes=r.bytes, failed=r.failed, deleted=r.deleted, gone=r.gone,
-                            errors="\n".join(r.errors)[:20000]))
+                db.add(
+                    Pass(
+                        account_id=self.account_id,
+                        worker=self.worker_id,
+                        started_at=started,
+                        finished_at=time.time(),
+                        ok=r.ok and not r.failed,
+                        dry_run=self.dry_run,
+                        listed=r.listed,
+                        new=r.new,
+                        changed=r.changed,
+                        downloaded=r.downloaded,
+                        bytes=r.bytes,
+                        failed=r.failed,
+                        deleted=r.deleted,
+                        gone=r.gone,
+                        errors="\n".join(r.errors)[:20000],
+                    )
+                )
                 account = db.get(Account, self.account_id)
                 account.last_error = r.errors[-1][:2000] if r.errors else None
                 if r.ok:
@@ -736,8 +896,15 @@ def _describe(exc: BaseException) -> str:
 
 
 def _new_row(account_id: int, item: RemoteItem, now: float) -> SessionRow:
-    row = SessionRow(account_id=account_id, remote_id=item.id, state=NEW, first_seen_at=now,
-                     last_seen_at=now, attempts=0, next_attempt_at=now)
+    row = SessionRow(
+        account_id=account_id,
+        remote_id=item.id,
+        state=NEW,
+        first_seen_at=now,
+        last_seen_at=now,
+        attempts=0,
+        next_attempt_at=now,
+    )
     _apply_metadata(row, item)
     return row
 
@@ -762,20 +929,33 @@ def _confirm_deleted(row: SessionRow, entry: Deletion, now: float) -> None:
 
 
 def _candidate(row: SessionRow, listed: bool) -> Candidate:
-    return Candidate(remote_id=row.remote_id, state=row.state, start_time=row.start_time,
-                     verified_at=row.verified_at, local_path=row.local_path, sha256=row.sha256,
-                     metadata_hash=row.metadata_hash,
-                     downloaded_metadata_hash=row.downloaded_metadata_hash, listed=listed)
+    return Candidate(
+        remote_id=row.remote_id,
+        state=row.state,
+        start_time=row.start_time,
+        verified_at=row.verified_at,
+        local_path=row.local_path,
+        sha256=row.sha256,
+        metadata_hash=row.metadata_hash,
+        downloaded_metadata_hash=row.downloaded_metadata_hash,
+        listed=listed,
+    )
 
 
 class _LeaseKeeper:
     """Renews one account's lease in the background; a lost lease sets ``lost`` so the
     pass stops before its next deletion (borg's lock refresh)."""
 
-    def __init__(self, engine: Engine, worker_id: str, name: str, lease: float,
-                 lost: threading.Event):
+    def __init__(
+        self, engine: Engine, worker_id: str, name: str, lease: float, lost: threading.Event
+    ):
         self.engine, self.worker_id, self.name, self.lease, self.lost = (
-            engine, worker_id, name, lease, lost)
+            engine,
+            worker_id,
+            name,
+            lease,
+            lost,
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{name}", daemon=True)
 
@@ -795,7 +975,8 @@ class _LeaseKeeper:
                 log.warning("account %s: lease renewal failed: %s", self.name, exc)
                 continue
             if self.name not in held:
-                log.error("account %s: lease lost to another worker; stopping this account",
-                          self.name)
+                log.error(
+                    "account %s: lease lost to another worker; stopping this account", self.name
+                )
                 self.lost.set()
                 return

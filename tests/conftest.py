@@ -36,26 +36,41 @@ class Setup:
     state: Path
     password_file: Path
 
-    def write(self, base_url: str, *, extra: str = "", accounts: list[tuple[str, str, str]]
-              | None = None, account_extra: str = "") -> Path:
+    def write(
+        self,
+        base_url: str,
+        *,
+        extra: str = "",
+        accounts: list[tuple[str, str, str]] | None = None,
+        account_extra: str = "",
+    ) -> Path:
         accounts = accounts or [("lab", "demo@example.org", "demo")]
-        text = (f'[archive]\nroot = "{self.archive}"\n\n[state]\ndir = "{self.state}"\n\n'
-                f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n{extra}\n')
+        text = (
+            f'[archive]\nroot = "{self.archive}"\n\n[state]\ndir = "{self.state}"\n\n'
+            f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n{extra}\n'
+        )
         for name, user, password in accounts:
             pw = self.dir / f"{name}.password"
             fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(password + "\n")
-            text += (f'[[account]]\nname = "{name}"\nusername = "{user}"\n'
-                     f'password_file = "{pw}"\nbase_url = "{base_url}"\n{account_extra}\n')
+            text += (
+                f'[[account]]\nname = "{name}"\nusername = "{user}"\n'
+                f'password_file = "{pw}"\nbase_url = "{base_url}"\n{account_extra}\n'
+            )
         self.config.write_text(text)
         return self.config
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
-    return Setup(dir=tmp_path, config=tmp_path / "config.toml", archive=tmp_path / "archive",
-                 state=tmp_path / "state", password_file=tmp_path / "lab.password")
+    return Setup(
+        dir=tmp_path,
+        config=tmp_path / "config.toml",
+        archive=tmp_path / "archive",
+        state=tmp_path / "state",
+        password_file=tmp_path / "lab.password",
+    )
 
 
 @dataclass
@@ -71,8 +86,14 @@ def run_cli(capsys, monkeypatch):
     from e4sync import cli
 
     # Keep the developer's own configuration and credentials out of the tests.
-    for var in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET",
-                "JOURNAL_STREAM"):
+    for var in (
+        "E4SYNC_CONFIG",
+        "E4_USER",
+        "E4_PWD",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+    ):
         monkeypatch.delenv(var, raising=False)
 
     def run(*argv: str, exit_code: int | None = 0) -> CliResult:
@@ -90,11 +111,21 @@ def run_cli(capsys, monkeypatch):
     return run
 
 
-def e4sync_cmd(*argv: str, env: dict | None = None, timeout: float = 120,
-               **kwargs) -> subprocess.CompletedProcess:
+def e4sync_cmd(
+    *argv: str, env: dict | None = None, timeout: float = 120, **kwargs
+) -> subprocess.CompletedProcess:
     """Run ``python -m e4sync`` as a separate process."""
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY")
+    }
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "e4sync", *argv], env=full_env,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "e4sync", *argv],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )

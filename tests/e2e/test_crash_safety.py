@@ -37,7 +37,8 @@ def write_config(tmp_path: Path, base_url: str) -> Path:
         '[download]\nbackoff = "0s"\nconcurrency = 3\ntimeout = "20s"\n'
         '[remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "0s"\n'
         f'[[account]]\nname = "lab"\nusername = "demo@example.org"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n')
+        f'base_url = "{base_url}"\n'
+    )
     return config
 
 
@@ -45,9 +46,13 @@ def run_once(config: Path, crashpoint: str = "") -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("E4SYNC_", "E4_"))}
     if crashpoint:
         env["E4SYNC_CRASHPOINT"] = crashpoint
-    return subprocess.Popen([sys.executable, "-m", "e4sync", "run-once", "-q", "--config",
-                             str(config)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "e4sync", "run-once", "-q", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def check_invariants(sim: Simulator, archive: Path, all_ids: set[str]) -> None:
@@ -113,6 +118,8 @@ def test_kill_9_at_random_moments(tmp_path, capsys):
             check_invariants(sim, tmp_path / "archive", all_ids)
         finish_and_check(sim, config, tmp_path / "archive", all_ids)
     with capsys.disabled():
-        print(f"\ncrash suite: {kills} kill -9 of {RANDOM_KILLS} passes, "
-              f"{len(all_ids)} sessions archived, 0 lost")
+        print(
+            f"\ncrash suite: {kills} kill -9 of {RANDOM_KILLS} passes, "
+            f"{len(all_ids)} sessions archived, 0 lost"
+        )
     assert kills >= RANDOM_KILLS // 2, "most passes were killed mid-work"

@@ -43,10 +43,12 @@ def daemon_env(tmp_path: Path, notify: Path, password: str) -> dict[str, str]:
     creds = tmp_path / "creds"
     creds.mkdir(mode=0o700)
     (creds / "e4sync-password").write_text(password)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "JOURNAL_STREAM")}
-    env.update(NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="2000000",
-               CREDENTIALS_DIRECTORY=str(creds))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "JOURNAL_STREAM")
+    }
+    env.update(NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="2000000", CREDENTIALS_DIRECTORY=str(creds))
     return env
 
 
@@ -55,13 +57,19 @@ def write_config(tmp_path: Path, base_url: str, interval: str = "1h") -> Path:
     config.write_text(
         f'[archive]\nroot = "{tmp_path / "archive"}"\n[state]\ndir = "{tmp_path / "state"}"\n'
         f'[schedule]\ninterval = "{interval}"\njitter = "0s"\n'
-        f'[[account]]\nname = "lab"\nusername = "demo@example.org"\nbase_url = "{base_url}"\n')
+        f'[[account]]\nname = "lab"\nusername = "demo@example.org"\nbase_url = "{base_url}"\n'
+    )
     return config
 
 
 def start_daemon(config: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "e4sync", "run", "--config", str(config)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "e4sync", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_run_under_systemd_notifies_fills_the_archive_and_stops_cleanly(tmp_path):
@@ -104,8 +112,11 @@ def test_sigterm_mid_download_exits_0_within_seconds_and_keeps_the_part(tmp_path
             deadline = time.monotonic() + 30
             parts: list[Path] = []
             while time.monotonic() < deadline and not parts:
-                parts = [p for p in (tmp_path / "archive").rglob("*.part")
-                     if not p.name.startswith(".") and p.stat().st_size]
+                parts = [
+                    p
+                    for p in (tmp_path / "archive").rglob("*.part")
+                    if not p.name.startswith(".") and p.stat().st_size
+                ]
                 time.sleep(0.05)
             assert parts, "the download never started"
             started = time.monotonic()
@@ -113,7 +124,9 @@ def test_sigterm_mid_download_exits_0_within_seconds_and_keeps_the_part(tmp_path
             code = proc.wait(timeout=15)
             assert code == 0, proc.stderr.read()
             assert time.monotonic() - started < 10
-            assert not list((tmp_path / "archive").rglob("*.zip")), "no half file under a final name"
+            assert not list((tmp_path / "archive").rglob("*.zip")), (
+                "no half file under a final name"
+            )
             assert parts[0].exists(), "the .part file is kept to resume"
         finally:
             if proc.poll() is None:
@@ -146,10 +159,16 @@ def test_world_readable_password_file_is_refused_with_78(tmp_path, password_file
     config.write_text(
         f'[archive]\nroot = "{tmp_path / "a"}"\n[state]\ndir = "{tmp_path / "s"}"\n'
         f'[[account]]\nname = "lab"\nusername = "u@example.org"\npassword_file = "{pw}"\n'
-        f'base_url = "http://127.0.0.1:9/connect"\n')
+        f'base_url = "http://127.0.0.1:9/connect"\n'
+    )
     env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
-    proc = subprocess.run([sys.executable, "-m", "e4sync", "run-once", "--config", str(config)],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "e4sync", "run-once", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 78, proc.stderr
     assert "chmod 600" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -54,16 +54,21 @@ def test_a_good_pass_pings_start_then_success_and_writes_metrics(sim, setup, run
 
 def test_a_refused_login_pings_fail(sim, setup, run_cli, pings):
     url, seen = pings
-    config = setup.write(sim.base_url, accounts=[("lab", "demo@example.org", "wrong")],
-                         extra=monitor_section(url, setup.dir / "e4sync.prom"))
+    config = setup.write(
+        sim.base_url,
+        accounts=[("lab", "demo@example.org", "wrong")],
+        extra=monitor_section(url, setup.dir / "e4sync.prom"),
+    )
     run_cli("run-once", "--config", str(config), exit_code=77)
     assert seen == ["/ping/abc123/start", "/ping/abc123/fail"]
     assert "e4sync_up 0" in (setup.dir / "e4sync.prom").read_text()
 
 
 def test_a_dead_ping_url_never_fails_the_pass(sim, setup, run_cli):
-    config = setup.write(sim.base_url, extra=monitor_section(
-        "http://127.0.0.1:9/nothing-listens-here", setup.dir / "e4sync.prom"))
+    config = setup.write(
+        sim.base_url,
+        extra=monitor_section("http://127.0.0.1:9/nothing-listens-here", setup.dir / "e4sync.prom"),
+    )
     result = run_cli("run-once", "--config", str(config))
     assert f"{len(sim.sessions())} downloaded" in result.out
 

@@ -14,8 +14,9 @@ import pytest
 from e4sync.archive import device_serial
 
 
-def remove_remotely(sim, session_id: str, user: str = "demo@example.org",
-                    password: str = "demo") -> None:
+def remove_remotely(
+    sim, session_id: str, user: str = "demo@example.org", password: str = "demo"
+) -> None:
     """Someone else deletes a session (a browser, E4 manager): the platform's own DELETE."""
     from e4sync.client import E4Connect
 
@@ -38,8 +39,10 @@ def archived_zips(archive: Path) -> dict[str, Path]:
 
 def expected_relpath(account: str, row: dict) -> str:
     start = dt.datetime.fromtimestamp(int(row["start_time"]), dt.UTC)
-    return (f"{account}/{start:%Y}/{start:%m}/{start:%d}/"
-            f"{row['start_time']}_{device_serial(row['label'])}.zip")
+    return (
+        f"{account}/{start:%Y}/{start:%m}/{start:%d}/"
+        f"{row['start_time']}_{device_serial(row['label'])}.zip"
+    )
 
 
 def test_first_pass_archives_every_session_byte_for_byte(sim, setup, run_cli):
@@ -73,8 +76,14 @@ def test_second_pass_downloads_nothing_and_status_counts(sim, setup, run_cli):
     (account,) = status["accounts"]
     assert account["name"] == "lab" and account["user_id"]
     assert account["counts"]["verified"] == len(sim.sessions())
-    assert set(account["counts"]) == {"new", "downloading", "verified", "remote_deleted",
-                                      "failed", "remote_gone"}
+    assert set(account["counts"]) == {
+        "new",
+        "downloading",
+        "verified",
+        "remote_deleted",
+        "failed",
+        "remote_gone",
+    }
     assert account["last_pass"]["downloaded"] == 0
 
 
@@ -88,9 +97,13 @@ def test_late_published_session_with_an_old_start_time_is_archived(sim, setup, r
 
 
 def test_dry_run_changes_nothing(sim, setup, run_cli):
-    config = setup.write(sim.base_url, account_extra=(
-        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-        'delete_grace = "0s"\n'))
+    config = setup.write(
+        sim.base_url,
+        account_extra=(
+            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+            'delete_grace = "0s"\n'
+        ),
+    )
     result = run_cli("run-once", "--config", str(config), "--dry-run")
     assert "would download" in result.out
     for row in sim.sessions():
@@ -104,9 +117,13 @@ def test_dry_run_changes_nothing(sim, setup, run_cli):
     # would delete, and deletes none.
     plain = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(plain))
-    setup.write(sim.base_url, account_extra=(
-        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-        'delete_grace = "0s"\n'))
+    setup.write(
+        sim.base_url,
+        account_extra=(
+            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+            'delete_grace = "0s"\n'
+        ),
+    )
     again = run_cli("run-once", "--config", str(config), "--dry-run")
     for row in sim.sessions():
         assert row["id"] in again.out.split("would delete:")[1]
@@ -114,9 +131,13 @@ def test_dry_run_changes_nothing(sim, setup, run_cli):
 
 
 def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_cli):
-    config = setup.write(sim.base_url, account_extra=(
-        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-        'delete_grace = "0s"\n'))
+    config = setup.write(
+        sim.base_url,
+        account_extra=(
+            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+            'delete_grace = "0s"\n'
+        ),
+    )
     before = {r["id"] for r in sim.sessions()}
     run_cli("run-once", "--config", str(config))
     zips = archived_zips(setup.archive)
@@ -134,9 +155,13 @@ def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_c
 
 
 def test_grace_period_holds_deletions_back(sim, setup, run_cli):
-    config = setup.write(sim.base_url, account_extra=(
-        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-        'delete_grace = "1d"\n'))
+    config = setup.write(
+        sim.base_url,
+        account_extra=(
+            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+            'delete_grace = "1d"\n'
+        ),
+    )
     run_cli("run-once", "--config", str(config))
     run_cli("run-once", "--config", str(config))
     assert sim.deleted_ids() == set()
@@ -150,9 +175,13 @@ def test_deletion_never_happens_when_the_local_copy_changed(sim, setup, run_cli)
     data = bytearray(victim[1].read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim[1].write_bytes(bytes(data))
-    setup.write(sim.base_url, account_extra=(
-        '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-        'delete_grace = "0s"\n'))
+    setup.write(
+        sim.base_url,
+        account_extra=(
+            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
+            'delete_grace = "0s"\n'
+        ),
+    )
     result = run_cli("run-once", "--config", str(config), exit_code=1)
     assert victim[0] not in sim.deleted_ids()
     assert "changed on disk" in result.out
@@ -222,8 +251,10 @@ def test_wrong_password_exits_77_and_says_so(sim, setup, run_cli):
 
 def test_one_failing_account_does_not_stop_the_others(sim, setup, run_cli):
     sim.add_account("second@example.org", "pw2", sessions=3)
-    config = setup.write(sim.base_url, accounts=[
-        ("bad", "demo@example.org", "wrong"), ("good", "second@example.org", "pw2")])
+    config = setup.write(
+        sim.base_url,
+        accounts=[("bad", "demo@example.org", "wrong"), ("good", "second@example.org", "pw2")],
+    )
     run_cli("run-once", "--config", str(config), exit_code=77)
     zips = archived_zips(setup.archive)
     assert {r["id"] for r in sim.sessions("second@example.org")} == set(zips)
@@ -240,8 +271,10 @@ def test_hostile_labels_stay_inside_the_archive(sim, setup, run_cli, tmp_path):
     for path in zips.values():
         assert path.resolve().is_relative_to(setup.archive.resolve())
     outside = {p for p in tmp_path.rglob("*")} - {p for p in setup.archive.rglob("*")}
-    assert all(p.is_relative_to(setup.archive) or p.parent in (tmp_path, setup.state)
-               or p == setup.archive for p in outside)
+    assert all(
+        p.is_relative_to(setup.archive) or p.parent in (tmp_path, setup.state) or p == setup.archive
+        for p in outside
+    )
 
 
 def test_two_sessions_on_one_path_never_overwrite(sim, setup, run_cli, caplog):
