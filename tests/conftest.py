@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +51,7 @@ class Setup:
             f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n{extra}\n'
         )
         for name, user, password in accounts:
-            pw = self.dir / f"{name}.password"
-            fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(password + "\n")
+            pw = write_secret(self.dir / f"{name}.password", password)
             text += (
                 f'[[account]]\nname = "{name}"\nusername = "{user}"\n'
                 f'password_file = "{pw}"\nbase_url = "{base_url}"\n{account_extra}\n'
@@ -129,3 +127,37 @@ def e4sync_cmd(
         timeout=timeout,
         **kwargs,
     )
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the server at E4SYNC_TEST_PG_URL, dropped afterwards.
+    Skipped without a server, except in CI (E4SYNC_REQUIRE_PG=1), where that fails."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    admin_url = os.environ.get("E4SYNC_TEST_PG_URL")
+    if not admin_url:
+        if os.environ.get("E4SYNC_REQUIRE_PG") == "1":
+            pytest.fail("E4SYNC_REQUIRE_PG=1 but E4SYNC_TEST_PG_URL is not set")
+        pytest.skip("E4SYNC_TEST_PG_URL is not set")
+    name = f"e4sync_test_{secrets.token_hex(6)}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as c:
+            # FORCE: a killed worker or a test that failed half-way may leave connections.
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """A password file as a user makes one: mode 0600 from the start, one trailing newline."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return path

@@ -21,16 +21,14 @@ from pathlib import Path
 import pytest
 
 from e4sync.simulator import Faults, Simulator
+from tests.conftest import write_secret
 
 RANDOM_KILLS = int(os.environ.get("E4SYNC_SOAK_KILLS", "12"))
 CRASHPOINTS = ["after-fetch", "after-commit", "after-ledger", "after-delete"]
 
 
 def write_config(tmp_path: Path, base_url: str) -> Path:
-    pw = tmp_path / "pw"
-    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, b"demo\n")
-    os.close(fd)
+    pw = write_secret(tmp_path / "pw", "demo")
     config = tmp_path / "config.toml"
     config.write_text(
         f'[archive]\nroot = "{tmp_path / "archive"}"\n[state]\ndir = "{tmp_path / "state"}"\n'

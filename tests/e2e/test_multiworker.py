@@ -58,26 +58,6 @@ CHILD_ENV_DROP = (
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    admin_url = os.environ.get("E4SYNC_TEST_PG_URL")
-    if not admin_url:
-        if os.environ.get("E4SYNC_REQUIRE_PG") == "1":
-            pytest.fail("E4SYNC_REQUIRE_PG=1 but E4SYNC_TEST_PG_URL is not set")
-        pytest.skip("E4SYNC_TEST_PG_URL is not set")
-    name = f"e4sync_test_{secrets.token_hex(6)}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    try:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as c:
-            # FORCE: a killed worker or a failed test may leave connections behind.
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
-
-
-@pytest.fixture
 def engine(pg_url: str) -> Iterator[sa.Engine]:
     # Migrated here once, so the test can query before the first worker is up.
     eng = statedb.open_db(pg_url)

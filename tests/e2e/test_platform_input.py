@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
 import zipfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator
+from tests.conftest import write_secret
 
 HOSTILE_TEXT = [
     "../../etc",
@@ -46,9 +46,7 @@ def write_config(
     tmp_path: Path, base_url: str, *, layout: str | None = None, remote: str = ""
 ) -> Path:
     pw = tmp_path / "lab.password"
-    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, DEFAULT_PASSWORD.encode() + b"\n")
-    os.close(fd)
+    write_secret(pw, DEFAULT_PASSWORD)
     config = tmp_path / "config.toml"
     layout_line = f"layout = {json.dumps(layout)}\n" if layout else ""
     config.write_text(

@@ -9,8 +9,6 @@ gets a database of its own, created with a random name and dropped afterwards.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -25,26 +23,6 @@ from e4sync.state import db, models
 pytestmark = pytest.mark.postgres
 
 TABLES = {"accounts", "sessions", "passes", "deletions", "workers"}
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    admin_url = os.environ.get("E4SYNC_TEST_PG_URL")
-    if not admin_url:
-        if os.environ.get("E4SYNC_REQUIRE_PG") == "1":
-            pytest.fail("E4SYNC_REQUIRE_PG=1 but E4SYNC_TEST_PG_URL is not set")
-        pytest.skip("E4SYNC_TEST_PG_URL is not set")
-    name = f"e4sync_test_{secrets.token_hex(6)}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    try:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as c:
-            # FORCE: a test that failed half-way may leave connections behind.
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 @pytest.fixture

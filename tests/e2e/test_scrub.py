@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from tests.conftest import write_secret
 
 SESSIONS = 3
 
 
 def write_config(tmp_path: Path, base_url: str) -> Path:
     pw = tmp_path / "lab.password"
-    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, DEFAULT_PASSWORD.encode() + b"\n")
-    os.close(fd)
+    write_secret(pw, DEFAULT_PASSWORD)
     config = tmp_path / "config.toml"
     config.write_text(
         f'[archive]\nroot = "{tmp_path / "archive"}"\nscrub_interval = "1s"\n\n'

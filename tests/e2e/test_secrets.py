@@ -25,6 +25,7 @@ import pytest
 from e4sync.client import E4Connect
 from e4sync.errors import E4SyncError
 from e4sync.simulator import Faults, Simulator
+from tests.conftest import write_secret
 
 USER = "lab@example.org"
 SECRET = "Quokka-Zebra-7731/S3cr3t!"
@@ -87,9 +88,7 @@ def write_config(tmp_path: Path, base_url: str, password_line: str) -> Path:
 
 def password_file(tmp_path: Path, secret: str = SECRET) -> Path:
     pw = tmp_path / "lab.password"
-    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, secret.encode() + b"\n")
-    os.close(fd)
+    write_secret(pw, secret)
     return pw
 
 

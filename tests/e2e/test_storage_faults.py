@@ -26,15 +26,14 @@ from pathlib import Path
 import pytest
 
 from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from tests.conftest import write_secret
 
 MB = 1 << 20
 
 
 def write_config(tmp_path: Path, base_url: str, concurrency: int = 2) -> Path:
     pw = tmp_path / "lab.password"
-    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, DEFAULT_PASSWORD.encode() + b"\n")
-    os.close(fd)
+    write_secret(pw, DEFAULT_PASSWORD)
     config = tmp_path / "config.toml"
     config.write_text(
         f'[archive]\nroot = "{tmp_path / "archive"}"\n\n[state]\ndir = "{tmp_path / "state"}"\n\n'
