@@ -451,7 +451,8 @@ def machine() -> dict[str, str]:
     ):
         try:
             first = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
-            versions[name] = first.splitlines()[0].strip() if first else "?"
+            line = first.splitlines()[0].strip() if first else "?"
+            versions[name] = re.split(r" \(x86|, by ", line)[0]  # drop build details
         except (OSError, subprocess.SubprocessError):
             versions[name] = "missing"
     e4 = subprocess.run(
@@ -469,6 +470,7 @@ def machine() -> dict[str, str]:
         "ram": mem_gb or "?",
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "load average at the end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "e4sync": e4 or "?",
         "e4client": e4c or "?",
         **versions,

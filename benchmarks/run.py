@@ -121,8 +121,8 @@ def render_detail(result, markdown: bool) -> str:
     parts = [f"### {result.title}" if markdown else result.title]
     if result.rows:
         parts.append(_table(result.headers, result.rows, markdown))
-    if markdown:
-        parts += [f"- {note}" for note in result.notes]
+    if markdown and result.notes:
+        parts.append("\n".join(f"- {note}" for note in result.notes))
     return "\n\n".join(parts) if markdown else "\n".join(parts)
 
 

@@ -54,7 +54,7 @@ from e4sync.verify import ZIP_MAGIC, check_zip, looks_like_html
 DEFAULT_BASE_URL = "https://www.empatica.com/connect"
 ALL_FROM = 0
 ALL_TO = 999999999999
-CHUNK = 1 << 20
+CHUNK = 1 << 18  # 256 KiB: as fast as 1 MiB here, and a smaller resident peak
 _HTML_PEEK = 1 << 16
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 

@@ -39,7 +39,7 @@ MAX_START_TIME = 253402300799  # 9999-12-31T23:59:59Z: beyond it no datetime, no
 MAX_FIELD_CHARS = 500  # a listed value longer than this is cut: the platform never sends one
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteItem:
     """One session as the platform listed it, coerced from its all-string JSON."""
 

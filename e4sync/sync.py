@@ -14,17 +14,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import itertools
+import json
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from e4sync import __version__
@@ -279,6 +281,18 @@ def _part_of(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    """A body on disk, waiting to be verified and committed."""
+
+    relpath: PurePosixPath
+    part: Path
+    size: int
+    sha256: str
+    started: float
+    adopted: bool = False  # a whole file a killed pass had already committed
+
+
 class AccountPass:
     """One account's part of a pass. Holds the account's lease while it works."""
 
@@ -386,8 +400,9 @@ class AccountPass:
     # -- listing -----------------------------------------------------------------------
 
     def _record_listing(self, items: list[RemoteItem]) -> bool:
-        """Record new sessions and metadata changes with a constant number of queries.
-        Returns whether the listing can be trusted for deletions."""
+        """Record new sessions and metadata changes with a constant number of queries,
+        holding plain tuples, not ORM objects, for the sessions that did not change (an
+        account can list 100,000). Returns whether the listing can be trusted for deletions."""
         now = time.time()
         self.report.listed = len(items)
         listed = {i.id: i for i in items}
@@ -396,13 +411,18 @@ class AccountPass:
             account.user_id = self.user_id
             account.last_listed_at = now
             known = {
-                r.remote_id: r
-                for r in db.scalars(
-                    select(SessionRow).where(SessionRow.account_id == self.account_id)
+                rid: (pk, state, mhash)
+                for rid, pk, state, mhash in db.execute(
+                    select(
+                        SessionRow.remote_id,
+                        SessionRow.id,
+                        SessionRow.state,
+                        SessionRow.metadata_hash,
+                    ).where(SessionRow.account_id == self.account_id)
                 )
             }
             present_before = sum(
-                1 for r in known.values() if r.state not in (REMOTE_GONE, REMOTE_DELETED)
+                1 for _, state, _ in known.values() if state not in (REMOTE_GONE, REMOTE_DELETED)
             )
             if not items and present_before:
                 # An empty list where sessions existed is a platform fault, never "all deleted".
@@ -414,52 +434,40 @@ class AccountPass:
                 )
                 self.report.errors.append("empty session list where sessions existed")
                 return False
-            new_rows = []
-            for item in items:
-                row = known.get(item.id)
-                if row is None:
-                    new_rows.append(_new_row(self.account_id, item, now))
+            new_ids = [rid for rid in listed if rid not in known]
+            if self.dry_run:
+                # Say what is new, record nothing: a dry run changes nothing, here included.
+                self.dry_new = new_ids
+                self.report.new = len(new_ids)
+                db.rollback()
+                return True
+            for chunk in _chunks(new_ids, 1000):
+                db.execute(
+                    insert(SessionRow),
+                    [_new_row_values(self.account_id, listed[r], now) for r in chunk],
+                )
+            self.report.new = len(new_ids)
+            for rid, (pk, state, mhash) in known.items():
+                item = listed.get(rid)
+                if item is None or (mhash == item.metadata_hash and state != REMOTE_GONE):
                     continue
-                if row.metadata_hash != item.metadata_hash:
+                row = db.get(SessionRow, pk)
+                if mhash != item.metadata_hash:
                     self.report.changed += 1
                     _apply_metadata(row, item)
-                    log.info("session %s: remote metadata changed", item.id)
-                if row.state == REMOTE_GONE:
+                    log.info("session %s: remote metadata changed", rid)
+                if state == REMOTE_GONE:
                     row.state = VERIFIED if row.verified_at and row.local_path else NEW
                     row.gone_at = None
                     row.next_attempt_at = now
-                    log.info("session %s is listed again", item.id)
-            if new_rows:
-                db.add_all(new_rows)
-                self.report.new = len(new_rows)
-            if self.dry_run:
-                # Say what is new, record nothing: a dry run changes nothing, here included.
-                self.dry_new = [r.remote_id for r in new_rows]
-                db.rollback()
-                return True
-            pending = {
-                d.remote_id: d
-                for d in db.scalars(
-                    select(Deletion).where(
-                        Deletion.account_id == self.account_id, Deletion.confirmed_at.is_(None)
-                    )
-                )
-            }
-            for remote_id, row in known.items():
-                if remote_id in listed or row.state in (REMOTE_GONE, REMOTE_DELETED):
-                    continue
-                if remote_id in pending:
-                    _confirm_deleted(row, pending[remote_id], now)
-                    self.report.deleted += 1
-                    continue
-                row.state = REMOTE_GONE
-                row.gone_at = now
-                self.report.gone += 1
-                log.warning(
-                    "session %s vanished from the platform without e4sync deleting it%s",
-                    remote_id,
-                    "; the local copy is kept" if row.local_path else "",
-                )
+                    log.info("session %s is listed again", rid)
+            vanished = [
+                (rid, pk)
+                for rid, (pk, state, _) in known.items()
+                if rid not in listed and state not in (REMOTE_GONE, REMOTE_DELETED)
+            ]
+            if vanished:
+                self._record_vanished(db, vanished, now)
         if self.report.new:
             log.info(
                 "account %s: %d sessions listed, %d new",
@@ -468,6 +476,34 @@ class AccountPass:
                 self.report.new,
             )
         return True
+
+    def _record_vanished(self, db: DbSession, vanished: list[tuple[str, int]], now: float) -> None:
+        """A session gone from the listing was deleted by this program (its ledger entry
+        waits for this confirmation) or by someone else: ``remote_gone``, copy kept."""
+        pending = {
+            d.remote_id: d
+            for d in db.scalars(
+                select(Deletion).where(
+                    Deletion.account_id == self.account_id, Deletion.confirmed_at.is_(None)
+                )
+            )
+        }
+        gone = []
+        for rid, pk in vanished:
+            if rid in pending:
+                _confirm_deleted(db.get(SessionRow, pk), pending[rid], now)
+                self.report.deleted += 1
+            else:
+                gone.append(pk)
+                log.warning("session %s vanished from the platform without e4sync deleting it", rid)
+        for chunk in _chunks(gone, 1000):
+            db.execute(
+                update(SessionRow)
+                .where(SessionRow.id.in_(chunk))
+                .values(state=REMOTE_GONE, gone_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        self.report.gone += len(gone)
 
     # -- downloads ---------------------------------------------------------------------
 
@@ -499,85 +535,124 @@ class AccountPass:
         if not due:
             return
         workers = max(1, min(self.cfg.download.concurrency, len(due)))
-        with ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix=f"dl-{self.account.name}"
-        ) as pool:
-            futures = [pool.submit(self._download_one, source, pk, listed[rid]) for pk, rid in due]
-            for future in futures:
-                try:
-                    future.result()
-                except AuthError:
-                    # The password stopped working mid-pass: nothing else will work either.
-                    self.stop_account()
-                    raise
+        pending = iter(due)
+        in_flight: set[Future] = set()
+        self._finish_slots = threading.BoundedSemaphore(2 * workers)
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix=f"fin-{self.account.name}") as finisher,
+            ThreadPoolExecutor(workers, thread_name_prefix=f"dl-{self.account.name}") as pool,
+        ):
+            self._finisher = finisher
+            # A bounded window of submissions, not one future per due session: a first pass
+            # over 100,000 sessions would otherwise hold them all in memory at once.
+            while True:
+                for pk, rid in itertools.islice(pending, 2 * workers - len(in_flight)):
+                    in_flight.add(pool.submit(self._download_one, source, pk, listed[rid]))
+                if not in_flight:
+                    break
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        future.result()
+                    except AuthError:
+                        # The password stopped working mid-pass: nothing else will work either.
+                        self.stop_account()
+                        for other in in_flight:
+                            other.cancel()
+                        raise
 
     def stop_account(self) -> None:
         self.lease_lost.set()
 
     def _download_one(self, source: Source, pk: int, item: RemoteItem) -> None:
+        """Fetch on a download thread, then hand the file to a finisher thread to verify,
+        commit and record, so the download slot is free again as soon as the body is on
+        disk (the fsyncs and the database write overlap the next downloads)."""
         if self.stop.is_set() or self.lease_lost.is_set():
             return
+        fetched = None
         try:
-            self._fetch_and_commit(pk, item, source)
+            fetched = self._fetch(pk, item, source)
         finally:
-            self.on_progress(item.id)
+            if fetched is None:
+                self.on_progress(item.id)
+        if fetched is not None:
+            self._finish_slots.acquire()
+            future = self._finisher.submit(self._finish, pk, item, source, fetched)
+            future.add_done_callback(lambda _f: self._finish_slots.release())
 
-    def _fetch_and_commit(self, pk: int, item: RemoteItem, source: Source) -> None:
+    def _fetch(self, pk: int, item: RemoteItem, source: Source) -> _Fetched | None:
+        """The body on disk as ``X.zip.part`` (or a whole file a killed pass left), or None
+        when the attempt failed (recorded) or was stopped (the part kept to resume)."""
         relpath = self._choose_path(pk, item)
         part = self.archive.part_path(relpath)
         started = time.time()
         try:
-            final = self.archive.resolve(relpath)
             adopted = self._adopt_existing(relpath, item)
-            if adopted is None:
-                fetched = source.fetch(item, part, cancel=self.stop)
-                crashpoint("after-fetch")
-                problems = source.verify(part, item)
-                if problems:
-                    with contextlib.suppress(OSError):
-                        part.unlink()
-                    raise NotAZipError("; ".join(problems))
-                size, sha256 = fetched.size, fetched.sha256
-                verified_at = time.time()
-                sidecar = self._sidecar(item, relpath, size, sha256, started, verified_at)
-                self.archive.commit(part, relpath, sidecar)
-                crashpoint("after-commit")
-            else:
-                size, sha256 = adopted
-                verified_at = time.time()
+            if adopted is not None:
+                return _Fetched(relpath, part, adopted[0], adopted[1], started, adopted=True)
+            fetched = source.fetch(item, part, cancel=self.stop)
+            crashpoint("after-fetch")
+            return _Fetched(relpath, part, fetched.size, fetched.sha256, started)
         except Interrupted:
             log.info("session %s: stopped; the partial file is kept to resume", item.id)
-            return
         except AuthError:
             raise
         except (E4SyncError, OSError) as exc:
-            if isinstance(exc, StorageError) or not isinstance(exc, E4SyncError):
-                # A local write failed (disk full, read-only): free the space, start over later.
-                with contextlib.suppress(OSError):
-                    part.unlink()
-            self._record_failure(pk, item, exc)
-            return
+            self._failed(pk, item, part, exc)
+        return None
+
+    def _finish(self, pk: int, item: RemoteItem, source: Source, got: _Fetched) -> None:
+        try:
+            if not got.adopted:
+                problems = source.verify(got.part, item)
+                if problems:
+                    with contextlib.suppress(OSError):
+                        got.part.unlink()
+                    raise NotAZipError("; ".join(problems))
+                sidecar = self._sidecar(
+                    item, got.relpath, got.size, got.sha256, got.started, time.time()
+                )
+                self.archive.commit(got.part, got.relpath, sidecar)
+                crashpoint("after-commit")
+            self._record_verified(pk, item, got)
+        except (E4SyncError, OSError) as exc:
+            self._failed(pk, item, got.part, exc)
+        except Exception:  # a bug must not vanish inside a pool thread
+            log.exception("session %s: unexpected error while archiving", item.id)
+            self._failed(pk, item, got.part, RuntimeError("unexpected error; see the log"))
+        finally:
+            self.on_progress(item.id)
+
+    def _failed(self, pk: int, item: RemoteItem, part: Path, exc: BaseException) -> None:
+        if isinstance(exc, StorageError) or not isinstance(exc, E4SyncError):
+            # A local write failed (disk full, read-only): free the space, start over later.
+            with contextlib.suppress(OSError):
+                part.unlink()
+        self._record_failure(pk, item, exc)
+
+    def _record_verified(self, pk: int, item: RemoteItem, got: _Fetched) -> None:
         with self.sessions() as db, db.begin():
             row = db.get(SessionRow, pk)
             row.state = VERIFIED
-            row.local_path = str(relpath)
-            row.size = size
-            row.sha256 = sha256
+            row.local_path = str(got.relpath)
+            row.size = got.size
+            row.sha256 = got.sha256
             row.downloaded_metadata_hash = item.metadata_hash
-            row.downloaded_at = started
-            row.verified_at = verified_at
+            row.downloaded_at = got.started
+            row.verified_at = time.time()
             row.last_error = None
             row.next_attempt_at = None
         with self.paths_lock:
             self.report.downloaded += 1
-            self.report.bytes += size
-        seconds = max(time.time() - started, 1e-6)
+            self.report.bytes += got.size
+        seconds = max(time.time() - got.started, 1e-6)
         log.info(
             "session %s: archived %s (%.1f MB, %.1f MB/s)",
             item.id,
-            final,
-            size / 1e6,
-            size / 1e6 / seconds,
+            self.archive.resolve(got.relpath),
+            got.size / 1e6,
+            got.size / 1e6 / seconds,
         )
 
     def _choose_path(self, pk: int, item: RemoteItem) -> PurePosixPath:
@@ -707,9 +782,14 @@ class AccountPass:
             return
         now = time.time()
         with self.sessions() as db:
+            # Only sessions old enough on both clocks are loaded (an archive can hold
+            # 100,000); the pure plan still checks every rule itself.
             rows = db.scalars(
                 select(SessionRow).where(
-                    SessionRow.account_id == self.account_id, SessionRow.state == VERIFIED
+                    SessionRow.account_id == self.account_id,
+                    SessionRow.state == VERIFIED,
+                    SessionRow.start_time <= now - rules.delete_min_age,
+                    SessionRow.verified_at <= now - rules.delete_grace,
                 )
             ).all()
         plan = plan_deletions(
@@ -896,7 +976,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _new_row(account_id: int, item: RemoteItem, now: float) -> SessionRow:
-    row = SessionRow(
+    return SessionRow(**_new_row_values(account_id, item, now))
+
+
+def _new_row_values(account_id: int, item: RemoteItem, now: float) -> dict:
+    values = dict(
         account_id=account_id,
         remote_id=item.id,
         state=NEW,
@@ -905,20 +989,30 @@ def _new_row(account_id: int, item: RemoteItem, now: float) -> SessionRow:
         attempts=0,
         next_attempt_at=now,
     )
-    _apply_metadata(row, item)
-    return row
+    values.update(_metadata_values(item))
+    return values
+
+
+def _metadata_values(item: RemoteItem) -> dict:
+    return dict(
+        start_time=item.start_time,
+        duration=item.duration,
+        device_id=item.device_id[:64],
+        label=item.label[:200],
+        device=item.device[:200],
+        remote_json=json.dumps(item.raw, sort_keys=True),
+        metadata_hash=item.metadata_hash,
+    )
+
+
+def _chunks(seq: list, size: int) -> Iterator[list]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
 
 
 def _apply_metadata(row: SessionRow, item: RemoteItem) -> None:
-    import json
-
-    row.start_time = item.start_time
-    row.duration = item.duration
-    row.device_id = item.device_id[:64]
-    row.label = item.label[:200]
-    row.device = item.device[:200]
-    row.remote_json = json.dumps(item.raw, sort_keys=True)
-    row.metadata_hash = item.metadata_hash
+    for key, value in _metadata_values(item).items():
+        setattr(row, key, value)
 
 
 def _confirm_deleted(row: SessionRow, entry: Deletion, now: float) -> None:

@@ -26,7 +26,7 @@ E4_MEMBERS = frozenset(
 SIGNAL_CSVS = frozenset({"ACC.csv", "BVP.csv", "EDA.csv", "HR.csv", "IBI.csv", "TEMP.csv"})
 
 ZIP_MAGIC = b"PK\x03\x04"
-CHUNK = 1 << 20
+CHUNK = 1 << 18  # 256 KiB: as fast as 1 MiB here, and a smaller resident peak
 MAX_START_OFFSET = 86400  # a header may start this far from the session's start_time
 MAX_MEMBERS = 1000
 # Below this many uncompressed bytes a high ratio is harmless (streaming it costs

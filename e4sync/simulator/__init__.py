@@ -12,7 +12,18 @@ Usage::
         sim.base_url        # "http://127.0.0.1:PORT/connect"
 """
 
-from e4sync.simulator.faults import Faults
-from e4sync.simulator.server import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from typing import Any
+
+from e4sync.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, Faults
 
 __all__ = ["DEFAULT_PASSWORD", "DEFAULT_USER", "Faults", "Simulator"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server (http.server and the ZIP generator) is imported on first use, so that
+    # `e4sync --help` and every other command do not pay for it.
+    if name == "Simulator":
+        from e4sync.simulator.server import Simulator
+
+        return Simulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

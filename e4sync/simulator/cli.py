@@ -16,8 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from e4sync.simulator.faults import RATE_FIELDS, Faults
-from e4sync.simulator.server import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from e4sync.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, RATE_FIELDS, Faults
 
 _FAULT_HELP = {
     "error_5xx": "rate of 500/502/503 answers",
@@ -109,6 +108,8 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; print the base URL and credentials first. Returns 0."""
     stop = threading.Event()
+    from e4sync.simulator.server import Simulator
+
     sim = Simulator(
         port=args.port,
         seed=args.seed,

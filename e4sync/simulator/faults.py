@@ -19,6 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+# The default account of a new simulator (SPEC section 2).
+DEFAULT_USER = "demo@example.org"
+DEFAULT_PASSWORD = "demo"
+
 T = TypeVar("T")
 
 RATE_FIELDS = (

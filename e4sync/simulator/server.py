@@ -63,12 +63,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from e4sync.simulator import zipgen
-from e4sync.simulator.faults import FaultDice, Faults
+from e4sync.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, FaultDice, Faults
 
 log = logging.getLogger("e4sync.simulator")
 
-DEFAULT_USER = "demo@example.org"
-DEFAULT_PASSWORD = "demo"
 MODELS = ("E4 2.1", "E4 2.2", "E4 3.3")
 MEMORY_ZIP_LIMIT = 16 * 1024 * 1024
 """ZIPs estimated above this are built into a temporary file and streamed from disk."""
