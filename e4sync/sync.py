@@ -325,7 +325,7 @@ class AccountPass:
         self.account_id = 0
         self.user_id = ""
         self.lease_lost = threading.Event()
-        self.paths_lock = threading.Lock()
+        self.report_lock = threading.Lock()
         self.claimed_paths: set[str] = set()
         self.dry_new: list[str] = []  # sessions a dry run saw for the first time
 
@@ -535,7 +535,7 @@ class AccountPass:
         if not due:
             return
         workers = max(1, min(self.cfg.download.concurrency, len(due)))
-        pending = iter(due)
+        pending = self._with_paths(due, listed, batch=4 * workers)
         in_flight: set[Future] = set()
         self._finish_slots = threading.BoundedSemaphore(2 * workers)
         with (
@@ -546,8 +546,8 @@ class AccountPass:
             # A bounded window of submissions, not one future per due session: a first pass
             # over 100,000 sessions would otherwise hold them all in memory at once.
             while True:
-                for pk, rid in itertools.islice(pending, 2 * workers - len(in_flight)):
-                    in_flight.add(pool.submit(self._download_one, source, pk, listed[rid]))
+                for pk, item, relpath in itertools.islice(pending, 2 * workers - len(in_flight)):
+                    in_flight.add(pool.submit(self._download_one, source, pk, item, relpath))
                 if not in_flight:
                     break
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -564,7 +564,9 @@ class AccountPass:
     def stop_account(self) -> None:
         self.lease_lost.set()
 
-    def _download_one(self, source: Source, pk: int, item: RemoteItem) -> None:
+    def _download_one(
+        self, source: Source, pk: int, item: RemoteItem, relpath: PurePosixPath
+    ) -> None:
         """Fetch on a download thread, then hand the file to a finisher thread to verify,
         commit and record, so the download slot is free again as soon as the body is on
         disk (the fsyncs and the database write overlap the next downloads)."""
@@ -572,7 +574,7 @@ class AccountPass:
             return
         fetched = None
         try:
-            fetched = self._fetch(pk, item, source)
+            fetched = self._fetch(pk, item, source, relpath)
         finally:
             if fetched is None:
                 self.on_progress(item.id)
@@ -581,10 +583,11 @@ class AccountPass:
             future = self._finisher.submit(self._finish, pk, item, source, fetched)
             future.add_done_callback(lambda _f: self._finish_slots.release())
 
-    def _fetch(self, pk: int, item: RemoteItem, source: Source) -> _Fetched | None:
+    def _fetch(
+        self, pk: int, item: RemoteItem, source: Source, relpath: PurePosixPath
+    ) -> _Fetched | None:
         """The body on disk as ``X.zip.part`` (or a whole file a killed pass left), or None
         when the attempt failed (recorded) or was stopped (the part kept to resume)."""
-        relpath = self._choose_path(pk, item)
         part = self.archive.part_path(relpath)
         started = time.time()
         try:
@@ -643,7 +646,7 @@ class AccountPass:
             row.verified_at = time.time()
             row.last_error = None
             row.next_attempt_at = None
-        with self.paths_lock:
+        with self.report_lock:
             self.report.downloaded += 1
             self.report.bytes += got.size
         seconds = max(time.time() - got.started, 1e-6)
@@ -655,7 +658,30 @@ class AccountPass:
             got.size / 1e6 / seconds,
         )
 
-    def _choose_path(self, pk: int, item: RemoteItem) -> PurePosixPath:
+    def _with_paths(
+        self, due: list[tuple[int, str]], listed: dict[str, RemoteItem], batch: int
+    ) -> Iterator[tuple[int, RemoteItem, PurePosixPath]]:
+        """The due sessions with their archive paths, recorded (state ``downloading``) one
+        transaction per batch before their downloads start: a crash then still knows which
+        ``.part`` belongs to whom, and the download threads make no database write of their
+        own before their request."""
+        for chunk in _chunks(due, batch):
+            if self.stop.is_set() or self.lease_lost.is_set():
+                return
+            chosen = []
+            with self.sessions() as db, db.begin():
+                for pk, rid in chunk:
+                    row = db.get(SessionRow, pk)
+                    relpath = self._choose_path(row, listed[rid])
+                    row.state = DOWNLOADING
+                    row.local_path = str(relpath)
+                    chosen.append((pk, listed[rid], relpath))
+            yield from chosen
+
+    def _choose_path(self, row: SessionRow, item: RemoteItem) -> PurePosixPath:
+        if row.local_path and row.state == DOWNLOADING:
+            # A resumed download keeps the path it had (and so its .part file).
+            return PurePosixPath(row.local_path)
         layout = self.account.layout or self.cfg.archive.layout
         fields = LayoutFields(
             account=self.account.name,
@@ -668,20 +694,10 @@ class AccountPass:
             duration=item.duration,
         )
         wanted = render_relpath(layout, fields, self.cfg.archive.timezone)
-        key = self._session_key(item)
-        with self.sessions() as db, db.begin():
-            row = db.get(SessionRow, pk)
-            if row.local_path and row.state == DOWNLOADING:
-                # A resumed download keeps the path it had (and so its .part file).
-                chosen = PurePosixPath(row.local_path)
-            else:
-                with self.paths_lock:
-                    chosen = self.archive.choose_path(
-                        wanted, key, lambda p: str(p) in self.claimed_paths
-                    )
-                    self.claimed_paths.add(str(chosen))
-            row.state = DOWNLOADING
-            row.local_path = str(chosen)
+        chosen = self.archive.choose_path(
+            wanted, self._session_key(item), lambda p: str(p) in self.claimed_paths
+        )
+        self.claimed_paths.add(str(chosen))
         return chosen
 
     def _session_key(self, item: RemoteItem) -> str:
@@ -758,7 +774,7 @@ class AccountPass:
                     iso(row.next_attempt_at),
                     message,
                 )
-        with self.paths_lock:
+        with self.report_lock:
             self.report.failed += 1
             self.report.errors.append(f"session {item.id}: {message}")
 
