@@ -383,8 +383,11 @@ class E4Connect:
         *,
         cancel: threading.Event | None = None,
         progress: Callable[[int], None] | None = None,
+        fsync: bool = True,
     ) -> FetchResult:
         """Stream one session's ZIP into ``part_path`` and return its size and sha256.
+        ``fsync=False`` leaves durability to a caller that fsyncs before it renames (the
+        archive's commit), keeping the fsync off the download thread.
 
         Checks only what HTTP can tell: status, an HTML page or empty body instead of a ZIP
         (``NotAZipError``, the ``.part`` removed), the ``PK\\x03\\x04`` magic, and the
@@ -402,7 +405,7 @@ class E4Connect:
         while True:
             _check_cancel(cancel, sid)
             try:
-                return self._fetch_once(sid, part, cancel, report)
+                return self._fetch_once(sid, part, cancel, report, fsync)
             except _BodyCut as exc:
                 cuts += 1
                 if cuts > self._retries:
@@ -729,6 +732,7 @@ class E4Connect:
         part: Path,
         cancel: threading.Event | None,
         report: _Progress,
+        fsync: bool = True,
     ) -> FetchResult:
         path = "download.php"
         headers = {"Accept-Encoding": "identity"}
@@ -768,7 +772,7 @@ class E4Connect:
             if offset == 0:
                 self._refuse_non_zip(r, reply.first, sid, part)
             filename = _content_disposition_filename(r.headers.get("Content-Disposition"))
-            size, digest = self._write_body(reply, part, offset, sid, cancel, report)
+            size, digest = self._write_body(reply, part, offset, sid, cancel, report, fsync)
 
         total = None if expected is None else expected + offset
         if total is not None and size != total:
@@ -814,6 +818,7 @@ class E4Connect:
         sid: str,
         cancel: threading.Event | None,
         report: _Progress,
+        fsync: bool = True,
     ) -> tuple[int, str]:
         digest = hashlib.sha256()
         size = 0
@@ -841,9 +846,10 @@ class E4Connect:
                 except _NETWORK_ERRORS as exc:
                     raise _BodyCut(_describe(exc)) from None
                 finally:
-                    # Whatever arrived is kept durably: it is the resume point.
+                    # Whatever arrived is kept: it is the resume point.
                     f.flush()
-                    os.fsync(f.fileno())
+                    if fsync:
+                        os.fsync(f.fileno())
         except OSError as exc:
             raise StorageError(f"cannot write {part}: {exc.strerror or exc}") from None
         return size, digest.hexdigest()

@@ -169,7 +169,8 @@ class E4Source:
     def fetch(
         self, item: RemoteItem, part_path: Path, cancel: threading.Event | None = None
     ) -> Fetched:
-        result = self.client.fetch(item.id, part_path, cancel=cancel)
+        # The archive's commit fsyncs the part before it links it into place.
+        result = self.client.fetch(item.id, part_path, cancel=cancel, fsync=False)
         return Fetched(path=Path(result.path), size=result.size, sha256=result.sha256)
 
     def delete(self, item_id: str) -> None:
