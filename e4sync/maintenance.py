@@ -260,9 +260,9 @@ def reindex(engine: Engine, archive: Archive, rehash: bool = True) -> ReindexRep
                 )
             )
             if row is None:
-                from e4sync.sync import _new_row
+                from e4sync.sync import new_row
 
-                row = _new_row(account.id, item, time.time())
+                row = new_row(account.id, item, time.time())
                 db.add(row)
                 report.added += 1
             else:

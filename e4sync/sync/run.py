@@ -1,4 +1,4 @@
-"""e4sync.sync: one sync pass over every account (SPEC section 6).
+"""e4sync.sync.run: one sync pass over every account (SPEC section 6).
 
 A pass: lock, then per account: lease, log in, list in full, record new sessions and
 metadata changes, download what is due with ``download.concurrency`` threads sharing one
@@ -12,28 +12,21 @@ Must not import cli. Talks to the platform only through ``source.Source``.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
-import itertools
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session as DbSession
 
-from e4sync import __version__
-from e4sync.archive import Archive, LayoutFields, render_relpath
+from e4sync.archive import Archive
 from e4sync.config import AccountConfig, Config
-from e4sync.crashpoints import crashpoint
-from e4sync.deletion import Candidate, Rules, plan_deletions
 from e4sync.errors import (
     EXIT_CONFIG,
     EXIT_NOPERM,
@@ -43,19 +36,13 @@ from e4sync.errors import (
     AuthError,
     ConfigError,
     E4SyncError,
-    Interrupted,
     LockBusy,
-    NotAZipError,
-    SessionNotFound,
-    StorageError,
     TransientError,
 )
 from e4sync.source import DryRunSource, RemoteItem, Source
 from e4sync.state import db as statedb
 from e4sync.state.models import (
-    DOWNLOADING,
     DUE_STATES,
-    FAILED,
     NEW,
     REMOTE_DELETED,
     REMOTE_GONE,
@@ -65,6 +52,9 @@ from e4sync.state.models import (
     Pass,
 )
 from e4sync.state.models import Session as SessionRow
+from e4sync.sync.common import chunks, part_of
+from e4sync.sync.deletions import DeletionSteps, confirm_deleted
+from e4sync.sync.downloads import DownloadSteps
 
 log = logging.getLogger("e4sync.sync")
 
@@ -112,14 +102,6 @@ class PassReport:
         if any(a.failed or a.errors for a in self.accounts):
             return EXIT_SESSIONS_FAILED
         return EXIT_OK
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
 
 
 @contextlib.contextmanager
@@ -267,7 +249,7 @@ def _remove_stale_parts(engine: Engine, archive: Archive, cfg: Config, shared: b
                 SessionRow.state.in_(DUE_STATES), SessionRow.local_path.is_not(None)
             )
         ).all()
-    keep = {_part_of(archive.resolve(PurePosixPath(p))) for p in keep_rel}
+    keep = {part_of(archive.resolve(PurePosixPath(p))) for p in keep_rel}
     min_age = max(600.0, 2 * cfg.download.timeout) if shared else 0.0
     for path in archive.remove_stale_parts(keep=keep, min_age=min_age):
         log.info("removed stale partial file %s", path)
@@ -277,23 +259,7 @@ def _ignore(_what: str) -> None:
     pass
 
 
-def _part_of(final: Path) -> Path:
-    return final.with_name(final.name + ".part")
-
-
-@dataclass(frozen=True)
-class _Fetched:
-    """A body on disk, waiting to be verified and committed."""
-
-    relpath: PurePosixPath
-    part: Path
-    size: int
-    sha256: str
-    started: float
-    adopted: bool = False  # a whole file a killed pass had already committed
-
-
-class AccountPass:
+class AccountPass(DownloadSteps, DeletionSteps):
     """One account's part of a pass. Holds the account's lease while it works."""
 
     def __init__(
@@ -441,7 +407,7 @@ class AccountPass:
                 self.report.new = len(new_ids)
                 db.rollback()
                 return True
-            for chunk in _chunks(new_ids, 1000):
+            for chunk in chunks(new_ids, 1000):
                 db.execute(
                     insert(SessionRow),
                     [_new_row_values(self.account_id, listed[r], now) for r in chunk],
@@ -491,12 +457,12 @@ class AccountPass:
         gone = []
         for rid, pk in vanished:
             if rid in pending:
-                _confirm_deleted(db.get(SessionRow, pk), pending[rid], now)
+                confirm_deleted(db.get(SessionRow, pk), pending[rid], now)
                 self.report.deleted += 1
             else:
                 gone.append(pk)
                 log.warning("session %s vanished from the platform without e4sync deleting it", rid)
-        for chunk in _chunks(gone, 1000):
+        for chunk in chunks(gone, 1000):
             db.execute(
                 update(SessionRow)
                 .where(SessionRow.id.in_(chunk))
@@ -504,437 +470,6 @@ class AccountPass:
                 .execution_options(synchronize_session=False)
             )
         self.report.gone += len(gone)
-
-    # -- downloads ---------------------------------------------------------------------
-
-    def _download_due(self, source: Source, listed: dict[str, RemoteItem]) -> None:
-        now = time.time()
-        with self.sessions() as db:
-            due = db.execute(
-                select(SessionRow.id, SessionRow.remote_id)
-                .where(
-                    SessionRow.account_id == self.account_id,
-                    SessionRow.state.in_(DUE_STATES),
-                    (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
-                )
-                .order_by(SessionRow.start_time, SessionRow.id)
-            ).all()
-            self.claimed_paths = set(
-                db.scalars(
-                    select(SessionRow.local_path).where(
-                        SessionRow.local_path.is_not(None), SessionRow.state != NEW
-                    )
-                )
-            )
-        due = [(pk, rid) for pk, rid in due if rid in listed]
-        if self.dry_run:
-            self.report.would_download = [rid for _, rid in due] + self.dry_new
-            for rid in self.report.would_download:
-                log.info("dry run: would download session %s", rid)
-            return
-        if not due:
-            return
-        workers = max(1, min(self.cfg.download.concurrency, len(due)))
-        pending = self._with_paths(due, listed, batch=4 * workers)
-        in_flight: set[Future] = set()
-        self._finish_slots = threading.BoundedSemaphore(2 * workers)
-        with (
-            ThreadPoolExecutor(workers, thread_name_prefix=f"fin-{self.account.name}") as finisher,
-            ThreadPoolExecutor(workers, thread_name_prefix=f"dl-{self.account.name}") as pool,
-        ):
-            self._finisher = finisher
-            # A bounded window of submissions, not one future per due session: a first pass
-            # over 100,000 sessions would otherwise hold them all in memory at once.
-            while True:
-                for pk, item, relpath in itertools.islice(pending, 2 * workers - len(in_flight)):
-                    in_flight.add(pool.submit(self._download_one, source, pk, item, relpath))
-                if not in_flight:
-                    break
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    try:
-                        future.result()
-                    except AuthError:
-                        # The password stopped working mid-pass: nothing else will work either.
-                        self.stop_account()
-                        for other in in_flight:
-                            other.cancel()
-                        raise
-
-    def stop_account(self) -> None:
-        self.lease_lost.set()
-
-    def _download_one(
-        self, source: Source, pk: int, item: RemoteItem, relpath: PurePosixPath
-    ) -> None:
-        """Fetch on a download thread, then hand the file to a finisher thread to verify,
-        commit and record, so the download slot is free again as soon as the body is on
-        disk (the fsyncs and the database write overlap the next downloads)."""
-        if self.stop.is_set() or self.lease_lost.is_set():
-            return
-        fetched = None
-        try:
-            fetched = self._fetch(pk, item, source, relpath)
-        finally:
-            if fetched is None:
-                self.on_progress(item.id)
-        if fetched is not None:
-            self._finish_slots.acquire()
-            future = self._finisher.submit(self._finish, pk, item, source, fetched)
-            future.add_done_callback(lambda _f: self._finish_slots.release())
-
-    def _fetch(
-        self, pk: int, item: RemoteItem, source: Source, relpath: PurePosixPath
-    ) -> _Fetched | None:
-        """The body on disk as ``X.zip.part`` (or a whole file a killed pass left), or None
-        when the attempt failed (recorded) or was stopped (the part kept to resume)."""
-        part = self.archive.part_path(relpath)
-        started = time.time()
-        try:
-            adopted = self._adopt_existing(relpath, item)
-            if adopted is not None:
-                return _Fetched(relpath, part, adopted[0], adopted[1], started, adopted=True)
-            fetched = source.fetch(item, part, cancel=self.stop)
-            crashpoint("after-fetch")
-            return _Fetched(relpath, part, fetched.size, fetched.sha256, started)
-        except Interrupted:
-            log.info("session %s: stopped; the partial file is kept to resume", item.id)
-        except AuthError:
-            raise
-        except (E4SyncError, OSError) as exc:
-            self._failed(pk, item, part, exc)
-        return None
-
-    def _finish(self, pk: int, item: RemoteItem, source: Source, got: _Fetched) -> None:
-        try:
-            if not got.adopted:
-                problems = source.verify(got.part, item)
-                if problems:
-                    with contextlib.suppress(OSError):
-                        got.part.unlink()
-                    raise NotAZipError("; ".join(problems))
-                sidecar = self._sidecar(
-                    item, got.relpath, got.size, got.sha256, got.started, time.time()
-                )
-                self.archive.commit(got.part, got.relpath, sidecar)
-                crashpoint("after-commit")
-            self._record_verified(pk, item, got)
-        except (E4SyncError, OSError) as exc:
-            self._failed(pk, item, got.part, exc)
-        except Exception:  # a bug must not vanish inside a pool thread
-            log.exception("session %s: unexpected error while archiving", item.id)
-            self._failed(pk, item, got.part, RuntimeError("unexpected error; see the log"))
-        finally:
-            self.on_progress(item.id)
-
-    def _failed(self, pk: int, item: RemoteItem, part: Path, exc: BaseException) -> None:
-        if isinstance(exc, StorageError) or not isinstance(exc, E4SyncError):
-            # A local write failed (disk full, read-only): free the space, start over later.
-            with contextlib.suppress(OSError):
-                part.unlink()
-        self._record_failure(pk, item, exc)
-
-    def _record_verified(self, pk: int, item: RemoteItem, got: _Fetched) -> None:
-        with self.sessions() as db, db.begin():
-            row = db.get(SessionRow, pk)
-            row.state = VERIFIED
-            row.local_path = str(got.relpath)
-            row.size = got.size
-            row.sha256 = got.sha256
-            row.downloaded_metadata_hash = item.metadata_hash
-            row.downloaded_at = got.started
-            row.verified_at = time.time()
-            row.last_error = None
-            row.next_attempt_at = None
-        with self.report_lock:
-            self.report.downloaded += 1
-            self.report.bytes += got.size
-        seconds = max(time.time() - got.started, 1e-6)
-        log.info(
-            "session %s: archived %s (%.1f MB, %.1f MB/s)",
-            item.id,
-            self.archive.resolve(got.relpath),
-            got.size / 1e6,
-            got.size / 1e6 / seconds,
-        )
-
-    def _with_paths(
-        self, due: list[tuple[int, str]], listed: dict[str, RemoteItem], batch: int
-    ) -> Iterator[tuple[int, RemoteItem, PurePosixPath]]:
-        """The due sessions with their archive paths, recorded (state ``downloading``) one
-        transaction per batch before their downloads start: a crash then still knows which
-        ``.part`` belongs to whom, and the download threads make no database write of their
-        own before their request."""
-        for chunk in _chunks(due, batch):
-            if self.stop.is_set() or self.lease_lost.is_set():
-                return
-            chosen = []
-            with self.sessions() as db, db.begin():
-                for pk, rid in chunk:
-                    row = db.get(SessionRow, pk)
-                    relpath = self._choose_path(row, listed[rid])
-                    row.state = DOWNLOADING
-                    row.local_path = str(relpath)
-                    chosen.append((pk, listed[rid], relpath))
-            yield from chosen
-
-    def _choose_path(self, row: SessionRow, item: RemoteItem) -> PurePosixPath:
-        if row.local_path and row.state == DOWNLOADING:
-            # A resumed download keeps the path it had (and so its .part file).
-            return PurePosixPath(row.local_path)
-        layout = self.account.layout or self.cfg.archive.layout
-        fields = LayoutFields(
-            account=self.account.name,
-            user_id=self.user_id,
-            session_id=item.id,
-            device_id=item.device_id,
-            label=item.label,
-            device=item.device,
-            start_time=item.start_time,
-            duration=item.duration,
-        )
-        wanted = render_relpath(layout, fields, self.cfg.archive.timezone)
-        chosen = self.archive.choose_path(
-            wanted, self._session_key(item), lambda p: str(p) in self.claimed_paths
-        )
-        self.claimed_paths.add(str(chosen))
-        return chosen
-
-    def _session_key(self, item: RemoteItem) -> str:
-        return f"{self.account.name}/{item.id}"
-
-    def _adopt_existing(self, relpath: PurePosixPath, item: RemoteItem) -> tuple[int, str] | None:
-        """A crash after the rename but before the database commit leaves a whole file and
-        its sidecar: take it if it still hashes to what the sidecar says."""
-        final = self.archive.resolve(relpath)
-        sidecar = self.archive.read_sidecar(relpath)
-        if not final.exists() or not sidecar:
-            return None
-        if sidecar.get("session_key") != self._session_key(item):
-            return None
-        from e4sync.verify import sha256_file
-
-        size, sha256 = sha256_file(final)
-        if sha256 != sidecar.get("sha256") or _content_problems(final, item):
-            return None
-        log.info("session %s: adopting the archived file left by an interrupted pass", item.id)
-        # A kill between link(part, final) and unlink(part) leaves the part as a second name.
-        with contextlib.suppress(FileNotFoundError):
-            _part_of(final).unlink()
-        return size, sha256
-
-    def _sidecar(
-        self,
-        item: RemoteItem,
-        relpath: PurePosixPath,
-        size: int,
-        sha256: str,
-        downloaded_at: float,
-        verified_at: float,
-    ) -> dict:
-        return {
-            "schema": 1,
-            "session_key": self._session_key(item),
-            "account": self.account.name,
-            "user_id": self.user_id,
-            "session_id": item.id,
-            "remote": item.raw,
-            "file": relpath.name,
-            "size": size,
-            "sha256": sha256,
-            "downloaded_at": iso(downloaded_at),
-            "verified_at": iso(verified_at),
-            "e4sync_version": __version__,
-        }
-
-    def _record_failure(self, pk: int, item: RemoteItem, exc: BaseException) -> None:
-        message = _describe(exc)
-        now = time.time()
-        with self.sessions() as db, db.begin():
-            row = db.get(SessionRow, pk)
-            row.attempts += 1
-            row.last_error = message
-            if row.attempts >= self.cfg.download.max_attempts:
-                row.state = FAILED
-                row.next_attempt_at = None
-                log.error(
-                    "session %s: failed %d times, giving up until `e4sync retry`: %s",
-                    item.id,
-                    row.attempts,
-                    message,
-                )
-            else:
-                row.next_attempt_at = now + backoff_delay(
-                    row.attempts, self.cfg.download.backoff, self.cfg.download.max_backoff
-                )
-                log.warning(
-                    "session %s: attempt %d failed, retrying after %s: %s",
-                    item.id,
-                    row.attempts,
-                    iso(row.next_attempt_at),
-                    message,
-                )
-        with self.report_lock:
-            self.report.failed += 1
-            self.report.errors.append(f"session {item.id}: {message}")
-
-    # -- deletions ---------------------------------------------------------------------
-
-    def _delete_qualifying(
-        self, source: Source, listed: dict[str, RemoteItem], listing_ok: bool
-    ) -> None:
-        rules = Rules(
-            **{
-                k: getattr(self.account.remote, k)
-                for k in (
-                    "delete_after_verify",
-                    "delete_min_age",
-                    "delete_grace",
-                    "max_deletes_per_pass",
-                )
-            }
-        )
-        if not rules.delete_after_verify:
-            return
-        now = time.time()
-        with self.sessions() as db:
-            # Only sessions old enough on both clocks are loaded (an archive can hold
-            # 100,000); the pure plan still checks every rule itself.
-            rows = db.scalars(
-                select(SessionRow).where(
-                    SessionRow.account_id == self.account_id,
-                    SessionRow.state == VERIFIED,
-                    SessionRow.start_time <= now - rules.delete_min_age,
-                    SessionRow.verified_at <= now - rules.delete_grace,
-                )
-            ).all()
-        plan = plan_deletions(
-            [_candidate(r, r.remote_id in listed) for r in rows],
-            now=now,
-            rules=rules,
-            listing_ok=listing_ok,
-        )
-        chosen = [d for d in plan if d.delete]
-        self.report.deletion_cap_reached = any("cap" in d.reason for d in plan if not d.delete)
-        if self.report.deletion_cap_reached:
-            log.warning(
-                "account %s: the cap of %d deletions per pass was reached; the rest "
-                "wait for the next pass",
-                self.account.name,
-                rules.max_deletes_per_pass,
-            )
-        if self.dry_run:
-            self.report.would_delete = [d.remote_id for d in chosen]
-            for d in chosen:
-                log.info("dry run: would delete remote session %s", d.remote_id)
-            return
-        by_id = {r.remote_id: r for r in rows}
-        requested: dict[str, int] = {}
-        for decision in chosen:
-            if self.stop.is_set() or self.lease_lost.is_set():
-                break
-            row = by_id[decision.remote_id]
-            ledger_id = self._delete_one(source, row)
-            if ledger_id is not None:
-                requested[row.remote_id] = ledger_id
-        if requested:
-            self._confirm_deletions(source, requested)
-
-    def _delete_one(self, source: Source, row: SessionRow) -> int | None:
-        from e4sync.verify import sha256_file
-
-        path = self.archive.resolve(PurePosixPath(row.local_path))
-        try:
-            size, sha256 = sha256_file(path)
-        except OSError as exc:
-            self.report.errors.append(
-                f"session {row.remote_id}: local copy unreadable, "
-                f"not deleting the remote one: {exc}"
-            )
-            log.error(
-                "session %s: local copy %s unreadable (%s); remote copy kept",
-                row.remote_id,
-                path,
-                exc,
-            )
-            return None
-        if sha256 != row.sha256:
-            self.report.errors.append(
-                f"session {row.remote_id}: local copy changed on disk; remote copy kept"
-            )
-            log.error(
-                "session %s: %s no longer matches its recorded sha256; remote copy kept "
-                "(run `e4sync verify`)",
-                row.remote_id,
-                path,
-            )
-            return None
-        with self.sessions() as db, db.begin():
-            entry = Deletion(
-                account_id=self.account_id,
-                session_id=row.id,
-                remote_id=row.remote_id,
-                local_path=row.local_path,
-                sha256=sha256,
-                requested_at=time.time(),
-                e4sync_version=__version__,
-            )
-            db.add(entry)
-            db.flush()
-            ledger_id = entry.id
-        crashpoint("after-ledger")
-        try:
-            source.delete(row.remote_id)
-            crashpoint("after-delete")
-        except SessionNotFound:
-            pass  # gone already (a retried DELETE whose first answer was lost)
-        except E4SyncError as exc:
-            self._set_ledger(ledger_id, f"error: {_describe(exc)}"[:40], confirmed=False)
-            self.report.errors.append(f"session {row.remote_id}: delete failed: {exc}")
-            if isinstance(exc, AuthError | TransientError):
-                raise
-            return None
-        return ledger_id
-
-    def _confirm_deletions(self, source: Source, requested: dict[str, int]) -> None:
-        try:
-            still_listed = {i.id for i in source.list_items()}
-        except E4SyncError as exc:
-            log.warning(
-                "account %s: could not re-list to confirm deletions (%s); they are "
-                "confirmed on the next pass",
-                self.account.name,
-                exc,
-            )
-            return
-        now = time.time()
-        with self.sessions() as db, db.begin():
-            for remote_id, ledger_id in requested.items():
-                entry = db.get(Deletion, ledger_id)
-                if remote_id in still_listed:
-                    entry.result = "still listed"
-                    log.warning(
-                        "session %s: the platform accepted the delete but still lists "
-                        "it; it stays verified and is tried again",
-                        remote_id,
-                    )
-                    continue
-                row = db.get(SessionRow, entry.session_id)
-                _confirm_deleted(row, entry, now)
-                self.report.deleted += 1
-                log.info(
-                    "session %s: remote copy deleted (verified local copy %s)",
-                    remote_id,
-                    row.local_path,
-                )
-
-    def _set_ledger(self, ledger_id: int, result: str, confirmed: bool) -> None:
-        with self.sessions() as db, db.begin():
-            db.execute(
-                update(Deletion)
-                .where(Deletion.id == ledger_id)
-                .values(result=result, confirmed_at=time.time() if confirmed else None)
-            )
 
     # -- the pass row ------------------------------------------------------------------
 
@@ -971,27 +506,7 @@ class AccountPass:
             log.exception("account %s: could not write the pass summary", self.account.name)
 
 
-def _content_problems(path: Path, item: RemoteItem) -> list[str]:
-    from e4sync.verify import check_zip
-
-    check = check_zip(path, start_time=item.start_time or None)
-    return list(check.problems)
-
-
-def backoff_delay(attempts: int, base: float, cap: float) -> float:
-    """``base`` doubled per attempt, capped, with +-20 % jitter so that many failed sessions
-    (or many workers) do not all come back at the same second."""
-    delay = min(cap, base * (2 ** max(0, attempts - 1)))
-    return delay * random.uniform(0.8, 1.2)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not isinstance(exc, E4SyncError):
-        return f"{exc.strerror or exc.__class__.__name__}: {exc.filename or ''}".strip(": ")
-    return str(exc) or exc.__class__.__name__
-
-
-def _new_row(account_id: int, item: RemoteItem, now: float) -> SessionRow:
+def new_row(account_id: int, item: RemoteItem, now: float) -> SessionRow:
     return SessionRow(**_new_row_values(account_id, item, now))
 
 
@@ -1021,35 +536,9 @@ def _metadata_values(item: RemoteItem) -> dict:
     )
 
 
-def _chunks(seq: list, size: int) -> Iterator[list]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
-
-
 def _apply_metadata(row: SessionRow, item: RemoteItem) -> None:
     for key, value in _metadata_values(item).items():
         setattr(row, key, value)
-
-
-def _confirm_deleted(row: SessionRow, entry: Deletion, now: float) -> None:
-    entry.confirmed_at = now
-    entry.result = "confirmed"
-    row.state = REMOTE_DELETED
-    row.remote_deleted_at = now
-
-
-def _candidate(row: SessionRow, listed: bool) -> Candidate:
-    return Candidate(
-        remote_id=row.remote_id,
-        state=row.state,
-        start_time=row.start_time,
-        verified_at=row.verified_at,
-        local_path=row.local_path,
-        sha256=row.sha256,
-        metadata_hash=row.metadata_hash,
-        downloaded_metadata_hash=row.downloaded_metadata_hash,
-        listed=listed,
-    )
 
 
 class _LeaseKeeper:

@@ -1,0 +1,219 @@
+"""e4sync.sync.deletions: the remote-deletion step of an account's pass (SPEC section 6).
+
+Runs after every download of the pass: the pure ``deletion.plan_deletions`` decides, then
+each chosen session's local file is re-hashed, the ledger entry is written, the DELETE is
+sent, and a fresh listing confirms it gone before the session becomes ``remote_deleted``.
+Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``account_id``,
+``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``, ``dry_run``).
+
+Must not import cli or ``e4sync.sync.run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import PurePosixPath
+
+from sqlalchemy import select, update
+
+from e4sync import __version__
+from e4sync.crashpoints import crashpoint
+from e4sync.deletion import Candidate, Rules, plan_deletions
+from e4sync.errors import (
+    AuthError,
+    E4SyncError,
+    SessionNotFound,
+    TransientError,
+)
+from e4sync.source import RemoteItem, Source
+from e4sync.state.models import (
+    REMOTE_DELETED,
+    VERIFIED,
+    Deletion,
+)
+from e4sync.state.models import Session as SessionRow
+from e4sync.sync.common import describe
+
+log = logging.getLogger("e4sync.sync")
+
+
+class DeletionSteps:
+    """The deletion half of ``AccountPass``."""
+
+    def _delete_qualifying(
+        self, source: Source, listed: dict[str, RemoteItem], listing_ok: bool
+    ) -> None:
+        rules = Rules(
+            **{
+                k: getattr(self.account.remote, k)
+                for k in (
+                    "delete_after_verify",
+                    "delete_min_age",
+                    "delete_grace",
+                    "max_deletes_per_pass",
+                )
+            }
+        )
+        if not rules.delete_after_verify:
+            return
+        now = time.time()
+        with self.sessions() as db:
+            # Only sessions old enough on both clocks are loaded (an archive can hold
+            # 100,000); the pure plan still checks every rule itself.
+            rows = db.scalars(
+                select(SessionRow).where(
+                    SessionRow.account_id == self.account_id,
+                    SessionRow.state == VERIFIED,
+                    SessionRow.start_time <= now - rules.delete_min_age,
+                    SessionRow.verified_at <= now - rules.delete_grace,
+                )
+            ).all()
+        plan = plan_deletions(
+            [_candidate(r, r.remote_id in listed) for r in rows],
+            now=now,
+            rules=rules,
+            listing_ok=listing_ok,
+        )
+        chosen = [d for d in plan if d.delete]
+        self.report.deletion_cap_reached = any("cap" in d.reason for d in plan if not d.delete)
+        if self.report.deletion_cap_reached:
+            log.warning(
+                "account %s: the cap of %d deletions per pass was reached; the rest "
+                "wait for the next pass",
+                self.account.name,
+                rules.max_deletes_per_pass,
+            )
+        if self.dry_run:
+            self.report.would_delete = [d.remote_id for d in chosen]
+            for d in chosen:
+                log.info("dry run: would delete remote session %s", d.remote_id)
+            return
+        by_id = {r.remote_id: r for r in rows}
+        requested: dict[str, int] = {}
+        for decision in chosen:
+            if self.stop.is_set() or self.lease_lost.is_set():
+                break
+            row = by_id[decision.remote_id]
+            ledger_id = self._delete_one(source, row)
+            if ledger_id is not None:
+                requested[row.remote_id] = ledger_id
+        if requested:
+            self._confirm_deletions(source, requested)
+
+    def _delete_one(self, source: Source, row: SessionRow) -> int | None:
+        from e4sync.verify import sha256_file
+
+        path = self.archive.resolve(PurePosixPath(row.local_path))
+        try:
+            size, sha256 = sha256_file(path)
+        except OSError as exc:
+            self.report.errors.append(
+                f"session {row.remote_id}: local copy unreadable, "
+                f"not deleting the remote one: {exc}"
+            )
+            log.error(
+                "session %s: local copy %s unreadable (%s); remote copy kept",
+                row.remote_id,
+                path,
+                exc,
+            )
+            return None
+        if sha256 != row.sha256:
+            self.report.errors.append(
+                f"session {row.remote_id}: local copy changed on disk; remote copy kept"
+            )
+            log.error(
+                "session %s: %s no longer matches its recorded sha256; remote copy kept "
+                "(run `e4sync verify`)",
+                row.remote_id,
+                path,
+            )
+            return None
+        with self.sessions() as db, db.begin():
+            entry = Deletion(
+                account_id=self.account_id,
+                session_id=row.id,
+                remote_id=row.remote_id,
+                local_path=row.local_path,
+                sha256=sha256,
+                requested_at=time.time(),
+                e4sync_version=__version__,
+            )
+            db.add(entry)
+            db.flush()
+            ledger_id = entry.id
+        crashpoint("after-ledger")
+        try:
+            source.delete(row.remote_id)
+            crashpoint("after-delete")
+        except SessionNotFound:
+            pass  # gone already (a retried DELETE whose first answer was lost)
+        except E4SyncError as exc:
+            self._set_ledger(ledger_id, f"error: {describe(exc)}"[:40], confirmed=False)
+            self.report.errors.append(f"session {row.remote_id}: delete failed: {exc}")
+            if isinstance(exc, AuthError | TransientError):
+                raise
+            return None
+        return ledger_id
+
+    def _confirm_deletions(self, source: Source, requested: dict[str, int]) -> None:
+        try:
+            still_listed = {i.id for i in source.list_items()}
+        except E4SyncError as exc:
+            log.warning(
+                "account %s: could not re-list to confirm deletions (%s); they are "
+                "confirmed on the next pass",
+                self.account.name,
+                exc,
+            )
+            return
+        now = time.time()
+        with self.sessions() as db, db.begin():
+            for remote_id, ledger_id in requested.items():
+                entry = db.get(Deletion, ledger_id)
+                if remote_id in still_listed:
+                    entry.result = "still listed"
+                    log.warning(
+                        "session %s: the platform accepted the delete but still lists "
+                        "it; it stays verified and is tried again",
+                        remote_id,
+                    )
+                    continue
+                row = db.get(SessionRow, entry.session_id)
+                confirm_deleted(row, entry, now)
+                self.report.deleted += 1
+                log.info(
+                    "session %s: remote copy deleted (verified local copy %s)",
+                    remote_id,
+                    row.local_path,
+                )
+
+    def _set_ledger(self, ledger_id: int, result: str, confirmed: bool) -> None:
+        with self.sessions() as db, db.begin():
+            db.execute(
+                update(Deletion)
+                .where(Deletion.id == ledger_id)
+                .values(result=result, confirmed_at=time.time() if confirmed else None)
+            )
+
+
+def confirm_deleted(row: SessionRow, entry: Deletion, now: float) -> None:
+    entry.confirmed_at = now
+    entry.result = "confirmed"
+    row.state = REMOTE_DELETED
+    row.remote_deleted_at = now
+
+
+def _candidate(row: SessionRow, listed: bool) -> Candidate:
+    return Candidate(
+        remote_id=row.remote_id,
+        state=row.state,
+        start_time=row.start_time,
+        verified_at=row.verified_at,
+        local_path=row.local_path,
+        sha256=row.sha256,
+        metadata_hash=row.metadata_hash,
+        downloaded_metadata_hash=row.downloaded_metadata_hash,
+        listed=listed,
+    )
