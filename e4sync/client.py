@@ -631,6 +631,7 @@ class E4Connect:
         retries become ``TransientError``.
         """
         relogged = False
+        cuts = 0
         while True:
             generation, jar = self._snapshot()
             s = self._thread_session()
@@ -646,6 +647,12 @@ class E4Connect:
                     allow_redirects=True,
                 )
             except _NETWORK_ERRORS as exc:
+                # urllib3 retries up to the response headers; a body cut after them (a list,
+                # a DELETE's answer) is asked for again here: both requests are idempotent.
+                if method in ("GET", "DELETE") and not stream and cuts < self._retries:
+                    cuts += 1
+                    time.sleep(self._backoff(cuts))
+                    continue
                 raise TransientError(
                     f"E4 Connect could not be reached ({method} {self._path(path)}):"
                     f" {_describe(exc)}"
