@@ -13,6 +13,11 @@ import pytest
 
 from e4sync.archive import device_serial
 
+# Remote deletion on, with no minimum age and no grace period: a verified copy qualifies at once.
+DELETE_AT_ONCE = (
+    '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "0s"\n'
+)
+
 
 def remove_remotely(
     sim, session_id: str, user: str = "demo@example.org", password: str = "demo"
@@ -99,10 +104,7 @@ def test_late_published_session_with_an_old_start_time_is_archived(sim, setup, r
 def test_dry_run_changes_nothing(sim, setup, run_cli):
     config = setup.write(
         sim.base_url,
-        account_extra=(
-            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-            'delete_grace = "0s"\n'
-        ),
+        account_extra=DELETE_AT_ONCE,
     )
     result = run_cli("run-once", "--config", str(config), "--dry-run")
     assert "would download" in result.out
@@ -119,10 +121,7 @@ def test_dry_run_changes_nothing(sim, setup, run_cli):
     run_cli("run-once", "--config", str(plain))
     setup.write(
         sim.base_url,
-        account_extra=(
-            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-            'delete_grace = "0s"\n'
-        ),
+        account_extra=DELETE_AT_ONCE,
     )
     again = run_cli("run-once", "--config", str(config), "--dry-run")
     for row in sim.sessions():
@@ -133,10 +132,7 @@ def test_dry_run_changes_nothing(sim, setup, run_cli):
 def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_cli):
     config = setup.write(
         sim.base_url,
-        account_extra=(
-            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-            'delete_grace = "0s"\n'
-        ),
+        account_extra=DELETE_AT_ONCE,
     )
     before = {r["id"] for r in sim.sessions()}
     run_cli("run-once", "--config", str(config))
@@ -177,10 +173,7 @@ def test_deletion_never_happens_when_the_local_copy_changed(sim, setup, run_cli)
     victim[1].write_bytes(bytes(data))
     setup.write(
         sim.base_url,
-        account_extra=(
-            '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\n'
-            'delete_grace = "0s"\n'
-        ),
+        account_extra=DELETE_AT_ONCE,
     )
     result = run_cli("run-once", "--config", str(config), exit_code=1)
     assert victim[0] not in sim.deleted_ids()
