@@ -10,8 +10,8 @@ traceback.
 Passwords never live here: an account only says *where* its password comes from
 (``e4sync.credentials`` reads it).
 
-Imports only the standard library, platformdirs and ``e4sync.errors`` (plus
-``e4sync.archive.validate_layout``, lazily, for the layout check). It must not import
+Imports only the standard library, platformdirs, ``e4sync.errors`` and ``e4sync.archive``
+(the default layout and its validation; standard library only). It must not import
 client, state, sync or cli.
 """
 
@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
+from e4sync.archive import DEFAULT_LAYOUT  # the archive owns the layout and its default
 from e4sync.errors import ConfigError
 
 APP_NAME = "e4sync"
@@ -43,7 +44,6 @@ ENV_USER = "E4_USER"
 ENV_PASSWORD = "E4_PWD"
 DEFAULT_ACCOUNT_NAME = "default"
 DEFAULT_BASE_URL = "https://www.empatica.com/connect"
-DEFAULT_LAYOUT = "{account}/{start:%Y}/{start:%m}/{start:%d}/{start_time}_{device_serial}.zip"
 # A century: longer is surely a typo, and it keeps timedelta/datetime arithmetic safe.
 MAX_DURATION = 100 * 365 * 86400.0
 MASK = "***"
