@@ -16,6 +16,7 @@ import time
 from pathlib import PurePosixPath
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session as DbSession
 
 from e4sync import __version__
 from e4sync.crashpoints import crashpoint
@@ -181,7 +182,7 @@ class DeletionSteps:
                     )
                     continue
                 row = db.get(SessionRow, entry.session_id)
-                confirm_deleted(row, entry, now)
+                confirm_deleted(db, row, now)
                 self.report.deleted += 1
                 log.info(
                     "session %s: remote copy deleted (verified local copy %s)",
@@ -198,9 +199,16 @@ class DeletionSteps:
             )
 
 
-def confirm_deleted(row: SessionRow, entry: Deletion, now: float) -> None:
-    entry.confirmed_at = now
-    entry.result = "confirmed"
+def confirm_deleted(db: DbSession, row: SessionRow, now: float) -> None:
+    """The session is gone from a listing after e4sync asked for its deletion: it is
+    ``remote_deleted``, and every open ledger entry for it is confirmed, so none is left
+    to claim a later disappearance as e4sync's own."""
+    db.execute(
+        update(Deletion)
+        .where(Deletion.session_id == row.id, Deletion.confirmed_at.is_(None))
+        .values(confirmed_at=now, result="confirmed")
+        .execution_options(synchronize_session="fetch")
+    )
     row.state = REMOTE_DELETED
     row.remote_deleted_at = now
 

@@ -139,7 +139,15 @@ class DownloadSteps:
         if fetched is not None:
             self._finish_slots.acquire()
             future = self._finisher.submit(self._finish, pk, item, source, fetched)
-            future.add_done_callback(lambda _f: self._finish_slots.release())
+            future.add_done_callback(self._finished)
+
+    def _finished(self, future: Future) -> None:
+        self._finish_slots.release()
+        # Nobody reads a finisher's result: an error escaping even its failure handling
+        # (the database gone) is logged here rather than lost with the future.
+        exc = future.exception()
+        if exc is not None:
+            log.error("archiving failed and could not be recorded: %s", exc, exc_info=exc)
 
     def _fetch(
         self, pk: int, item: RemoteItem, source: Source, relpath: PurePosixPath

@@ -446,18 +446,17 @@ class AccountPass(DownloadSteps, DeletionSteps):
     def _record_vanished(self, db: DbSession, vanished: list[tuple[str, int]], now: float) -> None:
         """A session gone from the listing was deleted by this program (its ledger entry
         waits for this confirmation) or by someone else: ``remote_gone``, copy kept."""
-        pending = {
-            d.remote_id: d
-            for d in db.scalars(
-                select(Deletion).where(
+        pending = set(
+            db.scalars(
+                select(Deletion.remote_id).where(
                     Deletion.account_id == self.account_id, Deletion.confirmed_at.is_(None)
                 )
             )
-        }
+        )
         gone = []
         for rid, pk in vanished:
             if rid in pending:
-                confirm_deleted(db.get(SessionRow, pk), pending[rid], now)
+                confirm_deleted(db, db.get(SessionRow, pk), now)
                 self.report.deleted += 1
             else:
                 gone.append(pk)
