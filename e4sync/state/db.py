@@ -282,17 +282,25 @@ def sessionmaker_for(engine: Engine) -> sessionmaker[Session]:
 
 
 def ensure_account(db: Session, name: str, username: str, base_url: str) -> models.Account:
-    """Return the account row called ``name``, creating it if missing and bringing
-    ``username`` and ``base_url`` up to date. Flushes; the caller commits."""
-    account = db.scalars(select(models.Account).where(models.Account.name == name)).one_or_none()
+    """Return the account row called ``name``, creating it if missing (safely when several
+    workers do so at once) and bringing a non-empty ``username`` and ``base_url`` up to
+    date. Flushes; the caller commits."""
+    query = select(models.Account).where(models.Account.name == name)
+    account = db.scalars(query).one_or_none()
     if account is None:
-        account = models.Account(name=name, username=username, base_url=base_url)
-        db.add(account)
-    else:
-        if account.username != username:
-            account.username = username
-        if account.base_url != base_url:
-            account.base_url = base_url
+        try:
+            # Several workers starting together may all find no row and insert it: the
+            # savepoint lets the losers roll back just the insert and read the winner's.
+            with db.begin_nested():
+                account = models.Account(name=name, username=username, base_url=base_url)
+                db.add(account)
+        except sa.exc.IntegrityError:
+            account = db.scalars(query).one()
+    # Empty values (reindex knows only the name) never blank what a pass recorded.
+    if username and account.username != username:
+        account.username = username
+    if base_url and account.base_url != base_url:
+        account.base_url = base_url
     db.flush()
     return account
 

@@ -238,3 +238,41 @@ def test_expiry_hand_over(engine: sa.Engine) -> None:
     db.heartbeat(engine, "w2", "listing a")
     db.remove_worker(engine, "w2")
     assert owners(engine) == {"a": None}
+
+
+def test_workers_creating_one_account_at_once_all_get_the_same_row(engine: sa.Engine) -> None:
+    # Workers starting together all find no row for a new account and insert it; before the
+    # savepoint in ensure_account every one but the first died on the unique constraint.
+    threads = 6
+    barrier = threading.Barrier(threads)
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            with db.sessionmaker_for(engine)() as s, s.begin():
+                # Both transactions read "no row" before either inserts.
+                s.execute(sa.select(models.Account).where(models.Account.name == "lab")).all()
+                barrier.wait(timeout=10)
+                ids.append(db.ensure_account(s, "lab", "lab@example.org", "http://127.0.0.1:1").id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=create) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=30)
+    assert errors == []
+    assert len(ids) == threads and len(set(ids)) == 1
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM accounts")).scalar() == 1
+
+
+def test_an_empty_username_never_blanks_the_recorded_one(engine: sa.Engine) -> None:
+    add_accounts(engine, "lab")
+    with db.sessionmaker_for(engine)() as s, s.begin():
+        db.ensure_account(s, "lab", "", "")  # what reindex knows of an account
+    with db.sessionmaker_for(engine)() as s:
+        row = s.scalars(sa.select(models.Account)).one()
+        assert row.username == "lab@lab" and row.base_url == "http://127.0.0.1:1"
