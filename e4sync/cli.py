@@ -362,14 +362,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from e4sync.maintenance import status_report
+    from e4sync.status import quick_report, status_report
 
     cfg = load(args)
-    engine = open_state(cfg)
     names = [a.name for a in cfg.accounts] if args.account else None
     # A daemon heartbeats at least once a pass; it is stale only when it missed two.
     stale_after = 2 * (cfg.schedule.interval + cfg.schedule.jitter) + cfg.state.lease
-    report = status_report(engine, names, stale_after=stale_after)
+    report = quick_report(cfg.state.url, names, stale_after)
+    if report is None:
+        report = status_report(open_state(cfg), names, stale_after=stale_after)
     if args.json:
         print_json(report)
         return EXIT_OK

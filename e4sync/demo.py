@@ -13,9 +13,9 @@ from pathlib import Path
 
 def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = False) -> int:
     from e4sync.config import load_config
-    from e4sync.maintenance import status_report
     from e4sync.simulator import Simulator
     from e4sync.state.db import default_sqlite_url, open_db
+    from e4sync.status import status_report
     from e4sync.sync import run_pass
 
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="e4sync-demo-"))

@@ -1,8 +1,8 @@
 """e4sync.maintenance: what the state database and the archive can answer on their own.
 
-``status_report`` (SPEC section 3's JSON shape), ``verify_archive`` (re-hash every archived
-file against the database), ``reindex`` (rebuild the database from the sidecars, with no
-download) and ``retry`` (clear back-off). None of them talks to the platform.
+``verify_archive`` (re-hash every archived file against the database), ``reindex`` (rebuild
+the database from the sidecars, with no download) and ``retry`` (clear back-off). None of
+them talks to the platform. The ``status`` report lives in ``e4sync.status``.
 
 Must not import client, sync or cli.
 """
@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 
-from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy import Engine, case, select, update
 
 from e4sync.archive import Archive
 from e4sync.state import db as statedb
@@ -25,130 +25,12 @@ from e4sync.state.models import (
     NEW,
     REMOTE_DELETED,
     REMOTE_GONE,
-    STATES,
     VERIFIED,
     Account,
-    Pass,
-    Worker,
 )
 from e4sync.state.models import Session as SessionRow
 
 log = logging.getLogger("e4sync.maintenance")
-
-
-def _iso(ts: float | None) -> str | None:
-    from e4sync.sync import iso
-
-    return iso(ts)
-
-
-def status_report(
-    engine: Engine,
-    account_names: list[str] | None = None,
-    now: float | None = None,
-    stale_after: float = 600.0,
-) -> dict:
-    """Per account: counts per state, the last pass, failures with their next retry, the
-    archive size; plus the workers and their leases. A constant number of queries."""
-    now = time.time() if now is None else now
-    with statedb.sessionmaker_for(engine)() as db:
-        accounts = db.scalars(select(Account).order_by(Account.name)).all()
-        if account_names is not None:
-            accounts = [a for a in accounts if a.name in account_names]
-        counts: dict[int, dict[str, int]] = {}
-        sizes: dict[int, int] = {}
-        for account_id, state, n, size in db.execute(
-            select(
-                SessionRow.account_id,
-                SessionRow.state,
-                func.count(),
-                func.coalesce(func.sum(SessionRow.size), 0),
-            ).group_by(SessionRow.account_id, SessionRow.state)
-        ):
-            counts.setdefault(account_id, dict.fromkeys(STATES, 0))[state] = n
-            if state in (VERIFIED, REMOTE_DELETED, REMOTE_GONE):
-                sizes[account_id] = sizes.get(account_id, 0) + int(size or 0)
-        last_pass_id = {
-            aid: pid
-            for aid, pid in db.execute(
-                select(Pass.account_id, func.max(Pass.id)).group_by(Pass.account_id)
-            )
-        }
-        passes = {
-            p.account_id: p
-            for p in db.scalars(
-                select(Pass).where(Pass.id.in_(list(last_pass_id.values()) or [-1]))
-            )
-        }
-        failures = db.scalars(
-            select(SessionRow)
-            .where(SessionRow.last_error.is_not(None), SessionRow.state.in_((*DUE_STATES, FAILED)))
-            .order_by(SessionRow.remote_id)
-        ).all()
-        workers = db.scalars(select(Worker).order_by(Worker.id)).all()
-    failures_by_account: dict[int, list[dict]] = {}
-    for row in failures:
-        failures_by_account.setdefault(row.account_id, []).append(
-            {
-                "session_id": row.remote_id,
-                "state": row.state,
-                "attempts": row.attempts,
-                "last_error": row.last_error,
-                "next_attempt": _iso(row.next_attempt_at),
-            }
-        )
-    out = []
-    for a in accounts:
-        p = passes.get(a.id)
-        lease_live = bool(a.lease_owner and a.lease_until and a.lease_until > now)
-        out.append(
-            {
-                "name": a.name,
-                "user_id": a.user_id,
-                "healthy": a.last_error is None and p is not None and p.ok,
-                "last_error": a.last_error,
-                "last_ok": _iso(a.last_ok_at),
-                "counts": counts.get(a.id, dict.fromkeys(STATES, 0)),
-                "archive_bytes": sizes.get(a.id, 0),
-                "last_pass": None
-                if p is None
-                else {
-                    "started": _iso(p.started_at),
-                    "finished": _iso(p.finished_at),
-                    "ok": p.ok,
-                    "dry_run": p.dry_run,
-                    "worker": p.worker,
-                    "listed": p.listed,
-                    "new": p.new,
-                    "downloaded": p.downloaded,
-                    "bytes": p.bytes,
-                    "failed": p.failed,
-                    "deleted": p.deleted,
-                    "gone": p.gone,
-                    "errors": [e for e in p.errors.splitlines() if e],
-                },
-                "failures": failures_by_account.get(a.id, []),
-                "lease": {
-                    "owner": a.lease_owner if lease_live else None,
-                    "until": _iso(a.lease_until) if lease_live else None,
-                },
-            }
-        )
-    return {
-        "schema": 1,
-        "accounts": out,
-        "workers": [
-            {
-                "id": w.id,
-                "host": w.host,
-                "pid": w.pid,
-                "current": w.current,
-                "heartbeat": _iso(w.heartbeat_at),
-                "stale": now - w.heartbeat_at > stale_after,
-            }
-            for w in workers
-        ],
-    }
 
 
 @dataclass

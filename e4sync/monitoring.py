@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from e4sync.config import Config
-from e4sync.maintenance import status_report
 from e4sync.notify import Metric, ping_healthcheck, write_metrics_textfile
+from e4sync.status import status_report
 from e4sync.sync import PassReport
 
 log = logging.getLogger("e4sync.monitoring")

@@ -15,8 +15,8 @@ blocked (WAL).
 Times are float unix seconds from the calling worker's clock: hosts sharing a PostgreSQL
 database must keep their clocks in sync (NTP), or leases expire early or late.
 
-Imports only ``e4sync.state.models`` and ``e4sync.errors`` from e4sync; never the client,
-the archive or sync.
+Imports only ``e4sync.state.models``, ``e4sync.state.states`` and ``e4sync.errors`` from
+e4sync; never the client, the archive or sync.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from e4sync.errors import StorageError, TransientError
 from e4sync.state import models
+from e4sync.state.states import SCHEMA_HEAD
 
 # Session-level advisory lock key that serialises migrations among workers on one PostgreSQL
 # database: the bytes "E4SYNC" read as an integer (fits a bigint).
@@ -45,10 +46,6 @@ PG_MIGRATION_LOCK_KEY = 0x453453594E43
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
-# The newest shipped migration. A database already there is opened without importing
-# Alembic at all (a third of a second: `e4sync status` must start fast). A test checks this
-# equals Alembic's own head, so a new migration cannot be forgotten here.
-SCHEMA_HEAD = "0001"
 
 # Execution option naming the BEGIN a SQLite transaction uses. Writes need IMMEDIATE (the
 # default) so the write lock is taken up front, not half-way with SQLITE_BUSY; a pure reader

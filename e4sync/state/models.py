@@ -1,7 +1,7 @@
 """e4sync.state.models: the tables of the state database, and the session states.
 
 Times are stored as float unix seconds (UTC): the same on SQLite and PostgreSQL,
-with no time-zone conversions to get wrong. This module imports only SQLAlchemy;
+with no time-zone conversions to get wrong. This module imports only SQLAlchemy and ``states``;
 the migrations in the top-level ``migrations/`` import it and nothing else.
 """
 
@@ -20,6 +20,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from e4sync.state.states import (  # noqa: F401  (re-exported: callers name states from here)
+    ARCHIVED_STATES,
+    DOWNLOADING,
+    DUE_STATES,
+    FAILED,
+    NEW,
+    REMOTE_DELETED,
+    REMOTE_GONE,
+    STATES,
+    VERIFIED,
+)
+
 # Named constraints, so Alembic's batch mode on SQLite can drop and recreate them.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -28,17 +40,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-# Session states (SPEC section 6).
-NEW = "new"
-DOWNLOADING = "downloading"
-VERIFIED = "verified"
-REMOTE_DELETED = "remote_deleted"
-FAILED = "failed"
-REMOTE_GONE = "remote_gone"
-STATES = (NEW, DOWNLOADING, VERIFIED, REMOTE_DELETED, FAILED, REMOTE_GONE)
-# States whose session still has to be fetched.
-DUE_STATES = (NEW, DOWNLOADING)
 
 
 class Base(DeclarativeBase):

@@ -1,22 +1,15 @@
-"""e4sync.sync.common: small helpers shared by the pass's modules. Standard library and
-e4sync.errors only."""
+"""e4sync.sync.common: small helpers shared by the pass's modules. Standard library,
+e4sync.errors and e4sync.timestamps only."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
 from e4sync.errors import E4SyncError
+from e4sync.timestamps import iso
 
-
-def iso(ts: float | None) -> str | None:
-    """Unix seconds as ISO 8601 UTC with a ``Z`` (status, sidecars, logs)."""
-    if ts is None:
-        return None
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+__all__ = ["chunks", "describe", "iso", "part_of"]
 
 
 def describe(exc: BaseException) -> str:

@@ -506,6 +506,10 @@ def test_status_and_retry_bring_a_failed_session_back(setup, run_cli):
         sim.set_faults(Faults())
         run_cli("run-once", "--config", config)  # failed sessions wait for `retry`
         assert sim.stats()["requests"].get("download", 0) == 2
+        # That pass went through, but sessions given up on keep the account unhealthy.
+        (account,) = json.loads(run_cli("status", "--json", "--config", config).out)["accounts"]
+        assert account["last_pass"]["ok"] and not account["healthy"]
+        assert "lab (user " in status and ": NOT OK" in run_cli("status", "--config", config).out
 
         run_cli("retry", "--config", config, exit_code=2)
         run_cli("retry", first, "--all", "--config", config, exit_code=2)
@@ -518,7 +522,7 @@ def test_status_and_retry_bring_a_failed_session_back(setup, run_cli):
         assert "1 session(s)" in run_cli("retry", "--all", "--config", config).out
         run_cli("run-once", "--config", config)
         status = run_cli("status", "--config", config).out
-        assert "verified 2" in status and "failed 0" in status
+        assert "verified 2" in status and "failed 0" in status and ": ok" in status
 
 
 def test_status_lists_no_worker_for_finished_run_once_passes(sim, setup, run_cli):

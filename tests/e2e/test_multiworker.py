@@ -40,7 +40,7 @@ INTERVAL = 2.0
 # table without sharing the account: a row's started_at is taken just before the claim and
 # its finished_at just after the release, each one short local transaction apart.
 PASS_ROW_SLACK = 0.25
-# maintenance.status_report marks a worker stale at this heartbeat age (a constant there).
+# e4sync.status.status_report marks a worker stale at this heartbeat age (a constant there).
 STATUS_STALE_AFTER = 600.0
 
 CHILD_ENV_DROP = (
@@ -405,7 +405,7 @@ def test_killed_worker_hands_its_account_over_within_a_lease(pg_url, engine, tmp
             status_cli = json.loads(
                 e4sync_cmd("status", "--json", "--config", str(lab.config("observer"))).stdout
             )
-            from e4sync.maintenance import status_report
+            from e4sync.status import status_report
 
             dead_beat = heartbeats(engine)[victim]
             later = status_report(engine, now=dead_beat + STATUS_STALE_AFTER + 0.5)

@@ -1,0 +1,228 @@
+"""e4sync.status: the ``status`` report (SPEC section 3's JSON shape), from the state database.
+
+The report is five plain SQL queries run through a ``Rows`` function, so the same code
+answers on a SQLAlchemy connection (any database) and on the standard library's sqlite3.
+``e4sync status`` on a SQLite database already at the current schema takes the second way
+and never imports SQLAlchemy, whose import alone costs a quarter of a second (issue 6 wants
+the command under 0.3 s). Anything unusual (no file yet, an older schema, an error) falls
+back to the SQLAlchemy way, which migrates and maps errors as every other command does, so
+the shortcut can change how fast the answer comes, never what it says.
+
+Must not import SQLAlchemy at module level, nor client, sync or cli.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from e4sync.state.states import ARCHIVED_STATES, DUE_STATES, FAILED, SCHEMA_HEAD, STATES
+from e4sync.timestamps import iso
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# Runs one query with ``:name`` parameters (the style both sqlite3 and SQLAlchemy's text()
+# take) and returns its rows as tuples.
+Rows = Callable[[str, Mapping[str, Any]], Sequence[Sequence[Any]]]
+
+# Open for retry: the states `e4sync retry` brings back, when they carry an error.
+_OPEN_STATES = (*DUE_STATES, FAILED)
+_IN_OPEN = ", ".join(f":s{i}" for i in range(len(_OPEN_STATES)))
+_OPEN_PARAMS = {f"s{i}": s for i, s in enumerate(_OPEN_STATES)}
+
+ACCOUNTS_SQL = """
+SELECT id, name, user_id, lease_owner, lease_until, last_ok_at, last_error
+FROM accounts ORDER BY name"""
+COUNTS_SQL = """
+SELECT account_id, state, COUNT(*), COALESCE(SUM(size), 0)
+FROM sessions GROUP BY account_id, state"""
+LAST_PASSES_SQL = """
+SELECT p.account_id, p.started_at, p.finished_at, p.ok, p.dry_run, p.worker, p.listed, p.new,
+       p.downloaded, p.bytes, p.failed, p.deleted, p.gone, p.errors
+FROM passes p
+JOIN (SELECT account_id, MAX(id) AS id FROM passes GROUP BY account_id) last ON p.id = last.id"""
+FAILURES_SQL = f"""
+SELECT account_id, remote_id, state, attempts, last_error, next_attempt_at
+FROM sessions WHERE last_error IS NOT NULL AND state IN ({_IN_OPEN})
+ORDER BY remote_id"""
+WORKERS_SQL = """
+SELECT id, current, host, pid, heartbeat_at FROM workers ORDER BY id"""
+
+
+def build_report(
+    rows: Rows,
+    account_names: list[str] | None = None,
+    now: float | None = None,
+    stale_after: float = 600.0,
+) -> dict:
+    """Per account: counts per state, the last pass, failures with their next retry, the
+    archive size; plus the workers and their leases. Five queries, whatever the sizes."""
+    now = time.time() if now is None else now
+    accounts = rows(ACCOUNTS_SQL, {})
+    if account_names is not None:
+        accounts = [a for a in accounts if a[1] in account_names]
+    counts: dict[int, dict[str, int]] = {}
+    sizes: dict[int, int] = {}
+    for account_id, state, n, size in rows(COUNTS_SQL, {}):
+        counts.setdefault(account_id, dict.fromkeys(STATES, 0))[state] = int(n)
+        if state in ARCHIVED_STATES:
+            sizes[account_id] = sizes.get(account_id, 0) + int(size or 0)
+    passes = {row[0]: _pass(row) for row in rows(LAST_PASSES_SQL, {})}
+    failures: dict[int, list[dict]] = {}
+    for account_id, remote_id, state, attempts, last_error, next_at in rows(
+        FAILURES_SQL, _OPEN_PARAMS
+    ):
+        failures.setdefault(account_id, []).append(
+            {
+                "session_id": remote_id,
+                "state": state,
+                "attempts": attempts,
+                "last_error": last_error,
+                "next_attempt": iso(next_at),
+            }
+        )
+    out = []
+    for account_id, name, user_id, lease_owner, lease_until, last_ok_at, last_error in accounts:
+        last_pass = passes.get(account_id)
+        account_counts = counts.get(account_id, dict.fromkeys(STATES, 0))
+        lease_live = bool(lease_owner and lease_until and lease_until > now)
+        out.append(
+            {
+                "name": name,
+                "user_id": user_id,
+                # A session given up on needs a person (`e4sync retry`), whatever came after.
+                "healthy": last_error is None
+                and last_pass is not None
+                and last_pass["ok"]
+                and account_counts[FAILED] == 0,
+                "last_error": last_error,
+                "last_ok": iso(last_ok_at),
+                "counts": account_counts,
+                "archive_bytes": sizes.get(account_id, 0),
+                "last_pass": last_pass,
+                "failures": failures.get(account_id, []),
+                "lease": {
+                    "owner": lease_owner if lease_live else None,
+                    "until": iso(lease_until) if lease_live else None,
+                },
+            }
+        )
+    return {
+        "schema": 1,
+        "accounts": out,
+        "workers": [
+            {
+                "id": worker_id,
+                "host": host,
+                "pid": pid,
+                "current": current,
+                "heartbeat": iso(heartbeat_at),
+                "stale": now - heartbeat_at > stale_after,
+            }
+            for worker_id, current, host, pid, heartbeat_at in rows(WORKERS_SQL, {})
+        ],
+    }
+
+
+def _pass(row: Sequence[Any]) -> dict:
+    (_, started, finished, ok, dry_run, worker, listed, new, downloaded, nbytes, failed,
+     deleted, gone, errors) = row  # fmt: skip
+    return {
+        "started": iso(started),
+        "finished": iso(finished),
+        # SQLite keeps booleans as 0 and 1.
+        "ok": bool(ok),
+        "dry_run": bool(dry_run),
+        "worker": worker,
+        "listed": listed,
+        "new": new,
+        "downloaded": downloaded,
+        "bytes": nbytes,
+        "failed": failed,
+        "deleted": deleted,
+        "gone": gone,
+        "errors": [e for e in (errors or "").splitlines() if e],
+    }
+
+
+def status_report(
+    engine: Engine,
+    account_names: list[str] | None = None,
+    now: float | None = None,
+    stale_after: float = 600.0,
+) -> dict:
+    """``build_report`` on a SQLAlchemy engine: any database, in one read transaction."""
+    from sqlalchemy import text
+
+    from e4sync.state.db import SQLITE_BEGIN_OPTION
+
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+        try:
+            return build_report(
+                lambda sql, params: conn.execute(text(sql), dict(params)).all(),
+                account_names,
+                now,
+                stale_after,
+            )
+        finally:
+            conn.rollback()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a plain ``sqlite:///PATH`` URL (as the config writes the default one),
+    or None for anything else: other databases, and URLs with options or escapes, which
+    only SQLAlchemy should interpret."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "?" in url or "%" in url or len(url) == len(prefix):
+        return None
+    return Path(url[len(prefix) :])
+
+
+@contextmanager
+def sqlite_rows(path: Path) -> Iterator[Rows | None]:
+    """A ``Rows`` reading the SQLite file at ``path`` with the standard library, inside one
+    read transaction (a consistent snapshot under WAL); None when the file is missing or not
+    at ``SCHEMA_HEAD``, for the caller to take the SQLAlchemy way. Writes nothing, and never
+    creates the file."""
+    if not path.is_file():
+        yield None
+        return
+    escaped = path.resolve().as_posix().replace("?", "%3f").replace("#", "%23")
+    uri = f"file:{escaped}?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
+    except sqlite3.Error:
+        yield None
+        return
+    with closing(connection):
+        try:
+            connection.execute("BEGIN DEFERRED")
+            version = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        except sqlite3.Error:
+            version = []
+        if version != [(SCHEMA_HEAD,)]:
+            yield None
+            return
+        yield lambda sql, params: connection.execute(sql, dict(params)).fetchall()
+
+
+def quick_report(
+    url: str, account_names: list[str] | None = None, stale_after: float = 600.0
+) -> dict | None:
+    """``build_report`` read with sqlite3 when ``url`` is a plain SQLite file at the current
+    schema, else None (the caller then opens the database with SQLAlchemy, which migrates it
+    and turns errors into e4sync's)."""
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    try:
+        with sqlite_rows(path) as rows:
+            return None if rows is None else build_report(rows, account_names, None, stale_after)
+    except sqlite3.Error:
+        return None
