@@ -1,307 +1,62 @@
-"""e4sync.config: the TOML configuration, read into frozen dataclasses.
+"""e4sync.config.loader: find, read and validate the configuration into a ``Config``.
 
-Owns: where the configuration file is looked for, the schema (every key, its type and
-default), duration strings, ``E4SYNC_<SECTION>__<KEY>`` environment overrides, the
-``E4_USER``/``E4_PWD`` fallback account, and the masked view printed by ``config show``.
-Every problem found is reported at once in one ``ConfigError`` (exit 78) that names the
-file (or the environment variable) and the key; no input, however malformed, gives a
-traceback.
+Owns: where the file is looked for (``config_search_path``), TOML reading, the
+``E4SYNC_<SECTION>__<KEY>`` environment overrides, the ``E4_USER``/``E4_PWD`` fallback
+account, every validation rule and message, and ``load_config``. Every problem found is
+reported at once in one ``ConfigError`` (exit 78) that names the file (or the environment
+variable) and the key; no input, however malformed, gives a traceback.
 
-Passwords never live here: an account only says *where* its password comes from
-(``e4sync.credentials`` reads it).
-
-Imports only the standard library, platformdirs, ``e4sync.errors`` and ``e4sync.archive``
-(the default layout and its validation; standard library only). It must not import
-client, state, sync or cli.
+Imports the standard library, platformdirs, ``e4sync.errors``, ``e4sync.config.model``
+and ``e4sync.config.schema`` (and, when a layout is checked, ``e4sync.archive``). It must
+not import ``e4sync.config.show``, client, state, sync or cli.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
 import os
 import re
 import shlex
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import platformdirs
 
-from e4sync.archive import DEFAULT_LAYOUT  # the archive owns the layout and its default
+from e4sync.archive import validate_layout
+from e4sync.config.model import (
+    APP_NAME,
+    CONFIG_FILENAME,
+    DEFAULT_ACCOUNT_NAME,
+    DEFAULT_BASE_URL,
+    ENV_CONFIG,
+    ENV_PASSWORD,
+    ENV_PREFIX,
+    ENV_USER,
+    AccountConfig,
+    ArchiveConfig,
+    Config,
+    DownloadConfig,
+    MonitorConfig,
+    RemoteConfig,
+    ScheduleConfig,
+    StateConfig,
+    _show,
+    format_duration,
+    parse_duration,
+)
+from e4sync.config.schema import _D, ACCOUNT_SCHEMA, SCHEMA, _Key
 from e4sync.errors import ConfigError
-
-APP_NAME = "e4sync"
-CONFIG_FILENAME = "config.toml"
-ENV_CONFIG = "E4SYNC_CONFIG"
-ENV_PREFIX = "E4SYNC_"
-ENV_USER = "E4_USER"
-ENV_PASSWORD = "E4_PWD"
-DEFAULT_ACCOUNT_NAME = "default"
-DEFAULT_BASE_URL = "https://www.empatica.com/connect"
-# A century: longer is surely a typo, and it keeps timedelta/datetime arithmetic safe.
-MAX_DURATION = 100 * 365 * 86400.0
-MASK = "***"
 
 PASSWORD_HELP = (
     "passwords never go in the configuration file; use one of: password_file = PATH "
     "(chmod 600), password_command = COMMAND, password_env = VARIABLE, keyring = true, "
     "or systemd LoadCredential=e4sync-password"
 )
-
-
-# ---------------------------------------------------------------------------- dataclasses
-
-
-@dataclass(frozen=True, slots=True)
-class ArchiveConfig:
-    root: Path
-    layout: str
-    timezone: str
-    scrub_interval: float | None  # None: periodic re-verification is off
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleConfig:
-    interval: float
-    jitter: float
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadConfig:
-    concurrency: int
-    timeout: float
-    connect_timeout: float
-    max_attempts: int
-    backoff: float
-    max_backoff: float
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteConfig:
-    delete_after_verify: bool
-    delete_min_age: float
-    delete_grace: float
-    max_deletes_per_pass: int
-
-
-@dataclass(frozen=True, slots=True)
-class StateConfig:
-    url: str
-    dir: Path
-    lease: float
-
-    def __repr__(self) -> str:
-        # A PostgreSQL URL may carry the database password.
-        url = _mask_url_password(self.url)
-        return f"StateConfig(url={url!r}, dir={self.dir!r}, lease={self.lease!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorConfig:
-    healthcheck_url: str
-    metrics_textfile: Path | None
-
-    def __repr__(self) -> str:
-        # Whoever has a ping URL's token can fake this daemon's heartbeat.
-        return (
-            f"MonitorConfig(healthcheck_url={_mask_ping_url(self.healthcheck_url)!r}, "
-            f"metrics_textfile={self.metrics_textfile!r})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AccountConfig:
-    name: str
-    username: str
-    base_url: str
-    password_file: Path | None
-    password_env: str | None
-    password_command: str | None
-    keyring: bool
-    layout: str
-    remote: RemoteConfig
-
-    def __repr__(self) -> str:
-        # password_command may embed a token (`op read op://…`, `vault … -token=…`).
-        return (
-            f"AccountConfig(name={self.name!r}, username={self.username!r}, "
-            f"base_url={self.base_url!r}, password_file={self.password_file!r}, "
-            f"password_env={self.password_env!r}, "
-            f"password_command={MASK if self.password_command else None!r}, "
-            f"keyring={self.keyring!r}, layout={self.layout!r}, remote={self.remote!r})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    path: Path | None
-    archive: ArchiveConfig
-    schedule: ScheduleConfig
-    download: DownloadConfig
-    remote: RemoteConfig
-    state: StateConfig
-    monitor: MonitorConfig
-    accounts: tuple[AccountConfig, ...]
-
-    def account(self, name: str) -> AccountConfig:
-        """Return the account called ``name``; raise ConfigError listing the known names."""
-        for acct in self.accounts:
-            if acct.name == name:
-                return acct
-        known = ", ".join(a.name for a in self.accounts) or "none"
-        raise ConfigError(f"no account named {name!r} (configured: {known})")
-
-
-# ---------------------------------------------------------------------------- durations
-
-_DURATION_RE = re.compile(
-    r"(?:(?P<d>\d+(?:\.\d+)?)d)?(?:(?P<h>\d+(?:\.\d+)?)h)?"
-    r"(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
-)
-_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Return the number of seconds a duration stands for.
-
-    Accepts ``"90s"``, ``"15m"``, ``"12h"``, ``"7d"``, combinations in that order
-    (``"1h30m"``, ``"1d12h"``), and a bare number of seconds (``90``, ``"90"``, ``1.5``).
-    Raise ValueError with a message meant for a person if ``text`` is none of those.
-    """
-    problem = f'expected a duration like "15m", "1h30m" or a number of seconds, got {_show(text)}'
-    if isinstance(text, bool):
-        raise ValueError(problem)
-    if isinstance(text, int) and abs(text) > MAX_DURATION:
-        value = math.inf if text > 0 else -math.inf  # float() of a huge int would overflow
-    elif isinstance(text, int | float):
-        value = float(text)
-    elif isinstance(text, str):
-        compact = text.strip().lower()
-        if _NUMBER_RE.fullmatch(compact):
-            value = float(compact)
-        else:
-            match = _DURATION_RE.fullmatch(compact)
-            if not compact or match is None or not any(match.groupdict().values()):
-                raise ValueError(problem)
-            value = sum(
-                float(number) * _UNIT_SECONDS[unit]
-                for unit, number in match.groupdict().items()
-                if number is not None
-            )
-    else:
-        raise ValueError(problem)
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"expected a duration of zero or more, got {_show(text)}")
-    if value > MAX_DURATION:
-        raise ValueError(f"duration {_show(text)} is longer than 100 years")
-    return value
-
-
-def format_duration(seconds: float) -> str:
-    """Return ``seconds`` as the shortest duration string that ``parse_duration`` reads
-    back (to the microsecond): ``5400`` -> ``"1h30m"``, ``90.5`` -> ``"1m30.5s"``."""
-    if isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"cannot format {seconds!r} as a duration")
-    # Whole microseconds in integer arithmetic, so that 59.9999999 never prints as "60s".
-    micros = round(seconds * 1_000_000)
-    whole, frac = divmod(micros, 1_000_000)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [
-        f"{days}d" if days else "",
-        f"{hours}h" if hours else "",
-        f"{minutes}m" if minutes else "",
-    ]
-    if frac:
-        parts.append(f"{secs}.{frac:06d}".rstrip("0") + "s")
-    elif secs or not any(parts):
-        parts.append(f"{secs}s")
-    return "".join(parts)
-
-
-# ---------------------------------------------------------------------------- schema
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    kind: str
-    default: Any  # as written in TOML; None means required
-    doc: str
-    low: float | None = None
-    high: float | None = None
-    sensitive: bool = False  # never echo the value in a problem
-
-
-_D = "duration"
-SCHEMA: dict[str, dict[str, _Key]] = {
-    "archive": {
-        "root": _Key("path", "", 'where sessions are stored; "" = the user data directory/archive'),
-        "layout": _Key("layout", DEFAULT_LAYOUT, "path of each session file under root"),
-        "timezone": _Key("timezone", "UTC", "IANA zone used for {start:...} in the layout"),
-        "scrub_interval": _Key(
-            "duration_off", "", 're-verify the whole archive this often; "" = off', low=1
-        ),
-    },
-    "schedule": {
-        "interval": _Key(_D, "15m", "time between sync passes of `e4sync run`", low=1),
-        "jitter": _Key(_D, "1m", "random delay added to each pass, up to this", low=0),
-    },
-    "download": {
-        "concurrency": _Key("int", 4, "downloads at once per account", low=1, high=64),
-        "timeout": _Key(_D, "120s", "read timeout: longest silence from the server", low=0.001),
-        "connect_timeout": _Key(_D, "10s", "timeout for opening a connection", low=0.001),
-        "max_attempts": _Key("int", 10, "attempts before a session is 'failed'", low=1, high=10000),
-        "backoff": _Key(_D, "1m", "wait after the first failure; doubles per attempt", low=0),
-        "max_backoff": _Key(_D, "12h", "longest wait between attempts", low=0),
-    },
-    "remote": {
-        "delete_after_verify": _Key("bool", False, "delete the remote copy once verified"),
-        "delete_min_age": _Key(_D, "7d", "never delete a session that started less ago", low=0),
-        "delete_grace": _Key(_D, "1d", "never delete a session verified less ago", low=0),
-        "max_deletes_per_pass": _Key(
-            "int", 50, "most remote deletions in one pass", low=0, high=1_000_000
-        ),
-    },
-    "state": {
-        "url": _Key("dburl", "", 'SQLAlchemy URL; "" = sqlite:///<dir>/state.db', sensitive=True),
-        "dir": _Key("path", "", 'state directory; "" = $STATE_DIRECTORY or the user state dir'),
-        "lease": _Key(_D, "5m", "how long a worker holds an account (multi-worker)", low=1),
-    },
-    "monitor": {
-        "healthcheck_url": _Key("ping_url", "", 'dead-man\'s-switch ping URL; "" = off'),
-        "metrics_textfile": _Key("prom_path", "", 'Prometheus textfile (*.prom); "" = off'),
-    },
-}
-
-ACCOUNT_SCHEMA: dict[str, _Key] = {
-    "name": _Key("name", None, "unique name, [A-Za-z0-9_.-]+; used in paths and --account"),
-    "username": _Key("username", None, "the E4 Connect login (an e-mail address)"),
-    "base_url": _Key("base_url", DEFAULT_BASE_URL, "E4 Connect address (http only on loopback)"),
-    "password_file": _Key("path", "", "file holding the password (mode 600)"),
-    "password_env": _Key("envname", "", "environment variable holding the password"),
-    "password_command": _Key(
-        "command", "", "command printing the password (no shell)", sensitive=True
-    ),
-    "keyring": _Key("bool", False, "read the password from the system keyring"),
-    "layout": _Key("layout_opt", "", 'this account\'s layout; "" = archive.layout'),
-}
-
-
-def config_keys() -> dict[str, list[str]]:
-    """Return every key by section (``account`` and ``account.remote`` included), in the
-    order they are documented. The docs test checks example and docs against this."""
-    keys = {section: list(table) for section, table in SCHEMA.items()}
-    keys["account"] = list(ACCOUNT_SCHEMA)
-    keys["account.remote"] = list(SCHEMA["remote"])
-    return keys
 
 
 # ---------------------------------------------------------------------------- lookup
@@ -354,16 +109,6 @@ class _Problems:
         if not key.isprintable():
             key = _show(key)
         self.items.append(f"{where} {key}: {text}" if key else f"{where}: {text}")
-
-
-def _show(value: object) -> str:
-    """A short, printable rendering of a user's value for a problem message."""
-    if isinstance(value, str):
-        text = value if len(value) <= 60 else value[:57] + "..."
-        shown = repr(text)
-        return '"' + shown[1:-1].replace('"', '\\"') + '"' if shown[0] == "'" else shown
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _type_name(value: object) -> str:
@@ -487,12 +232,6 @@ class _Loader:
         if not value.strip():
             raise ValueError("must not be empty")
         _no_control(value)
-        try:
-            from e4sync.archive import validate_layout
-        except ImportError:
-            # TODO(lead): e4sync.archive.validate_layout is written in parallel; once it
-            # exists this check runs and this branch is dead.
-            return value
         try:
             validate_layout(value)
         except ValueError as exc:
@@ -862,126 +601,3 @@ def load_config(
         named_by = "--config" if path else (ENV_CONFIG if env.get(ENV_CONFIG) else "lookup")
         raw = _read_toml(found, named_by)
     return _Loader(found, env).build(raw)
-
-
-# ---------------------------------------------------------------------------- show
-
-
-def _mask_url_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return MASK
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:{MASK}@{netloc[1]}"))
-
-
-def _mask_ping_url(url: str) -> str:
-    # healthchecks.io-style URLs carry their token in the path: anyone with it can ping.
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + MASK if parts.path else "", "", ""))
-
-
-def _remote_dict(remote: RemoteConfig) -> dict[str, Any]:
-    return {
-        "delete_after_verify": remote.delete_after_verify,
-        "delete_min_age": format_duration(remote.delete_min_age),
-        "delete_grace": format_duration(remote.delete_grace),
-        "max_deletes_per_pass": remote.max_deletes_per_pass,
-    }
-
-
-def effective_config(cfg: Config) -> dict[str, Any]:
-    """Return the effective configuration as plain TOML/JSON-ready data for ``config
-    show``: every key, durations formatted, secrets masked (password_command as ``***``,
-    a password inside state.url as ``***``, the token path of healthcheck_url as ``***``).
-    Password file paths and password variable names are shown: they are not secrets."""
-    opt = format_duration
-    return {
-        "path": str(cfg.path) if cfg.path is not None else None,
-        "archive": {
-            "root": str(cfg.archive.root),
-            "layout": cfg.archive.layout,
-            "timezone": cfg.archive.timezone,
-            "scrub_interval": opt(cfg.archive.scrub_interval)
-            if cfg.archive.scrub_interval is not None
-            else "",
-        },
-        "schedule": {
-            "interval": opt(cfg.schedule.interval),
-            "jitter": opt(cfg.schedule.jitter),
-        },
-        "download": {
-            "concurrency": cfg.download.concurrency,
-            "timeout": opt(cfg.download.timeout),
-            "connect_timeout": opt(cfg.download.connect_timeout),
-            "max_attempts": cfg.download.max_attempts,
-            "backoff": opt(cfg.download.backoff),
-            "max_backoff": opt(cfg.download.max_backoff),
-        },
-        "remote": _remote_dict(cfg.remote),
-        "state": {
-            "url": _mask_url_password(cfg.state.url),
-            "dir": str(cfg.state.dir),
-            "lease": opt(cfg.state.lease),
-        },
-        "monitor": {
-            "healthcheck_url": _mask_ping_url(cfg.monitor.healthcheck_url),
-            "metrics_textfile": str(cfg.monitor.metrics_textfile)
-            if cfg.monitor.metrics_textfile is not None
-            else "",
-        },
-        "account": [
-            {
-                "name": a.name,
-                "username": a.username,
-                "base_url": a.base_url,
-                "password_file": str(a.password_file) if a.password_file is not None else "",
-                "password_env": a.password_env or "",
-                "password_command": MASK if a.password_command else "",
-                "keyring": a.keyring,
-                "layout": a.layout,
-                "remote": _remote_dict(a.remote),
-            }
-            for a in cfg.accounts
-        ],
-    }
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    out = []
-    for ch in str(value):
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def render_toml(effective: Mapping[str, Any]) -> str:
-    """Render ``effective_config()`` output as TOML text (for ``config show``)."""
-    lines: list[str] = [f"# read from {effective['path']}"] if effective.get("path") else []
-
-    def write(header: str, table: Mapping[str, Any]) -> None:
-        lines.extend(["", header])
-        lines.extend(
-            f"{key} = {_toml_value(val)}" for key, val in table.items() if not isinstance(val, dict)
-        )
-
-    for section in SCHEMA:
-        write(f"[{section}]", effective[section])
-    for account in effective.get("account", []):
-        write("[[account]]", account)
-        write("[account.remote]", account["remote"])
-    return "\n".join(lines).lstrip("\n") + "\n"
