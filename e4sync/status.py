@@ -193,7 +193,10 @@ def sqlite_rows(path: Path) -> Iterator[Rows | None]:
     if not path.is_file():
         yield None
         return
-    escaped = path.resolve().as_posix().replace("?", "%3f").replace("#", "%23")
+    # In a file: URI, '%', '?' and '#' have meanings of their own; '%' goes first.
+    escaped = path.resolve().as_posix()
+    for char, code in (("%", "%25"), ("?", "%3f"), ("#", "%23")):
+        escaped = escaped.replace(char, code)
     uri = f"file:{escaped}?mode=ro"
     try:
         connection = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)

@@ -5,6 +5,7 @@ taken only when it can be: an existing SQLite file at the current schema."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -111,3 +112,19 @@ def test_fast_way_declines_what_it_cannot_read_as_sqlalchemy_would(tmp_path, set
     assert quick_report(url) is None
     with sqlite_rows(sqlite_file(url)) as rows:
         assert rows is None
+
+
+def test_sqlite_rows_opens_a_file_whose_path_looks_like_uri_syntax(sim, setup, run_cli):
+    url, engine = _varied_state(sim, setup, run_cli)
+    engine.dispose()
+    odd = setup.dir / "a%20b?c=d#e" / "state.db"
+    odd.parent.mkdir()
+    shutil.copyfile(sqlite_file(url), odd)
+    with sqlite_rows(odd) as rows:
+        assert rows is not None
+        names = {a["name"] for a in build_report(rows)["accounts"]}
+    assert names == {"lab", "wrong"}
+    # Nothing was created beside the path the URI syntax would have cut it at.
+    assert sorted(p.name for p in setup.dir.iterdir() if p.name.startswith("a%20b")) == [
+        "a%20b?c=d#e"
+    ]
