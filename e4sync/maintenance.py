@@ -20,6 +20,7 @@ from sqlalchemy import Engine, case, select, update
 from e4sync.archive import Archive
 from e4sync.state import db as statedb
 from e4sync.state.models import (
+    ARCHIVED_STATES,
     DUE_STATES,
     FAILED,
     NEW,
@@ -65,7 +66,7 @@ def verify_archive(
                 SessionRow.local_path.is_not(None),
                 SessionRow.sha256.is_not(None),
                 SessionRow.verified_at.is_not(None),
-                SessionRow.state.in_((VERIFIED, REMOTE_DELETED, REMOTE_GONE)),
+                SessionRow.state.in_(ARCHIVED_STATES),
             )
         )
         rows = db.execute(query).all()

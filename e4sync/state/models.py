@@ -1,4 +1,5 @@
-"""e4sync.state.models: the tables of the state database, and the session states.
+"""e4sync.state.models: the tables of the state database (the session states are named in
+``states`` and re-exported here).
 
 Times are stored as float unix seconds (UTC): the same on SQLite and PostgreSQL,
 with no time-zone conversions to get wrong. This module imports only SQLAlchemy and ``states``;
