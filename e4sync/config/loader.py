@@ -6,9 +6,9 @@ account, every validation rule and message, and ``load_config``. Every problem f
 reported at once in one ``ConfigError`` (exit 78) that names the file (or the environment
 variable) and the key; no input, however malformed, gives a traceback.
 
-Imports the standard library, platformdirs, ``e4sync.errors``, ``e4sync.config.model``
-and ``e4sync.config.schema`` (and, when a layout is checked, ``e4sync.archive``). It must
-not import ``e4sync.config.show``, client, state, sync or cli.
+Imports the standard library, platformdirs, ``e4sync.errors``, ``e4sync.config.model``,
+``e4sync.config.schema`` and ``e4sync.archive`` (which validates layouts). It must not
+import ``e4sync.config.show``, client, state, sync or cli.
 """
 
 from __future__ import annotations
