@@ -34,12 +34,16 @@ if TYPE_CHECKING:
 
 # -- the parser --------------------------------------------------------------------------
 
+# The commands that change something and can say instead what they would change (SPEC 3).
+DRY_RUN_COMMANDS = ("run", "run-once", "remove")
+
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """Global options, accepted both before and after the command name: the sub-parsers
     get copies whose default is SUPPRESS, so a value given after the command wins and an
     absent one leaves the value given before it alone."""
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    parser.add_argument("--version", action="version", version=f"e4sync {__version__}")
     parser.add_argument(
         "--config",
         metavar="PATH",
@@ -79,7 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"exit status:\n{exit_status}\n\nDocumentation: docs/index.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"e4sync {__version__}")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -484,7 +487,10 @@ def cmd_download(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.output.endswith(("/", os.sep)):
         # "-o newdir/" names a folder, even one that does not exist yet.
-        os.makedirs(args.output, exist_ok=True)
+        try:
+            os.makedirs(args.output, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {args.output}: {exc.strerror or exc}") from None
     with make_client(cfg, one_account(cfg)) as client:
         path = client.download_session(session_id, args.output)
     out(str(path))
@@ -537,9 +543,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             out("not removed")
             return EXIT_OK
-    if row is not None:
+    if row is not None and not proof:
         # The ledger entry comes first, as in a pass (SPEC section 6); the next pass confirms
-        # it from a fresh listing and marks the session remote_deleted, not remote_gone.
+        # it from a fresh listing and marks the session remote_deleted. A forced removal
+        # without a proven copy gets no entry: the session then shows as remote_gone, and is
+        # never counted as archived and cleaned up.
         import time
 
         from e4sync.state.db import sessionmaker_for
@@ -551,8 +559,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
                     account_id=row.account_id,
                     session_id=row.id,
                     remote_id=session_id,
-                    local_path=row.local_path or "",
-                    sha256=row.sha256 or "",
+                    local_path=row.local_path,
+                    sha256=row.sha256,
                     requested_at=time.time(),
                     result="requested by `e4sync remove`",
                     e4sync_version=__version__,
@@ -708,6 +716,9 @@ def cmd_accounts(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dry_run and args.command not in DRY_RUN_COMMANDS:
+        # Accepted and ignored, it would promise "change nothing" to a command that changes.
+        parser.error(f"--dry-run is for {', '.join(DRY_RUN_COMMANDS)}, not {args.command}")
     from e4sync.notify import setup_logging
 
     setup_logging(-1 if args.quiet else args.verbose)

@@ -6,9 +6,18 @@ written into the demo folder, the normal loader, one ``run_pass`` and the status
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from e4sync.errors import UsageError
+
+
+def _toml_string(value: object) -> str:
+    # A JSON string of printable text is a valid TOML basic string: quotes and backslashes
+    # in a folder name cannot break the file.
+    return json.dumps(str(value))
 
 
 def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = False) -> int:
@@ -18,10 +27,19 @@ def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = Fals
     from e4sync.status import status_report
     from e4sync.sync import run_pass
 
-    root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="e4sync-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    if any(root.iterdir()) and not (root / "config.toml").exists():
-        raise SystemExit(f"e4sync: {root} is not empty; give an empty or new folder with --dir")
+    # Absolute: the configuration written below is read relative to its own folder.
+    root = (
+        Path(directory).expanduser().resolve()
+        if directory
+        else Path(tempfile.mkdtemp(prefix="e4sync-demo-"))
+    )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        crowded = any(root.iterdir()) and not (root / "config.toml").exists()
+    except OSError as exc:
+        raise UsageError(f"cannot use {root} for the demo: {exc.strerror}") from None
+    if crowded:
+        raise UsageError(f"{root} is not empty; give an empty or new folder with --dir")
     with Simulator(port=0, seed=4, sessions=sessions) as sim:
         password_file = root / "demo.password"
         fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -31,14 +49,14 @@ def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = Fals
         config_file.write_text(
             "# written by `e4sync demo`: a normal configuration, pointing at the simulator\n"
             "[archive]\n"
-            f'root = "{root / "archive"}"\n\n'
+            f"root = {_toml_string(root / 'archive')}\n\n"
             "[state]\n"
-            f'dir = "{root / "state"}"\n\n'
+            f"dir = {_toml_string(root / 'state')}\n\n"
             "[[account]]\n"
             'name = "demo"\n'
             'username = "demo@example.org"\n'
-            f'password_file = "{password_file}"\n'
-            f'base_url = "{sim.base_url}"\n'
+            f"password_file = {_toml_string(password_file)}\n"
+            f"base_url = {_toml_string(sim.base_url)}\n"
         )
         cfg = load_config(config_file, env={})
         print(f"E4 Connect simulator at {sim.base_url} with {sessions} sessions", flush=True)

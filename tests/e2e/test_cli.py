@@ -196,6 +196,16 @@ def test_download_to_a_new_directory_named_with_a_trailing_slash(sim, envcli, tm
     assert (tmp_path / "new" / platform_name(row)).read_bytes() == sim.zip_bytes(row["id"])
 
 
+def test_download_into_a_folder_that_cannot_be_made_is_one_line(sim, envcli, tmp_path):
+    # A folder under a regular file cannot be created, even by root.
+    (tmp_path / "plain-file").write_text("x")
+    target = str(tmp_path / "plain-file" / "sub") + os.sep
+    row = sim.sessions()[0]
+    result = envcli("download", row["id"], "-o", target, "--base-url", sim.base_url, exit_code=2)
+    (line,) = error_lines(result.err)
+    assert f"cannot create {target}" in line and "Traceback" not in result.err
+
+
 def test_remove_is_refused_without_a_verified_local_copy(sim, envcli):
     sid = sim.sessions()[0]["id"]
     result = envcli("remove", sid, "--yes", "--base-url", sim.base_url, exit_code=2)
@@ -254,6 +264,29 @@ def test_remove_is_written_to_the_ledger_and_confirmed_by_the_next_pass(sim, env
         db.close()
     assert ledger == [(sid, "confirmed")]
     assert state == ("remote_deleted",)
+
+
+def test_a_forced_removal_without_a_proven_copy_is_not_counted_as_archived(sim, envcli, home):
+    import sqlite3
+
+    from e4sync.simulator import Faults
+
+    url = ("--base-url", sim.base_url)
+    sid = sim.sessions()[0]["id"]
+    # The session is seen but its download fails: known to the database, never verified.
+    sim.set_faults(Faults(missing_session=1.0))
+    envcli("run-once", *url, exit_code=1)
+    sim.set_faults(Faults())
+    envcli("remove", sid, "--force", "--yes", *url)
+    envcli("run-once", *url)
+    db = sqlite3.connect(home.state / "e4sync" / "state.db")
+    try:
+        ledger = db.execute("select remote_id from deletions").fetchall()
+        state = db.execute("select state from sessions where remote_id = ?", (sid,)).fetchone()
+    finally:
+        db.close()
+    # No ledger entry claims it: it vanished without a local copy, which is remote_gone.
+    assert ledger == [] and state == ("remote_gone",)
 
 
 def test_remove_is_refused_when_the_local_copy_changed(sim, envcli, home):
@@ -330,9 +363,19 @@ def test_global_options_before_and_after_the_command(sim, setup, run_cli):
 
 
 def test_python_m_e4sync_version(home):
-    result = sub("--version", env=home.env)
-    assert result.returncode == 0
-    assert result.stdout.strip() == f"e4sync {__version__}"
+    for argv in (("--version",), ("run-once", "--version")):
+        result = sub(*argv, env=home.env)
+        assert result.returncode == 0
+        assert result.stdout.strip() == f"e4sync {__version__}"
+
+
+def test_dry_run_is_refused_by_commands_that_cannot_honour_it(sim, setup, run_cli):
+    config = str(setup.write(sim.base_url))
+    sid = sim.sessions()[0]["id"]
+    for argv in (("--dry-run", "retry", "--all"), ("download", sid, "--dry-run")):
+        result = run_cli(*argv, "--config", config, exit_code=2)
+        assert "--dry-run is for run, run-once, remove" in result.err
+    assert sim.stats()["requests"].get("download", 0) == 0
 
 
 # -- bad input: one clear line, the right exit code, never a traceback ---------------------
@@ -484,6 +527,19 @@ def test_demo_syncs_a_fresh_folder_and_shows_tree_and_status(home, tmp_path):
     assert "archive:" in result.stdout and "status:" in result.stdout
     assert "verified 3" in result.stdout
     assert not list(folder.rglob("*.part"))
+
+
+def test_demo_takes_a_relative_folder_with_a_quote_in_its_name(home, tmp_path):
+    # The configuration it writes is read relative to its own folder, and TOML-quoted.
+    result = sub("demo", "--dir", 'rel "demo"', "--sessions", "2", env=home.env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / 'rel "demo"' / "archive").rglob("*.zip"))) == 2
+    # A folder that holds something else is a usage error (2), not a failed pass (1).
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("keep me")
+    result = sub("demo", "--dir", "busy", env=home.env, cwd=tmp_path)
+    assert result.returncode == 2 and "is not empty" in result.stderr
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["thesis.tex"]
 
 
 # -- status, retry, doctor ------------------------------------------------------------------
