@@ -27,7 +27,7 @@ import string
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path, PurePath, PurePosixPath
@@ -354,13 +354,11 @@ class Archive:
             log.warning("ignoring the sidecar %s: %s", side, problem)
         return data
 
-    def remove_stale_parts(
-        self, keep: Collection[Path | str] = (), *, min_age: float = 0.0
-    ) -> list[Path]:
-        """Delete every ``*.zip.part`` and ``*.json.tmp`` under the root that is not in
-        ``keep`` and was last modified at least ``min_age`` seconds ago; return them. Other
-        files, even ones named ``*.part``, are not e4sync's and are left alone."""
-        kept = {os.path.realpath(p) for p in keep}
+    def remove_stale_parts(self, *, min_age: float = 0.0) -> list[Path]:
+        """Delete every ``*.zip.part`` and ``*.json.tmp`` under the root last modified at
+        least ``min_age`` seconds ago; return them. Other files, even ones named ``*.part``,
+        are not e4sync's and are left alone. A part that is a second name of an archived
+        file (a kill between link and unlink) loses only that name."""
         removed: list[Path] = []
         now = time.time()
         for dirpath, _dirnames, filenames in os.walk(self.root, onerror=_walk_error):
@@ -369,8 +367,6 @@ class Archive:
                     continue
                 path = Path(dirpath, name)
                 try:
-                    if os.path.realpath(path) in kept:
-                        continue
                     if min_age > 0 and now - os.lstat(path).st_mtime < min_age:
                         continue
                     os.unlink(path)

@@ -840,7 +840,11 @@ class E4Connect:
                     raise _BodyCut("the partial file changed under the download")
                 report(offset)
             part.parent.mkdir(parents=True, exist_ok=True)
-            with open(part, "ab" if offset else "wb") as f:
+            if not offset:
+                # A new file, never the old one truncated: a part left by a kill between
+                # link and unlink is a second name of an archived ZIP, which "wb" would empty.
+                part.unlink(missing_ok=True)
+            with open(part, "ab" if offset else "xb") as f:
                 try:
                     for chunk in itertools.chain((reply.first,), reply.rest):
                         _check_cancel(cancel, sid)

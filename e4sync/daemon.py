@@ -4,7 +4,7 @@ APScheduler 3.11's ``BackgroundScheduler`` runs the passes; the main thread owns
 process: signal handlers that only set an event, sd_notify READY/STATUS/WATCHDOG/STOPPING,
 and the watchdog, which is pinged only while the scheduler thread is alive and the running
 pass keeps making progress (GUIDE section 1 and 4). On SIGTERM/SIGINT the stop event also
-cancels downloads between chunks, leaving their ``.part`` files to resume.
+cancels downloads between chunks (their ``.part`` files are removed by the next pass).
 
 Calls ``sync.run_pass``; must not import cli.
 """

@@ -169,6 +169,15 @@ class DeletionSteps:
                 exc,
             )
             return
+        if not still_listed and self.report.listed > len(requested):
+            # An empty list where sessions not deleted should remain is the platform failing,
+            # not proof: the same rule as for a pass's own listing. The next pass confirms.
+            log.warning(
+                "account %s: the re-listing came back empty; deletions are confirmed on the "
+                "next pass",
+                self.account.name,
+            )
+            return
         now = time.time()
         with self.sessions() as db, db.begin():
             for remote_id, ledger_id in requested.items():

@@ -3,10 +3,11 @@
 Due sessions get their archive paths (one transaction per batch), ``download.concurrency``
 threads fetch them to ``X.zip.part`` sharing one login, and a finisher pool verifies,
 commits (sidecar, link, fsyncs) and records each one, so a download slot is free as soon as
-a body is on disk. A failed attempt is recorded with its back-off; a stopped one keeps its
-``.part``. Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``,
-``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``, ``report_lock``,
-``user_id``, ``dry_run``, ``on_progress``, ``claimed_paths``, ``dry_new``).
+a body is on disk. A failed attempt is recorded with its back-off; a stopped one leaves its
+``.part`` for the next pass to remove. Mixed into ``AccountPass``, whose attributes it uses
+(``cfg``, ``account``, ``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``,
+``report_lock``, ``user_id``, ``dry_run``, ``on_progress``, ``claimed_paths``,
+``dry_new``).
 
 Must not import cli or ``e4sync.sync.run``.
 """
@@ -153,10 +154,13 @@ class DownloadSteps:
         self, pk: int, item: RemoteItem, source: Source, relpath: PurePosixPath
     ) -> _Fetched | None:
         """The body on disk as ``X.zip.part`` (or a whole file a killed pass left), or None
-        when the attempt failed (recorded) or was stopped (the part kept to resume)."""
-        part = self.archive.part_path(relpath)
+        when the attempt failed (recorded) or was stopped (not an attempt: not counted)."""
+        part = part_of(self.archive.resolve(relpath))
         started = time.time()
         try:
+            # Inside the try: a folder that cannot be made is this session's failure (counted,
+            # backed off), never the account's whole pass.
+            self.archive.part_path(relpath)
             adopted = self._adopt_existing(relpath, item)
             if adopted is not None:
                 return _Fetched(relpath, part, adopted[0], adopted[1], started, adopted=True)
@@ -164,7 +168,7 @@ class DownloadSteps:
             crashpoint("after-fetch")
             return _Fetched(relpath, part, fetched.size, fetched.sha256, started)
         except Interrupted:
-            log.info("session %s: stopped; the partial file is kept to resume", item.id)
+            log.info("session %s: stopped before the download finished", item.id)
         except AuthError:
             raise
         except (E4SyncError, OSError) as exc:
@@ -235,18 +239,29 @@ class DownloadSteps:
             if self.stop.is_set() or self.lease_lost.is_set():
                 return
             chosen = []
+            unplaced: list[tuple[int, RemoteItem, BaseException]] = []
             with self.sessions() as db, db.begin():
                 for pk, rid in chunk:
                     row = db.get(SessionRow, pk)
-                    relpath = self._choose_path(row, listed[rid])
+                    try:
+                        relpath = self._choose_path(row, listed[rid])
+                    except (E4SyncError, OSError) as exc:
+                        unplaced.append((pk, listed[rid], exc))
+                        continue
                     row.state = DOWNLOADING
                     row.local_path = str(relpath)
                     chosen.append((pk, listed[rid], relpath))
+            # Recorded after the batch's transaction: one session without a path is its own
+            # failure, not the batch's (and a nested write would wait for itself on SQLite).
+            for pk, item, exc in unplaced:
+                self._record_failure(pk, item, exc)
+                self.on_progress(item.id)
             yield from chosen
 
     def _choose_path(self, row: SessionRow, item: RemoteItem) -> PurePosixPath:
         if row.local_path and row.state == DOWNLOADING:
-            # A resumed download keeps the path it had (and so its .part file).
+            # A download taken up again keeps the path it was given (a whole file a killed
+            # pass committed there is adopted, not downloaded twice).
             return PurePosixPath(row.local_path)
         layout = self.account.layout or self.cfg.archive.layout
         fields = LayoutFields(

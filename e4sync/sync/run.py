@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session as DbSession
@@ -42,7 +42,6 @@ from e4sync.errors import (
 from e4sync.source import DryRunSource, RemoteItem, Source
 from e4sync.state import db as statedb
 from e4sync.state.models import (
-    DUE_STATES,
     NEW,
     REMOTE_DELETED,
     REMOTE_GONE,
@@ -52,7 +51,7 @@ from e4sync.state.models import (
     Pass,
 )
 from e4sync.state.models import Session as SessionRow
-from e4sync.sync.common import chunks, part_of
+from e4sync.sync.common import chunks
 from e4sync.sync.deletions import DeletionSteps, confirm_deleted
 from e4sync.sync.downloads import DownloadSteps
 
@@ -190,7 +189,7 @@ def _run_pass(
     with lock:
         if not dry_run:
             archive.check_writable()
-            _remove_stale_parts(engine, archive, cfg, shared=not use_lock)
+            _remove_stale_parts(archive, cfg, shared=not use_lock)
         sessions = statedb.sessionmaker_for(engine)
         if use_lock:
             _clear_dead_leases(sessions, worker_id)
@@ -238,20 +237,14 @@ def _clear_dead_leases(sessions: Callable[[], DbSession], worker_id: str) -> Non
             log.info("released %d account lease(s) left by a process that died", stale.rowcount)
 
 
-def _remove_stale_parts(engine: Engine, archive: Archive, cfg: Config, shared: bool) -> None:
+def _remove_stale_parts(archive: Archive, cfg: Config, shared: bool) -> None:
     """Remove ``.part`` and sidecar ``.tmp`` files that no running download can own
-    (SPEC section 5). Parts of sessions still due are kept, so a stopped download can
-    resume. On a ``shared`` archive (workers on other hosts) one may be being written right
-    now: only those untouched for longer than a download's read timeout can be stale."""
-    with statedb.sessionmaker_for(engine)() as db:
-        keep_rel = db.scalars(
-            select(SessionRow.local_path).where(
-                SessionRow.state.in_(DUE_STATES), SessionRow.local_path.is_not(None)
-            )
-        ).all()
-    keep = {part_of(archive.resolve(PurePosixPath(p))) for p in keep_rel}
+    (SPEC section 5). A new process cannot resume a download another left (the resume
+    point, the ETag, lives in the client's memory), so every part is stale at start. On a
+    ``shared`` archive (workers on other hosts) one may be being written right now: only
+    those untouched for longer than a download's read timeout can be stale."""
     min_age = max(600.0, 2 * cfg.download.timeout) if shared else 0.0
-    for path in archive.remove_stale_parts(keep=keep, min_age=min_age):
+    for path in archive.remove_stale_parts(min_age=min_age):
         log.info("removed stale partial file %s", path)
 
 
@@ -415,7 +408,8 @@ class AccountPass(DownloadSteps, DeletionSteps):
             self.report.new = len(new_ids)
             for rid, (pk, state, mhash) in known.items():
                 item = listed.get(rid)
-                if item is None or (mhash == item.metadata_hash and state != REMOTE_GONE):
+                back = state in (REMOTE_GONE, REMOTE_DELETED)
+                if item is None or (mhash == item.metadata_hash and not back):
                     continue
                 row = db.get(SessionRow, pk)
                 if mhash != item.metadata_hash:
@@ -427,6 +421,12 @@ class AccountPass(DownloadSteps, DeletionSteps):
                     row.gone_at = None
                     row.next_attempt_at = now
                     log.info("session %s is listed again", rid)
+                elif state == REMOTE_DELETED:
+                    # Its deletion was confirmed, yet the platform lists it: the remote copy
+                    # is there after all. Verified again, so the deletion rules apply anew.
+                    row.state = VERIFIED
+                    row.remote_deleted_at = None
+                    log.warning("session %s is listed again after its deletion", rid)
             vanished = [
                 (rid, pk)
                 for rid, (pk, state, _) in known.items()

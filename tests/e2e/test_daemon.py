@@ -127,7 +127,7 @@ def test_sigterm_mid_download_exits_0_within_seconds_and_keeps_the_part(tmp_path
             assert not list((tmp_path / "archive").rglob("*.zip")), (
                 "no half file under a final name"
             )
-            assert parts[0].exists(), "the .part file is kept to resume"
+            assert parts[0].exists(), "cut between chunks: the .part is left as it was"
         finally:
             if proc.poll() is None:
                 proc.kill()

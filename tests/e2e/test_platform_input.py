@@ -257,6 +257,37 @@ def test_an_empty_list_where_sessions_existed_is_never_everything_deleted(
         assert after == before
 
 
+def test_an_empty_re_listing_never_confirms_a_deletion(tmp_path, run_cli, watched):
+    remote = (
+        '[remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "0s"\n'
+        "max_deletes_per_pass = 1\n"
+    )
+    # The DELETE is answered 200 but the session stays (a fault the protocol file lists).
+    with Simulator(port=0, seed=44, sessions=3, faults=Faults(delete_lingers=1.0)) as sim:
+        config = write_config(tmp_path, sim.base_url)
+        run_cli("run-once", "--config", str(config))
+        write_config(tmp_path, sim.base_url, remote=remote)
+        listings = []
+
+        def glitch_after_the_first(_user, rows):
+            listings.append(len(rows))
+            return rows if len(listings) == 1 else []
+
+        sim.set_listing_hook(glitch_after_the_first)
+        run_cli("run-once", "--config", str(config), exit_code=None)
+        assert len(listings) == 2, "the pass re-lists to confirm its deletion"
+        states = {sid: st for sid, (st, _) in db_states(tmp_path).items()}
+        # Still on the platform, so never remote_deleted on the word of an empty list.
+        assert "remote_deleted" not in states.values()
+        assert set(states.values()) == {"verified"}
+        db = sqlite3.connect(tmp_path / "state" / "state.db")
+        try:
+            ledger = db.execute("select result, confirmed_at from deletions").fetchall()
+        finally:
+            db.close()
+        assert ledger == [("requested", None)]
+
+
 def with_member(data: bytes, name: str, content: bytes = b"echo pwned\n") -> bytes:
     """The genuine ZIP plus one more member."""
     out = io.BytesIO(data)

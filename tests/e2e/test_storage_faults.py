@@ -166,6 +166,36 @@ def test_a_file_size_limit_fails_the_big_sessions_cleanly_and_the_next_pass_reco
         assert snapshot(tmp_path / "archive").items() >= before.items()
 
 
+def test_a_folder_that_cannot_be_made_fails_its_sessions_not_the_account(tmp_path):
+    import datetime as dt
+
+    with Simulator(port=0, seed=32, sessions=6, session_size=50_000) as sim:
+        config = write_config(tmp_path, sim.base_url, concurrency=1)
+
+        def day(row: dict) -> str:
+            start = dt.datetime.fromtimestamp(int(row["start_time"]), dt.UTC)
+            return start.strftime("lab/%Y/%m/%d")
+
+        rows = sim.sessions()
+        blocked_day = day(rows[0])
+        blocked = {r["id"] for r in rows if day(r) == blocked_day}
+        assert len(blocked) < len(rows)
+        # A regular file where the day's folder should be: mkdir fails, even for root.
+        (tmp_path / "archive" / blocked_day).parent.mkdir(parents=True)
+        (tmp_path / "archive" / blocked_day).write_text("not a folder")
+
+        result = run_once_child(config)
+        assert result.returncode == 1, result.stdout + result.stderr
+        by_id = {r[0]: r for r in db_rows(tmp_path / "state")}
+        for rid, (_, st, attempts, *_rest) in by_id.items():
+            if rid in blocked:
+                # Its own failure: counted and backed off, so it cannot block the others.
+                assert (st, attempts) == ("downloading", 1), by_id[rid]
+            else:
+                assert st == "verified", by_id[rid]
+        check_consistent(tmp_path, sim)
+
+
 def test_a_full_filesystem_fails_what_does_not_fit_and_the_next_pass_recovers(
     tmp_path, tmpfs, run_cli
 ):

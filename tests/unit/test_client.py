@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -299,6 +300,18 @@ def test_resume_when_the_server_sends_everything_again(sim, client, tmp_path):
     part = tmp_path / "y.part"
     part.write_bytes(b"PK\x03\x04garbage")
     assert client.fetch(sid, part).path.read_bytes() == sim.zip_bytes(sid)
+
+
+def test_a_fresh_fetch_never_writes_through_a_second_name(sim, client, tmp_path):
+    # A kill between link(part, final) and unlink(part) leaves the part as a second name of
+    # an archived ZIP: starting over must make a new file, not empty the archived one.
+    sid = small_session(sim)
+    final = tmp_path / "archived.zip"
+    final.write_bytes(b"PK\x03\x04 the archived copy")
+    part = tmp_path / "archived.zip.part"
+    os.link(final, part)
+    assert client.fetch(sid, part).path.read_bytes() == sim.zip_bytes(sid)
+    assert final.read_bytes() == b"PK\x03\x04 the archived copy"
 
 
 def test_html_instead_of_zip(sim, client, tmp_path):

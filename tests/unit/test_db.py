@@ -98,7 +98,7 @@ def test_pragmas_on_every_connection(engine: sa.Engine) -> None:
             assert get("PRAGMA journal_mode").scalar() == "wal"
             assert get("PRAGMA foreign_keys").scalar() == 1
             assert get("PRAGMA busy_timeout").scalar() == 10000
-            assert get("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert get("PRAGMA synchronous").scalar() == 2  # FULL: the ledger survives a power cut
 
 
 def test_foreign_keys_are_enforced(engine: sa.Engine) -> None:
