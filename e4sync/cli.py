@@ -492,7 +492,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot create {args.output}: {exc.strerror or exc}") from None
     with make_client(cfg, one_account(cfg)) as client:
-        path = client.download_session(session_id, args.output)
+        # The name the platform's own downloads had, as in the archive's default layout.
+        path = client.download_session(session_id, args.output, platform_name=True)
     out(str(path))
     return EXIT_OK
 

@@ -346,19 +346,28 @@ class E4Connect:
             self._resume.pop(sid, None)
         log.info("removed session %s from E4 Connect", sid)
 
-    def download_session(self, session_id: Any, file_path: str | os.PathLike[str] = ".") -> str:
+    def download_session(
+        self,
+        session_id: Any,
+        file_path: str | os.PathLike[str] = ".",
+        *,
+        platform_name: bool = False,
+    ) -> str:
         """Download one session's ZIP, as ``e4client`` did, and return the path written.
 
-        If ``file_path`` is a directory the file is named after the platform's
-        Content-Disposition (else ``<id>.zip``). The body goes to ``<target>.part``, must
-        open as a ZIP whose CRCs all pass, and only then is renamed into place.
+        If ``file_path`` is a directory the file is ``<id>.zip`` in it, the name e4client
+        gave, so its scripts find it; with ``platform_name`` it is the name of the platform's
+        Content-Disposition (``<start_time>_<SERIAL>.zip``, ``<id>.zip`` without one). The body
+        goes to ``<target>.part``, must open as a ZIP whose CRCs all pass, and only then is
+        renamed into place.
         """
         sid = check_session_id(session_id)
         target = Path(file_path)
         if target.is_dir():
             probe = target / f"{sid}.zip.part"
             result = self.fetch(sid, probe)
-            final = target / (result.filename or f"{sid}.zip")
+            named = result.filename if platform_name else None
+            final = target / (named or f"{sid}.zip")
             part = final.with_name(final.name + ".part")
             if part != probe:
                 os.replace(probe, part)

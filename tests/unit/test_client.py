@@ -195,13 +195,19 @@ def test_fetch_equals_the_served_zip(sim, client, tmp_path):
 
 def test_download_session_like_e4client(sim, client, tmp_path):
     row = sim.sessions()[1]
+    # Into a folder: <id>.zip, the name e4client gave, so its scripts find the file.
     path = Path(client.download_session(row["id"], str(tmp_path)))
-    assert path.parent == tmp_path and path.name.startswith(row["start_time"] + "_")
+    assert path == tmp_path / f"{row['id']}.zip"
     assert path.read_bytes() == sim.zip_bytes(row["id"])
+    named = Path(client.download_session(row["id"], tmp_path, platform_name=True))
+    assert named.parent == tmp_path and named.name.startswith(row["start_time"] + "_")
+    assert named.read_bytes() == sim.zip_bytes(row["id"])
     target = tmp_path / "named.zip"
     assert client.download_session(row["id"], target) == str(target)
     assert target.read_bytes() == sim.zip_bytes(row["id"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "named.zip"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, named.name, "named.zip"]
+    )
 
 
 def test_5xx_is_retried_then_transient(sim, tmp_path):
