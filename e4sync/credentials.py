@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e4sync.config import DEFAULT_ACCOUNT_NAME, ENV_PASSWORD, AccountConfig
-from e4sync.errors import AuthError, ConfigError
+from e4sync.errors import AuthError, ConfigError, TransientError
 
 CREDENTIAL_NAME = "e4sync-password"
 KEYRING_SERVICE = "e4sync"
@@ -302,14 +302,17 @@ def run_password_command(command: str, timeout: float | None = None) -> str:
             start_new_session=os.name == "posix",
         )
     except OSError as exc:
-        raise AuthError(
+        # The configuration names a program that is not there: fix the file (78).
+        raise ConfigError(
             f"password_command: cannot run {program!r}: {exc.strerror or type(exc).__name__}"
         ) from None
     try:
         out, _ = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         _kill(proc)
-        raise AuthError(
+        # A vault not reachable yet (at boot, say) is temporary (75), not a refused login:
+        # 77 would keep a systemd service down for good (RestartPreventExitStatus).
+        raise TransientError(
             f"password_command: {program!r} did not finish within {limit:g} seconds"
         ) from None
     if proc.returncode != 0:
@@ -345,7 +348,8 @@ def _read_keyring(account: AccountConfig) -> str | None:
     try:
         secret = keyring.get_password(KEYRING_SERVICE, account.username)
     except Exception as exc:  # backends raise their own types (NoKeyringError, DBus, …)
-        raise AuthError(
+        # A keyring daemon not up yet is temporary, like an unreachable platform.
+        raise TransientError(
             f"account {account.name!r}: the keyring could not be read ({type(exc).__name__})"
         ) from None
     return secret or None

@@ -249,16 +249,19 @@ def check_logins(
     cfg: Config, source_factory: SourceFactory, engine: Engine, worker_id: str
 ) -> None:
     """Log in to the accounts once before READY=1; raise ``AuthError`` only if every login
-    tried was refused (a platform that is down is not a reason to exit). Each login is made
+    tried was refused and no account was left to another worker (a platform that is down is
+    not a reason to exit). Each login is made
     under the account's lease, so it never logs out another worker serving that account."""
     from e4sync.state.db import claim_accounts, ensure_account, release_leases, sessionmaker_for
 
     refused: list[str] = []
+    skipped = 0
     for account in cfg.accounts:
         with sessionmaker_for(engine)() as db, db.begin():
             ensure_account(db, account.name, account.username, account.base_url)
         if not claim_accounts(engine, worker_id, [account.name], cfg.state.lease):
             log.info("account %s: served by another worker; not checking its login", account.name)
+            skipped += 1
             continue
         source = None
         try:
@@ -278,7 +281,11 @@ def check_logins(
             if source is not None:
                 source.close()
             release_leases(engine, worker_id, [account.name])
-    if refused:
+    if refused and skipped:
+        # Another worker serves an account this one may take over if that worker dies: a
+        # wrong password elsewhere is no reason to leave (each pass reports it).
+        log.error("refused logins (this worker stays for the other accounts): %s", refused)
+    elif refused:
         raise AuthError("; ".join(refused))
 
 

@@ -172,3 +172,41 @@ def test_world_readable_password_file_is_refused_with_78(tmp_path, password_file
     assert proc.returncode == 78, proc.stderr
     assert "chmod 600" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_wrong_password_does_not_stop_a_worker_another_account_needs(sim, setup):
+    """check_logins at start: account "wrong" is refused while "busy" is served by another
+    worker. This worker must stay (it takes "busy" over if that worker dies); alone with
+    only refused logins it must exit 77."""
+    from e4sync.config import load_config
+    from e4sync.daemon import check_logins
+    from e4sync.errors import AuthError
+    from e4sync.state.db import claim_accounts, ensure_account, open_db, sessionmaker_for
+    from e4sync.sync import default_source_factory
+
+    sim.add_account("busy@example.org", "Busy-Password", sessions=1)
+    cfg = load_config(
+        setup.write(
+            sim.base_url,
+            accounts=[
+                ("wrong", "demo@example.org", "Not-The-Password"),
+                ("busy", "busy@example.org", "Busy-Password"),
+            ],
+        )
+    )
+    engine = open_db(cfg.state.url)
+    try:
+        with sessionmaker_for(engine)() as db, db.begin():
+            ensure_account(db, "busy", "busy@example.org", sim.base_url)
+        assert claim_accounts(engine, "other-worker", ["busy"], 600)
+        factory = default_source_factory(cfg)
+        check_logins(cfg, factory, engine, "this-worker")  # stays: no AuthError
+        assert sim.login_count("busy@example.org") == 0, "never logs out the other worker"
+
+        alone = load_config(
+            setup.write(sim.base_url, accounts=[("wrong", "demo@example.org", "Nope-Nope")])
+        )
+        with pytest.raises(AuthError):
+            check_logins(alone, default_source_factory(alone), engine, "this-worker")
+    finally:
+        engine.dispose()
