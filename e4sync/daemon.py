@@ -181,6 +181,10 @@ class Daemon:
         with self._lock:
             self.health.last_progress = time.monotonic()
 
+    def _bytes_arrived(self, _count: int) -> None:
+        # A big session on a slow line finishes rarely; its bytes still show the pass alive.
+        self._progress()
+
     def _pass_job(self) -> None:
         if self.stop.is_set():
             return
@@ -202,6 +206,7 @@ class Daemon:
                     worker_id=self.worker_id,
                     source_factory=self.source_factory,
                     on_progress=self._progress,
+                    on_bytes=self._bytes_arrived,
                     dry_run=self.dry_run,
                     min_gap=self._min_gap(),
                 ),

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,7 +144,11 @@ class Source(Protocol):
     def list_items(self) -> list[RemoteItem]: ...
 
     def fetch(
-        self, item: RemoteItem, part_path: Path, cancel: threading.Event | None = None
+        self,
+        item: RemoteItem,
+        part_path: Path,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Fetched: ...
 
     def delete(self, item_id: str) -> None: ...
@@ -167,10 +172,16 @@ class E4Source:
         return parse_listing(self.client.sessions_list())
 
     def fetch(
-        self, item: RemoteItem, part_path: Path, cancel: threading.Event | None = None
+        self,
+        item: RemoteItem,
+        part_path: Path,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Fetched:
         # The archive's commit fsyncs the part before it links it into place.
-        result = self.client.fetch(item.id, part_path, cancel=cancel, fsync=False)
+        result = self.client.fetch(
+            item.id, part_path, cancel=cancel, progress=progress, fsync=False
+        )
         return Fetched(path=Path(result.path), size=result.size, sha256=result.sha256)
 
     def delete(self, item_id: str) -> None:
@@ -200,7 +211,11 @@ class DryRunSource:
         return self.inner.list_items()
 
     def fetch(
-        self, item: RemoteItem, part_path: Path, cancel: threading.Event | None = None
+        self,
+        item: RemoteItem,
+        part_path: Path,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Fetched:
         raise UsageError(f"dry run: session {item.id} would be downloaded, not fetched")
 

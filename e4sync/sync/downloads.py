@@ -6,7 +6,7 @@ commits (sidecar, link, fsyncs) and records each one, so a download slot is free
 a body is on disk. A failed attempt is recorded with its back-off; a stopped one leaves its
 ``.part`` for the next pass to remove. Mixed into ``AccountPass``, whose attributes it uses
 (``cfg``, ``account``, ``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``,
-``report_lock``, ``user_id``, ``dry_run``, ``on_progress``, ``claimed_paths``,
+``report_lock``, ``user_id``, ``dry_run``, ``on_progress``, ``on_bytes``, ``claimed_paths``,
 ``dry_new``).
 
 Must not import cli or ``e4sync.sync.run``.
@@ -164,7 +164,7 @@ class DownloadSteps:
             adopted = self._adopt_existing(relpath, item)
             if adopted is not None:
                 return _Fetched(relpath, part, adopted[0], adopted[1], started, adopted=True)
-            fetched = source.fetch(item, part, cancel=self.stop)
+            fetched = source.fetch(item, part, cancel=self.stop, progress=self.on_bytes)
             crashpoint("after-fetch")
             return _Fetched(relpath, part, fetched.size, fetched.sha256, started)
         except Interrupted:

@@ -168,9 +168,11 @@ def _run_pass(
     source_factory: SourceFactory | None = None,
     use_lock: bool | None = None,
     on_progress: Callable[[str], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
     min_gap: float = 0.0,
 ) -> PassReport:
-    """``on_progress`` is called after each session and step (the daemon's watchdog). A
+    """``on_progress`` is called after each session and step, ``on_bytes`` as a download's
+    bytes reach the disk (the daemon's watchdog: a slow big file is progress too). A
     ``worker_id`` names a long-lived worker (the daemon), whose row stays between passes;
     ``min_gap`` skips accounts another worker listed less than that many seconds ago."""
     stop = stop or threading.Event()
@@ -211,6 +213,7 @@ def _run_pass(
                     dry_run,
                     on_progress or _ignore,
                     min_gap,
+                    on_bytes,
                 ).run()
             )
         if stop.is_set():
@@ -268,10 +271,12 @@ class AccountPass(DownloadSteps, DeletionSteps):
         dry_run: bool,
         on_progress: Callable[[str], None],
         min_gap: float = 0.0,
+        on_bytes: Callable[[int], None] | None = None,
     ):
         self.cfg = cfg
         self.min_gap = min_gap
         self.on_progress = on_progress
+        self.on_bytes = on_bytes
         self.account = account
         self.engine = engine
         self.sessions = sessions

@@ -305,3 +305,37 @@ def test_a_session_id_that_is_not_a_number_is_a_usage_error(sim, setup, run_cli,
     result = run_cli("download", bad_id, "--config", str(config), exit_code=2)
     assert "must be a number" in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_pass_reports_bytes_as_they_arrive_not_only_whole_sessions(sim, setup):
+    """The daemon's watchdog counts these: a big session on a slow line that takes longer
+    than the stall limit must not look like a hung pass."""
+    import threading
+
+    from e4sync.config import load_config
+    from e4sync.state.db import open_db
+    from e4sync.sync import run_pass
+
+    cfg = load_config(setup.write(sim.base_url, extra="concurrency = 1"))
+    engine = open_db(cfg.state.url)
+    events: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def record(kind: str):
+        def add(value) -> None:
+            with lock:
+                events.append((kind, value))
+
+        return add
+
+    try:
+        run_pass(cfg, engine, on_progress=record("session"), on_bytes=record("bytes"))
+    finally:
+        engine.dispose()
+    total = sum(len(sim.zip_bytes(r["id"])) for r in sim.sessions())
+    arrivals = [n for kind, n in events if kind == "bytes"]
+    # Every byte is reported (as increments), in pieces: several per session, not one at
+    # the end; and the first piece comes before the first session is done.
+    assert sum(arrivals) == total
+    assert len(arrivals) > 2 * len(sim.sessions())
+    assert events[0][0] == "bytes"
