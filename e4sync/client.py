@@ -74,6 +74,17 @@ _FILENAME_STAR = re.compile(r"filename\*\s*=\s*[^']*'[^']*'([^;\s]+)", re.IGNORE
 _NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError)
 
 
+def _body_cut(exc: BaseException) -> bool:
+    """True for a body cut after the response headers (which urllib3 does not retry), false
+    for a failure urllib3 gave up on after its own retries (``MaxRetryError``)."""
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = exc.args[0] if exc.args else None
+        return not isinstance(reason, urllib3.exceptions.MaxRetryError)
+    return isinstance(exc, ConnectionError)
+
+
 @dataclass(frozen=True)
 class FetchResult:
     """What ``fetch`` wrote: the file, its size and sha256 (hashed while streaming), the
@@ -658,7 +669,9 @@ class E4Connect:
             except _NETWORK_ERRORS as exc:
                 # urllib3 retries up to the response headers; a body cut after them (a list,
                 # a DELETE's answer) is asked for again here: both requests are idempotent.
-                if method in ("GET", "DELETE") and not stream and cuts < self._retries:
+                # A failure urllib3 already retried is not asked again (retries squared).
+                cut = _body_cut(exc)
+                if cut and method in ("GET", "DELETE") and not stream and cuts < self._retries:
                     cuts += 1
                     time.sleep(self._backoff(cuts))
                     continue

@@ -540,3 +540,39 @@ def test_no_login_storm_when_four_threads_see_an_expired_cookie(sim, client, cap
     assert sum("logging in again" in m for m in messages) == 1
     # At least three threads saw the dead cookie (normally all four), yet one logged in.
     assert sum("renewed by another thread" in m for m in messages) >= 2
+
+
+def test_a_failure_urllib3_already_retried_is_not_retried_again(sim):
+    """The platform goes away after the login: the listing is tried as urllib3's retries
+    allow, not that many times over again by the client's own loop for cut bodies."""
+    import socket
+
+    c = connect(sim, retries=3, backoff_factor=0.001)
+    c.user_id()
+    port = sim.port
+    sim.stop()
+    # On the same port now: a server that accepts each connection and closes it unanswered.
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen(64)
+    accepted = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(TransientError, match="could not be reached"):
+            c.sessions_list()
+    finally:
+        server.close()
+        c.close()
+    # urllib3's read retries (at most 2) plus the first try; the old loop made 4 x 3 = 12.
+    assert 1 <= len(accepted) <= 3
