@@ -303,7 +303,7 @@ class Archive:
                 if holder != key:
                     raise StorageError(
                         f"{side} belongs to {holder or 'no e4sync session'}, not to {key}; "
-                        f"it was not overwritten and {part} was kept"
+                        "it was not overwritten"
                     )
             if os.path.lexists(final):
                 return self._commit_over_existing(part, rel, final, sidecar)
@@ -445,10 +445,7 @@ class Archive:
                 os.replace(part, final)
                 _fsync_dir(final.parent)
                 return final
-        raise StorageError(
-            f"{final} already holds a different file; it was not overwritten and the new "
-            f"download was kept as {part}"
-        )
+        raise StorageError(f"{final} already holds a different file; it was not overwritten")
 
     def _makedirs(self, directory: Path) -> None:
         """mkdir -p, fsyncing the parent of every folder made so the new entry survives a

@@ -2,8 +2,8 @@
 
 ``plan_deletions`` takes facts (session rows, the time, the rules, whether this pass listed
 the account) and returns a decision with a reason for every verified session. It does no
-I/O, so ``status``, ``run-once --dry-run`` and the real pass print and follow the same plan,
-and tests can cover every rule without a server. The checks that need the disk (the file is
+I/O, so ``run-once --dry-run`` and the real pass print and follow the same plan, and tests
+can cover every rule without a server. The checks that need the disk (the file is
 there and re-hashes to the recorded sha256) are made by the caller just before each delete.
 
 Imports nothing from e4sync but the state names.

@@ -37,7 +37,7 @@ from e4sync.errors import (
     NotAZipError,
     StorageError,
 )
-from e4sync.source import RemoteItem, Source
+from e4sync.source import RemoteItem, Source, parse_item
 from e4sync.state.models import (
     DOWNLOADING,
     DUE_STATES,
@@ -61,6 +61,9 @@ class _Fetched:
     sha256: str
     started: float
     adopted: bool = False  # a whole file a killed pass had already committed
+    # The remote metadata the file was downloaded under, when not the current listing's
+    # (an adopted file: its sidecar says), so a change since still blocks remote deletion.
+    metadata_hash: str | None = None
 
 
 class DownloadSteps:
@@ -163,7 +166,8 @@ class DownloadSteps:
             self.archive.part_path(relpath)
             adopted = self._adopt_existing(relpath, item)
             if adopted is not None:
-                return _Fetched(relpath, part, adopted[0], adopted[1], started, adopted=True)
+                size, sha256, then = adopted
+                return _Fetched(relpath, part, size, sha256, started, True, then)
             fetched = source.fetch(item, part, cancel=self.stop, progress=self.on_bytes)
             crashpoint("after-fetch")
             return _Fetched(relpath, part, fetched.size, fetched.sha256, started)
@@ -211,7 +215,7 @@ class DownloadSteps:
             row.local_path = str(got.relpath)
             row.size = got.size
             row.sha256 = got.sha256
-            row.downloaded_metadata_hash = item.metadata_hash
+            row.downloaded_metadata_hash = got.metadata_hash or item.metadata_hash
             row.downloaded_at = got.started
             row.verified_at = time.time()
             row.last_error = None
@@ -284,9 +288,12 @@ class DownloadSteps:
     def _session_key(self, item: RemoteItem) -> str:
         return f"{self.account.name}/{item.id}"
 
-    def _adopt_existing(self, relpath: PurePosixPath, item: RemoteItem) -> tuple[int, str] | None:
+    def _adopt_existing(
+        self, relpath: PurePosixPath, item: RemoteItem
+    ) -> tuple[int, str, str | None] | None:
         """A crash after the rename but before the database commit leaves a whole file and
-        its sidecar: take it if it still hashes to what the sidecar says."""
+        its sidecar: take it if it still hashes to what the sidecar says. Returns its size,
+        sha256 and the metadata hash of the listing it was downloaded under."""
         final = self.archive.resolve(relpath)
         sidecar = self.archive.read_sidecar(relpath)
         if not final.exists() or not sidecar:
@@ -302,7 +309,8 @@ class DownloadSteps:
         # A kill between link(part, final) and unlink(part) leaves the part as a second name.
         with contextlib.suppress(FileNotFoundError):
             part_of(final).unlink()
-        return size, sha256
+        then = parse_item(sidecar.get("remote"))
+        return size, sha256, then.metadata_hash if then is not None else None
 
     def _sidecar(
         self,

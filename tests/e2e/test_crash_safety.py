@@ -95,6 +95,32 @@ def test_kill_9_at_each_named_crash_point(tmp_path, point):
         finish_and_check(sim, config, tmp_path / "archive", all_ids)
 
 
+def test_a_file_adopted_after_a_kill_keeps_the_metadata_it_was_downloaded_under(tmp_path):
+    """Killed after the commit, before the database knew: the next pass adopts the file.
+    If the session's metadata changed meanwhile, the adopted copy is of the old one, so the
+    remote copy must not be deleted (SPEC section 6: metadata unchanged since download)."""
+    with Simulator(port=0, seed=12, sessions=3) as sim:
+        all_ids = {r["id"] for r in sim.sessions()}
+        config = write_config(tmp_path, sim.base_url)
+        proc = run_once(config, crashpoint="after-commit")
+        proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL
+        (sidecar,) = (tmp_path / "archive").rglob("*.json")
+        adopted = json.loads(sidecar.read_text())["session_id"]
+
+        def relabelled(_user, rows):
+            return [{**r, "duration": str(int(r["duration"]) + 1)} for r in rows]
+
+        sim.set_listing_hook(relabelled)
+        proc = run_once(config)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        check_invariants(sim, tmp_path / "archive", all_ids)
+        # The others were downloaded under the new metadata and may go; the adopted may not.
+        assert adopted not in sim.deleted_ids()
+        assert sim.deleted_ids() == all_ids - {adopted}
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments(tmp_path, capsys):
     rng = random.Random(int(os.environ.get("E4SYNC_SOAK_SEED", "7")))
