@@ -81,13 +81,6 @@ class DownloadSteps:
                 )
                 .order_by(SessionRow.start_time, SessionRow.id)
             ).all()
-            self.claimed_paths = set(
-                db.scalars(
-                    select(SessionRow.local_path).where(
-                        SessionRow.local_path.is_not(None), SessionRow.state != NEW
-                    )
-                )
-            )
         due = [(pk, rid) for pk, rid in due if rid in listed]
         if self.dry_run:
             self.report.would_download = [rid for _, rid in due] + self.dry_new
@@ -96,6 +89,16 @@ class DownloadSteps:
             return
         if not due:
             return
+        # Every path taken, by any account (one archive): only a pass that downloads needs
+        # them, so an idle pass over a large archive does not read them all.
+        with self.sessions() as db:
+            self.claimed_paths = set(
+                db.scalars(
+                    select(SessionRow.local_path).where(
+                        SessionRow.local_path.is_not(None), SessionRow.state != NEW
+                    )
+                )
+            )
         workers = max(1, min(self.cfg.download.concurrency, len(due)))
         pending = self._with_paths(due, listed, batch=4 * workers)
         in_flight: set[Future] = set()
@@ -245,8 +248,13 @@ class DownloadSteps:
             chosen = []
             unplaced: list[tuple[int, RemoteItem, BaseException]] = []
             with self.sessions() as db, db.begin():
+                # One SELECT per batch, not one per session (round trips on PostgreSQL).
+                rows = db.scalars(
+                    select(SessionRow).where(SessionRow.id.in_([pk for pk, _ in chunk]))
+                )
+                by_pk = {row.id: row for row in rows}
                 for pk, rid in chunk:
-                    row = db.get(SessionRow, pk)
+                    row = by_pk[pk]
                     try:
                         relpath = self._choose_path(row, listed[rid])
                     except (E4SyncError, OSError) as exc:
