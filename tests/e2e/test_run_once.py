@@ -150,6 +150,40 @@ def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_c
     assert set(states.values()) == {"remote_deleted"}
 
 
+def test_the_ledger_entry_is_committed_before_each_delete_is_sent(sim, setup, run_cli, monkeypatch):
+    """SPEC section 6. A spy, not a mock: the real DELETE still goes to the simulator, but
+    first the state database is read from another connection, as a process started after a
+    kill at that instant would read it."""
+    from e4sync.client import E4Connect
+
+    config = setup.write(sim.base_url, account_extra=DELETE_AT_ONCE)
+    real_remove = E4Connect.remove_session
+    seen: dict[str, list[list]] = {}
+
+    def remove_after_checking_the_ledger(self, session_id):
+        db = sqlite3.connect(setup.state / "state.db")
+        try:
+            # Every request is checked, not only the last one for a session.
+            seen.setdefault(str(session_id), []).append(
+                db.execute(
+                    "select sha256, confirmed_at from deletions where remote_id = ?",
+                    (str(session_id),),
+                ).fetchall()
+            )
+        finally:
+            db.close()
+        return real_remove(self, session_id)
+
+    monkeypatch.setattr(E4Connect, "remove_session", remove_after_checking_the_ledger)
+    run_cli("run-once", "--config", str(config))
+    assert seen and set(seen) == sim.deleted_ids()
+    for sid, checks in seen.items():
+        # Before every request: one open entry, naming the hash of the whole local copy.
+        for rows in checks:
+            assert len(rows) == 1 and rows[0][1] is None, (sid, rows)
+            assert rows[0][0] == hashlib.sha256(sim.zip_bytes(sid)).hexdigest()
+
+
 def test_grace_period_holds_deletions_back(sim, setup, run_cli):
     config = setup.write(
         sim.base_url,
@@ -257,17 +291,17 @@ def test_hostile_labels_stay_inside_the_archive(sim, setup, run_cli, tmp_path):
     hostile = ["../../etc", "a/b\\c", "con", "x\x00y", "9" * 5000]
     for label in hostile:
         sim.add_session(label=label)
-    config = setup.write(sim.base_url)
+    # The label in the path itself (the default layout turns labels into a serial).
+    layout = 'layout = "{account}/{label}/{session_id}.zip"'
+    config = setup.write(sim.base_url, account_extra=layout)
+    before = set(tmp_path.iterdir())
     run_cli("run-once", "--config", str(config))
     zips = archived_zips(setup.archive)
     assert len(zips) == len(sim.sessions())
     for path in zips.values():
         assert path.resolve().is_relative_to(setup.archive.resolve())
-    outside = {p for p in tmp_path.rglob("*")} - {p for p in setup.archive.rglob("*")}
-    assert all(
-        p.is_relative_to(setup.archive) or p.parent in (tmp_path, setup.state) or p == setup.archive
-        for p in outside
-    )
+    # Nothing new beside the archive and the state folder: no file escaped upwards.
+    assert set(tmp_path.iterdir()) - before <= {setup.archive, setup.state}
 
 
 def test_two_sessions_on_one_path_never_overwrite(sim, setup, run_cli, caplog):

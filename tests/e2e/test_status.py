@@ -128,3 +128,19 @@ def test_sqlite_rows_opens_a_file_whose_path_looks_like_uri_syntax(sim, setup, r
     assert sorted(p.name for p in setup.dir.iterdir() if p.name.startswith("a%20b")) == [
         "a%20b?c=d#e"
     ]
+
+
+def test_status_of_one_account_names_only_it_both_ways(sim, setup, run_cli):
+    url, engine = _varied_state(sim, setup, run_cli)
+    try:
+        through_sqlalchemy = status_report(engine, ["lab"])
+    finally:
+        engine.dispose()
+    with sqlite_rows(sqlite_file(url)) as rows:
+        through_sqlite3 = build_report(rows, ["lab"])
+    for report in (through_sqlalchemy, through_sqlite3):
+        assert [a["name"] for a in report["accounts"]] == ["lab"]
+    command = json.loads(
+        run_cli("status", "--json", "--account", "lab", "--config", str(setup.config)).out
+    )
+    assert [a["name"] for a in command["accounts"]] == ["lab"]

@@ -63,6 +63,53 @@ def all_files(root: Path) -> dict[str, bytes]:
     }
 
 
+def test_commit_fsyncs_before_each_name_is_given_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC section 5's order, watched at the system calls (a spy: the real calls run). A
+    power cut must find either no file or a whole one; only the order of these calls makes
+    that so, and no file comparison after the fact could show it."""
+    archive = Archive(tmp_path / "archive")
+    data = b"PK\x03\x04 session bytes"
+    part = download(archive, REL, data)
+    final = archive.resolve(REL)
+    side = archive.sidecar_path(REL)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_link, real_replace = os.fsync, os.link, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def link(src, dst, **kwargs) -> None:
+        events.append(("link", str(dst)))
+        real_link(src, dst, **kwargs)
+
+    def replace(src, dst, **kwargs) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "replace", replace)
+    archive.commit(part, REL, sidecar_for(data))
+
+    def first(event: tuple[str, str]) -> int:
+        return events.index(event)
+
+    def last(event: tuple[str, str]) -> int:
+        return len(events) - 1 - events[::-1].index(event)
+
+    folder = str(final.parent)
+    # The data is on disk before it gets its name; the sidecar is whole before its name.
+    assert first(("fsync", str(part))) < first(("link", str(final)))
+    tmp = str(side) + ".tmp"
+    assert first(("fsync", tmp)) < first(("replace", str(side)))
+    # Both names are made durable by fsyncing their folder after they were given.
+    assert last(("fsync", folder)) > first(("link", str(final)))
+    assert last(("fsync", folder)) > first(("replace", str(side)))
+
+
 def test_commit_places_file_and_sidecar_and_leaves_no_part(tmp_path: Path) -> None:
     archive = Archive(tmp_path / "archive")
     data = b"PK\x03\x04 session bytes"

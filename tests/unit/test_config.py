@@ -332,9 +332,6 @@ def test_backoff_not_above_max_backoff(tmp_path: Path) -> None:
 
 
 def test_layout_is_validated_by_archive(tmp_path: Path) -> None:
-    archive = pytest.importorskip("e4sync.archive")
-    if not hasattr(archive, "validate_layout"):
-        pytest.skip("e4sync.archive.validate_layout not written yet")
     found = problems(tmp_path, '[archive]\nlayout = "{nonsense_placeholder}/{"\n' + ACCOUNT)
     assert len(found) == 1 and "[archive] layout:" in found[0]
 
