@@ -93,6 +93,13 @@ class Session(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     # metadata_hash at download time: a deletion needs it unchanged (SPEC section 6).
     downloaded_metadata_hash: Mapped[str | None] = mapped_column(String(64))
+    # The validators the platform sent with the download (issue: a remote copy whose bytes
+    # changed under the same metadata must not be deleted). NULL when it sent none.
+    remote_etag: Mapped[str | None] = mapped_column(String(200))
+    remote_last_modified: Mapped[str | None] = mapped_column(String(100))
+    # Why the archived copy cannot be trusted ("missing: ...", "changed: ..."), found by a
+    # pass, ``verify`` or the scrub; NULL while the copy is whole. Makes the account not OK.
+    local_problem: Mapped[str | None] = mapped_column(Text)
     first_seen_at: Mapped[float] = mapped_column(Float, default=0.0)
     last_seen_at: Mapped[float | None] = mapped_column(Float)
     downloaded_at: Mapped[float | None] = mapped_column(Float)
@@ -125,6 +132,7 @@ class Pass(Base):
     deleted: Mapped[int] = mapped_column(Integer, default=0)
     gone: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[str] = mapped_column(Text, default="")  # one line per error
+    paused: Mapped[str | None] = mapped_column(Text)  # why downloads paused (a full disk)
 
 
 class Deletion(Base):

@@ -71,7 +71,7 @@ def test_new_file_migrates_to_head(url: str, tmp_path: Path) -> None:
     engine = db.open_db(url)
     try:
         assert set(sa.inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
-        assert db.current_revision(engine) == db.head_revision() == "0001"
+        assert db.current_revision(engine) == db.head_revision() == "0002"
         idx = {i["name"] for i in sa.inspect(engine).get_indexes("sessions")}
         assert "ix_sessions_account_state" in idx
     finally:
@@ -151,7 +151,7 @@ def test_upgrade_twice_is_a_noop(engine: sa.Engine) -> None:
     db.upgrade(engine)
     db.upgrade(engine)
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0002",)]
         assert c.execute(sa.text("SELECT name FROM accounts")).all() == [("a",)]
 
 
@@ -168,6 +168,35 @@ def test_downgrade_to_base_and_back(engine: sa.Engine) -> None:
     assert db.current_revision(engine) is None
     db.upgrade(engine)
     assert TABLES <= set(sa.inspect(engine).get_table_names())
+
+
+def test_a_0001_database_upgrades_to_0002_keeping_its_rows(engine: sa.Engine) -> None:
+    """A lab's database from 0.1 (revision 0001) gains the validator and problem columns,
+    empty, and keeps every session it had."""
+    with engine.connect() as c, c.begin():
+        command.downgrade(db._alembic_config(c), "0001")
+    columns = {col["name"] for col in sa.inspect(engine).get_columns("sessions")}
+    assert "remote_etag" not in columns and "local_problem" not in columns
+    with engine.connect() as c, c.begin():
+        c.execute(sa.text("INSERT INTO accounts (name, username, base_url) VALUES ('a','','')"))
+        c.execute(
+            sa.text(
+                "INSERT INTO sessions (account_id, remote_id, start_time, duration, device_id,"
+                " label, device, remote_json, metadata_hash, state, first_seen_at, attempts,"
+                " sha256) VALUES (1, '77', 5, 1.0, '', '', '', '{}', 'h', 'verified', 0, 0, 'x')"
+            )
+        )
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0002"
+    with engine.connect() as c:
+        row = c.execute(
+            sa.text(
+                "SELECT remote_id, sha256, remote_etag, remote_last_modified, local_problem"
+                " FROM sessions"
+            )
+        ).one()
+        assert tuple(row) == ("77", "x", None, None, None)
+        assert c.execute(sa.text("SELECT paused FROM passes")).all() == []
 
 
 def test_ensure_account_creates_then_updates(engine: sa.Engine) -> None:
