@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select
 
-from e4sync import __version__
+from e4sync import sidecar
 from e4sync.archive import LayoutFields, render_relpath
 from e4sync.crashpoints import crashpoint
 from e4sync.errors import (
@@ -38,6 +38,7 @@ from e4sync.errors import (
     StorageError,
 )
 from e4sync.source import RemoteItem, Source, parse_item
+from e4sync.state import problems as local_problems
 from e4sync.state.models import (
     DOWNLOADING,
     DUE_STATES,
@@ -223,6 +224,7 @@ class DownloadSteps:
             row.verified_at = time.time()
             row.last_error = None
             row.next_attempt_at = None
+            local_problems.clear(row)  # a whole copy is in place again
         with self.report_lock:
             self.report.downloaded += 1
             self.report.bytes += got.size
@@ -329,20 +331,17 @@ class DownloadSteps:
         downloaded_at: float,
         verified_at: float,
     ) -> dict:
-        return {
-            "schema": 1,
-            "session_key": self._session_key(item),
-            "account": self.account.name,
-            "user_id": self.user_id,
-            "session_id": item.id,
-            "remote": item.raw,
-            "file": relpath.name,
-            "size": size,
-            "sha256": sha256,
-            "downloaded_at": iso(downloaded_at),
-            "verified_at": iso(verified_at),
-            "e4sync_version": __version__,
-        }
+        return sidecar.build(
+            account=self.account.name,
+            user_id=self.user_id,
+            session_id=item.id,
+            remote=item.raw,
+            file=relpath.name,
+            size=size,
+            sha256=sha256,
+            downloaded_at=downloaded_at,
+            verified_at=verified_at,
+        )
 
     def _record_failure(self, pk: int, item: RemoteItem, exc: BaseException) -> None:
         message = describe(exc)
