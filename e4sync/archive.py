@@ -3,12 +3,13 @@
 Owns: turning the ``[archive] layout`` template and a session's fields into a safe relative
 path (whatever the platform sends as a label, the path stays inside the root); choosing a
 collision-free path so that no session's file is ever overwritten by another's; the durable
-commit ``X.zip.part`` -> fsync -> ``X.json`` sidecar -> link into place -> fsync the folder;
-clean-up of stale partial files; reading sidecars back for ``reindex``.
+commit ``X.zip.part`` -> fsync -> sidecar staged as ``X.json.tmp`` -> link into place ->
+fsync the folder -> ``X.json`` named; keeping an earlier copy aside instead of overwriting
+it; clean-up after a crash; reading sidecars back for ``reindex``.
 
-Imports only the standard library, ``e4sync.errors`` and ``e4sync.verify`` (for
-``sha256_file``); never client, source, state, sync or cli: the archive knows files, not how
-sessions are fetched or recorded.
+Imports only the standard library, ``e4sync.errors``, ``e4sync.crashpoints`` and
+``e4sync.verify`` (for ``sha256_file``); never client, source, state, sync or cli: the
+archive knows files, not how sessions are fetched or recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from e4sync.crashpoints import crashpoint
 from e4sync.errors import StorageError
 from e4sync.verify import sha256_file
 
@@ -87,6 +89,7 @@ _LABEL_TEXT = re.compile(r"([0-9]{1,12})(?:\.0*)?")
 _NO_HARDLINK_ERRNOS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 )
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _ROOT_HINT = (
     "create it and give the user running e4sync write access (chown/chmod), or point "
     "[archive] root at a writable folder; under systemd, list it in ReadWritePaths="
@@ -217,12 +220,28 @@ class Archive:
             ) from exc
 
     def resolve(self, relpath: str | PurePath) -> Path:
-        """Return ``root / relpath``; raise ``UnsafePathError`` if it would leave the root."""
+        """Return ``root / relpath``; raise ``UnsafePathError`` if it would leave the root,
+        by its text or through a symbolic link: a folder (or file) inside the archive that
+        links elsewhere would send a session's file outside it. The root itself may be a
+        link; what counts is where the path really is, against where the root really is."""
         rel = _relpath(relpath)
         path = self.root.joinpath(*rel.parts)
         if os.path.commonpath([self.root, os.path.normpath(path)]) != str(self.root):
             raise UnsafePathError(f"{str(rel)!r} leaves the archive root {self.root}")
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            raise UnsafePathError(
+                f"{path} really is {real}, outside the archive root {real_root} (a symbolic "
+                "link inside the archive); nothing was written there. Replace the link with "
+                "a real folder, or make the root itself the link"
+            )
         return path
+
+    def join(self, relpath: str | PurePath) -> Path:
+        """``root / relpath`` by text only, for a quick look (a ``stat``) at many archived
+        files; anything that writes, hashes or deletes uses :meth:`resolve`."""
+        return self.root.joinpath(*_relpath(relpath).parts)
 
     def part_path(self, relpath: str | PurePath) -> Path:
         """Return ``root/relpath`` + ``.part`` (``X.zip.part``), with its folders made and
@@ -283,14 +302,21 @@ class Archive:
         """Move a downloaded, verified ``part`` into place as ``relpath`` with its sidecar,
         durably, and return the final path.
 
-        The sequence: fsync the part; write the sidecar atomically; hard-link the part to
-        the final name (which never replaces a file) and remove the part, or, on a
-        filesystem without hard links, rename it after checking the name is free; fsync the
-        folder. If the final file already holds the same bytes, the part is just removed. A
-        different file under the final name, or another session's sidecar, is never
-        overwritten (``StorageError``; the part is left for the caller). Any ``OSError``
-        becomes ``StorageError`` naming the cause; no unverified file is ever left under the
-        final name."""
+        The order (SPEC section 5; docs/reliability.md): fsync the part; write the sidecar's
+        text to ``X.json.tmp`` and fsync it; hard-link the part to the final name (which
+        never replaces a file) or, on a filesystem without hard links, rename it after
+        checking the name is free; fsync the folder; only then rename ``X.json.tmp`` to
+        ``X.json`` and fsync the folder again; remove the part. So a sidecar never names a
+        file that is not there: a crash before the link leaves only a part and a ``.tmp``
+        (removed at the next start), one after it leaves the whole file with its sidecar
+        staged beside it (finished by ``remove_stale_parts``).
+
+        If the final name already holds the same bytes, only the sidecar is brought up to
+        date. If it holds this session's own earlier copy, a version the platform has since
+        replaced or a damaged one, that file is kept aside (:meth:`keep_aside`), never
+        overwritten, and the new one takes the name. A file of another session, or one
+        e4sync did not write, is never touched (``StorageError``; the part is left for the
+        caller). Any ``OSError`` becomes ``StorageError`` naming the cause."""
         part = Path(part)
         rel = _relpath(relpath)
         final = self.resolve(rel)
@@ -307,18 +333,20 @@ class Archive:
                     )
             if os.path.lexists(final):
                 return self._commit_over_existing(part, rel, final, sidecar)
-            new_side = not os.path.lexists(side)
-            self.write_sidecar(rel, sidecar)
+            staged = self._stage_sidecar(rel, sidecar)
             try:
                 _place(part, final)
             except FileExistsError:
                 # Another process put a file there between our check and the link.
+                _unlink_quietly(staged)
                 return self._commit_over_existing(part, rel, final, sidecar)
-            except OSError:
-                if new_side:  # no sidecar may describe a file that is not there
-                    _unlink_quietly(side)
+            except BaseException:
+                _unlink_quietly(staged)
                 raise
             _fsync_dir(final.parent)
+            crashpoint("before-sidecar")
+            os.replace(staged, side)
+            _fsync_dir(side.parent)
             _unlink_quietly(part)
         except OSError as exc:
             raise _storage_error("archive", final, exc) from exc
@@ -328,22 +356,51 @@ class Archive:
         """Write ``X.json`` atomically (``X.json.tmp``, fsync, rename, fsync the folder):
         sorted keys, indent 2, a trailing newline, ASCII only."""
         side = self.sidecar_path(relpath)
-        tmp = side.with_name(side.name + ".tmp")
-        blob = (json.dumps(data, sort_keys=True, indent=2, default=str) + "\n").encode("ascii")
         try:
-            self._makedirs(side.parent)
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(blob)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, side)
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
+            staged = self._stage_sidecar(relpath, data)
+            os.replace(staged, side)
             _fsync_dir(side.parent)
         except OSError as exc:
             raise _storage_error("write the sidecar", side, exc) from exc
+
+    def keep_aside(self, relpath: str | PurePath, reason: str) -> Path:
+        """Give the archived file at ``relpath`` a second, dated name beside it,
+        ``<stem>.<reason>-<UTC time>.zip`` (``reason`` is ``replaced`` or ``damaged``), that
+        e4sync never writes to, moves or deletes again, and return it. A ``replaced`` copy
+        (whole, an older version) gets its sidecar copied too, marked ``kept_aside`` so
+        that ``reindex`` does not take it for the session's current copy; a ``damaged`` one
+        is kept as found, for a person to look at. The file keeps its current name until
+        the caller replaces it: a crash in between leaves two names for one file."""
+        rel = _relpath(relpath)
+        final = self.resolve(rel)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stem = _stem(final.name)
+        for n in range(1, MAX_COLLISIONS):
+            tail = f".{reason}-{stamp}" + ("" if n == 1 else f"-{n}") + ".zip"
+            aside = final.with_name(
+                _truncate_bytes(stem, MAX_COMPONENT_BYTES - len(tail.encode())) + tail
+            )
+            aside_rel = rel.with_name(aside.name)
+            if os.path.lexists(aside) or os.path.lexists(self.sidecar_path(aside_rel)):
+                continue
+            try:
+                os.link(final, aside)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_HARDLINK_ERRNOS:
+                    raise
+                os.rename(final, aside)  # no hard links here: the name moves instead
+            if reason == "replaced":
+                old = self.read_sidecar(rel)
+                if old is not None:
+                    old["kept_aside"] = {"reason": reason, "at": stamp, "file": aside.name}
+                    old["file"] = aside.name
+                    self.write_sidecar(aside_rel, old)
+            _fsync_dir(final.parent)
+            log.warning("kept the %s copy %s aside as %s", reason, final, aside)
+            return aside
+        raise StorageError(f"no free name to keep {final} aside after {MAX_COLLISIONS} tries")
 
     def read_sidecar(self, relpath: str | PurePath) -> dict | None:
         """Return the sidecar beside ``relpath`` as a dict, or None if there is none or it
@@ -355,19 +412,32 @@ class Archive:
         return data
 
     def remove_stale_parts(self, *, min_age: float = 0.0) -> list[Path]:
-        """Delete every ``*.zip.part`` and ``*.json.tmp`` under the root last modified at
-        least ``min_age`` seconds ago; return them. Other files, even ones named ``*.part``,
-        are not e4sync's and are left alone. A part that is a second name of an archived
-        file (a kill between link and unlink) loses only that name."""
+        """Clean up after a crash, at the start of a pass: finish or remove what a killed
+        commit left, and return the files removed. Only files last modified at least
+        ``min_age`` seconds ago are touched (another host may be writing the others).
+
+        - ``X.zip.part``: removed. A part that is a second name of an archived file (a kill
+          between link and unlink) loses only that name.
+        - ``X.json.tmp`` beside an ``X.zip`` that has no sidecar, or whose sidecar describes
+          other bytes of the same session: a commit killed between placing the file and
+          naming its sidecar. The staged sidecar is renamed into place (where a sidecar is
+          already named, only if it records the file's sha256).
+        - any other ``X.json.tmp``: removed (its file never reached its name).
+        - ``X.json`` whose ``X.zip`` is missing (written by an e4sync before 0.2, which
+          named the sidecar first): logged as an orphan and left for ``reindex`` to report.
+        Other files, even ones named ``*.part``, are not e4sync's and are left alone."""
         removed: list[Path] = []
         now = time.time()
         for dirpath, _dirnames, filenames in os.walk(self.root, onerror=_walk_error):
+            names = set(filenames)
             for name in filenames:
                 if not (name.endswith(".zip.part") or name.endswith(".json.tmp")):
                     continue
                 path = Path(dirpath, name)
                 try:
                     if min_age > 0 and now - os.lstat(path).st_mtime < min_age:
+                        continue
+                    if name.endswith(".json.tmp") and self._finish_staged_sidecar(path):
                         continue
                     os.unlink(path)
                 except FileNotFoundError:
@@ -376,7 +446,38 @@ class Archive:
                     log.warning("cannot remove the stale file %s: %s", path, _explain(exc))
                     continue
                 removed.append(path)
+            for name in filenames:
+                if name.endswith(".json") and name[: -len(".json")] + ".zip" not in names:
+                    log.warning(
+                        "%s: a sidecar without its ZIP (run `e4sync verify`, or `e4sync "
+                        "reindex` to rebuild the state database from the archive)",
+                        Path(dirpath, name),
+                    )
         return removed
+
+    def _finish_staged_sidecar(self, tmp: Path) -> bool:
+        """Rename a staged ``X.json.tmp`` into place if it describes the whole ``X.zip``
+        beside it that no sidecar describes yet; return whether it did."""
+        side = tmp.with_name(tmp.name[: -len(".tmp")])
+        final = side.with_name(side.name[: -len(".json")] + ".zip")
+        if not final.is_file() or final.is_symlink():
+            return False
+        staged, _ = _load_json(tmp)
+        if staged is None or not staged.get("sha256") or _owner_of(staged) is None:
+            return False
+        current, _ = _load_json(side)
+        if current is not None:
+            if current.get("sha256") == staged["sha256"] or _owner_of(current) != _owner_of(staged):
+                return False  # the sidecar in place already says it, or is another's
+            if _sha256(final) != staged["sha256"]:
+                return False  # the file is still the one the named sidecar describes
+        # With no sidecar named, the staged one is named whatever the file's bytes: it
+        # says whose file this is. A file damaged since is then found (its sha256 differs)
+        # and kept aside by the next download, not left without an owner.
+        os.replace(tmp, side)
+        _fsync_dir(side.parent)
+        log.info("finished the sidecar %s left by an interrupted commit", side)
+        return True
 
     def iter_sidecars(self) -> Iterator[tuple[PurePosixPath, dict]]:
         """Yield ``(relpath of X.zip, sidecar dict)`` for every sidecar under the root, in
@@ -398,6 +499,8 @@ class Archive:
                 if data is None:
                     log.warning("skipping %s: %s", path, problem)
                     continue
+                if data.get("kept_aside"):
+                    continue  # an older version kept beside the current copy, not the copy
                 yield PurePosixPath(*reldir, name[: -len(".json")] + ".zip"), data
 
     # -- internals ------------------------------------------------------------------------
@@ -424,28 +527,49 @@ class Archive:
     def _commit_over_existing(
         self, part: Path, rel: PurePosixPath, final: Path, sidecar: dict
     ) -> Path:
-        """``final`` exists: succeed only if it is this very file, or this session's own
-        damaged copy (which the verified download then replaces)."""
+        """``final`` exists: if it is this very file, only its sidecar may need bringing up
+        to date; if it is this session's own earlier copy, keep it aside and take the name;
+        anything else is never touched."""
         want = sidecar.get("sha256") or _sha256(part)
         if os.path.getsize(final) == os.path.getsize(part) and _sha256(final) == want:
-            if not os.path.lexists(self.sidecar_path(rel)):
+            old = self.read_sidecar(rel)
+            if old is None or old.get("sha256") != want:
                 self.write_sidecar(rel, sidecar)
             os.unlink(part)
             _fsync_dir(final.parent)
             return final
         old = self.read_sidecar(rel)
-        if old is not None and _owner_of(old) == _owner_of(sidecar):
-            if _sha256(final) != old.get("sha256"):
-                log.warning(
-                    "%s no longer matches its sidecar's sha256; replacing it with the new "
-                    "verified download",
-                    final,
-                )
-                self.write_sidecar(rel, sidecar)
-                os.replace(part, final)
-                _fsync_dir(final.parent)
-                return final
-        raise StorageError(f"{final} already holds a different file; it was not overwritten")
+        if old is None or _owner_of(old) != _owner_of(sidecar):
+            raise StorageError(f"{final} already holds a different file; it was not overwritten")
+        reason = "replaced" if _sha256(final) == old.get("sha256") else "damaged"
+        self.keep_aside(rel, reason)
+        staged = self._stage_sidecar(rel, sidecar)
+        # The old bytes are safe under their second name: the new file may take this one.
+        os.replace(part, final)
+        _fsync_dir(final.parent)
+        os.replace(staged, self.sidecar_path(rel))
+        _fsync_dir(final.parent)
+        return final
+
+    def _stage_sidecar(self, relpath: str | PurePath, data: dict) -> Path:
+        """Write the sidecar's text to ``X.json.tmp``, fsynced, and return that path; the
+        caller renames it into place when the file it describes is."""
+        side = self.sidecar_path(relpath)
+        tmp = side.with_name(side.name + ".tmp")
+        blob = (json.dumps(data, sort_keys=True, indent=2, default=str) + "\n").encode("ascii")
+        self._makedirs(side.parent)
+        _unlink_quietly(tmp)
+        # O_EXCL | O_NOFOLLOW: never write through a link someone left under this name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
 
     def _makedirs(self, directory: Path) -> None:
         """mkdir -p, fsyncing the parent of every folder made so the new entry survives a
@@ -859,4 +983,4 @@ def _explain(exc: OSError) -> str:
 
 
 def _storage_error(what: str, path: Path, exc: OSError) -> StorageError:
-    return StorageError(f"cannot {what} {path}: {_explain(exc)}")
+    return StorageError(f"cannot {what} {path}: {_explain(exc)}", errno=exc.errno)

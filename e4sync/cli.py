@@ -341,6 +341,13 @@ def _print_report(report) -> None:
         )
         if a.gone:
             line += f", {a.gone} vanished from the platform"
+        if a.content_changed:
+            line += (
+                f", {a.content_changed} changed on the platform since archived (downloaded "
+                "again, the archived copy kept beside it)"
+            )
+        if a.lost:
+            line += f", {a.lost} archived copies lost or damaged on disk"
         out(line)
         if report.dry_run:
             out(f"  would download: {' '.join(a.would_download) or 'nothing'}")

@@ -48,6 +48,7 @@ from e4sync.errors import (
     StorageError,
     TransientError,
     UsageError,
+    VersionChanged,
 )
 from e4sync.verify import ZIP_MAGIC, check_zip, looks_like_html
 
@@ -95,6 +96,18 @@ class FetchResult:
     sha256: str
     content_length: int | None
     filename: str | None
+    etag: str | None = None  # the validators the platform sent with these bytes
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteVersion:
+    """What the platform says of a session's ZIP now, without sending it: its size (None
+    when the platform does not say) and its validators."""
+
+    size: int | None
+    etag: str | None
+    last_modified: str | None
 
 
 @dataclass(frozen=True)
@@ -342,20 +355,58 @@ class E4Connect:
         rows = self._get_json(f"connect.php/users/{uid}/api/purchasedDevices")
         return _list_of_dicts(rows, "the device list")
 
-    def remove_session(self, session_id: Any) -> None:
+    def remove_session(self, session_id: Any, *, if_match: str | None = None) -> None:
         """Delete a session on the platform. 404/410 mean it is already gone: not an error
-        (a retried DELETE whose first answer was lost gets exactly that)."""
+        (a retried DELETE whose first answer was lost gets exactly that). ``if_match`` (the
+        ETag the archived bytes came with) is sent as ``If-Match``, so a server that honours
+        it refuses (412, ``VersionChanged``) to delete bytes that changed since."""
         sid = check_session_id(session_id)
         path = f"connect.php/sessions/{sid}"
-        reply = self._send("DELETE", path)
+        headers = {"If-Match": if_match} if if_match else None
+        reply = self._send("DELETE", path, headers=headers)
         with reply.response as r:
             if r.status_code in (404, 410):
                 log.info("session %s was already gone from E4 Connect", sid)
                 return
+            if r.status_code == 412:
+                raise VersionChanged(
+                    f"E4 Connect refused to delete session {sid}: its ZIP is no longer the "
+                    "version that was archived (If-Match failed)"
+                )
             self._raise_for_status(r, path, sid)
         with self._state_lock:
             self._resume.pop(sid, None)
         log.info("removed session %s from E4 Connect", sid)
+
+    def remote_version(self, session_id: Any) -> RemoteVersion:
+        """Ask what the platform holds for one session's ZIP now, reading one byte of it:
+        ``GET download.php`` with ``Range: bytes=0-0``. The size is the total of
+        ``Content-Range`` (a 206), else ``Content-Length`` (a server that ignores ranges
+        answers 200 with the whole length; the body is not read). A GET, not a HEAD, so an
+        expired login shows as the login page and is handled as everywhere else."""
+        sid = check_session_id(session_id)
+        path = "download.php"
+        headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
+        reply = self._send("GET", path, params={"id": sid}, headers=headers, stream=True)
+        with reply.response as r:
+            self._raise_for_status(r, path, sid)
+            if r.status_code not in (200, 206) or looks_like_html(reply.first):
+                raise RemoteError(
+                    f"E4 Connect answered HTTP {r.status_code} with no ZIP to a probe of "
+                    f"session {sid}"
+                )
+            size = None
+            if r.status_code == 206:
+                match = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
+                if match is not None and match.group(3) != "*":
+                    size = int(match.group(3))
+            else:
+                size = _content_length(r)
+            return RemoteVersion(
+                size=size,
+                etag=r.headers.get("ETag") or None,
+                last_modified=r.headers.get("Last-Modified") or None,
+            )
 
     def download_session(
         self,
@@ -788,6 +839,8 @@ class E4Connect:
                     f"E4 Connect answered HTTP {r.status_code} to a download of session {sid}"
                 )
             offset = 0
+            etag = r.headers.get("ETag") or None
+            last_modified = r.headers.get("Last-Modified") or None
             if r.status_code == 206:
                 offset = self._resume_offset(r, sid, part, have, "Range" in headers)
             else:
@@ -808,7 +861,13 @@ class E4Connect:
             # urllib3 normally raises on a short body first; this catches the rest.
             raise _BodyCut(f"got {size} of {total} bytes")
         return FetchResult(
-            path=part, size=size, sha256=digest, content_length=total, filename=filename
+            path=part,
+            size=size,
+            sha256=digest,
+            content_length=total,
+            filename=filename,
+            etag=etag,
+            last_modified=last_modified,
         )
 
     def _resume_offset(
@@ -884,7 +943,9 @@ class E4Connect:
                     if fsync:
                         os.fsync(f.fileno())
         except OSError as exc:
-            raise StorageError(f"cannot write {part}: {exc.strerror or exc}") from None
+            raise StorageError(
+                f"cannot write {part}: {exc.strerror or exc}", errno=exc.errno
+            ) from None
         return size, digest.hexdigest()
 
 

@@ -76,6 +76,11 @@ class SessionNotFound(RemoteError):
     """The platform says this session does not exist (404/410)."""
 
 
+class VersionChanged(RemoteError):
+    """The platform's copy of an item is no longer the version that was archived (its size
+    or validators differ, or it refused a conditional request): never delete it."""
+
+
 class NotAZipError(RemoteError):
     """A download was not a whole, valid ZIP: an HTML page, an empty or short body,
     bad CRCs. Nothing was kept under the final name."""
@@ -83,7 +88,12 @@ class NotAZipError(RemoteError):
 
 class StorageError(E4SyncError):
     """The archive could not be written (disk full, read-only, file too large).
-    The archive is left as it was and the session stays queued for retry."""
+    The archive is left as it was and the session stays queued for retry. ``errno`` is
+    the cause's, when an ``OSError`` was (a full disk pauses downloads, see sync)."""
+
+    def __init__(self, message: str = "", errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 class VerificationError(E4SyncError):

@@ -18,9 +18,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from e4sync.errors import UsageError
+
+if TYPE_CHECKING:
+    from e4sync.client import RemoteVersion
 
 log = logging.getLogger("e4sync.source")
 
@@ -134,6 +137,8 @@ class Fetched:
     path: Path
     size: int
     sha256: str
+    etag: str | None = None  # the validators the platform sent with these bytes
+    last_modified: str | None = None
 
 
 class Source(Protocol):
@@ -151,7 +156,12 @@ class Source(Protocol):
         progress: Callable[[int], None] | None = None,
     ) -> Fetched: ...
 
-    def delete(self, item_id: str) -> None: ...
+    def remote_version(self, item_id: str) -> RemoteVersion:
+        """What the platform holds for the item now (size, validators), without its bytes:
+        the proof asked for before every deletion."""
+        ...
+
+    def delete(self, item_id: str, if_match: str | None = None) -> None: ...
 
     def verify(self, path: Path, item: RemoteItem) -> list[str]: ...
 
@@ -182,10 +192,19 @@ class E4Source:
         result = self.client.fetch(
             item.id, part_path, cancel=cancel, progress=progress, fsync=False
         )
-        return Fetched(path=Path(result.path), size=result.size, sha256=result.sha256)
+        return Fetched(
+            path=Path(result.path),
+            size=result.size,
+            sha256=result.sha256,
+            etag=result.etag,
+            last_modified=result.last_modified,
+        )
 
-    def delete(self, item_id: str) -> None:
-        self.client.remove_session(item_id)
+    def remote_version(self, item_id: str) -> RemoteVersion:
+        return self.client.remote_version(item_id)
+
+    def delete(self, item_id: str, if_match: str | None = None) -> None:
+        self.client.remove_session(item_id, if_match=if_match)
 
     def verify(self, path: Path, item: RemoteItem) -> list[str]:
         from e4sync.verify import check_zip
@@ -219,7 +238,10 @@ class DryRunSource:
     ) -> Fetched:
         raise UsageError(f"dry run: session {item.id} would be downloaded, not fetched")
 
-    def delete(self, item_id: str) -> None:
+    def remote_version(self, item_id: str) -> RemoteVersion:
+        return self.inner.remote_version(item_id)  # reads one byte: changes nothing
+
+    def delete(self, item_id: str, if_match: str | None = None) -> None:
         raise UsageError(f"dry run: session {item_id} would be deleted, not removed")
 
     def verify(self, path: Path, item: RemoteItem) -> list[str]:

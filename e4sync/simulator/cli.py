@@ -92,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap on each response's bytes per second (0: none)")  # fmt: skip
     faults.add_argument("--slow-first-byte", type=_non_negative(float), default=0.0, metavar="S",
                         help="seconds a download waits before its first byte")  # fmt: skip
+    faults.add_argument("--hide-size", action="store_true",
+                        help="send downloads without Content-Length and ignore Range")  # fmt: skip
     faults.add_argument("--string-numbers", action="store_true",
                         help="send some numbers as JSON numbers, not strings")  # fmt: skip
     faults.add_argument("--multi-login", dest="one_login", action="store_false",
@@ -102,7 +104,12 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
     """The :class:`Faults` the parsed options ask for."""
     names = (*RATE_FIELDS, "retry_after", "latency", "bandwidth", "slow_first_byte")
     values = {name: getattr(args, name) for name in names}
-    return Faults(**values, string_numbers=args.string_numbers, one_login=args.one_login)
+    return Faults(
+        **values,
+        string_numbers=args.string_numbers,
+        one_login=args.one_login,
+        hide_size=args.hide_size,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

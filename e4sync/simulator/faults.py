@@ -71,6 +71,9 @@ class Faults:
     """200 with ``Content-Length: 0`` and no body."""
     delete_lingers: float = 0.0
     """DELETE answers 200 but the session stays listed (and downloadable)."""
+    hide_size: bool = False
+    """Downloads send no ``Content-Length`` (the body ends when the connection closes) and
+    ignore ``Range``: a platform that never says how big a ZIP is."""
     string_numbers: bool = False
     """When true, every other listed session (and device) sends its numbers as JSON numbers."""
     latency: float = 0.0

@@ -11,7 +11,11 @@ Choices where the real platform is unknown (documented here, tested in tests/uni
 
 - A data request for another user's id (``connect.php/users/{uid}/...``) answers 403 (HTML).
 - A session of another account is 404 for GET, DELETE and download, as an unknown id is.
-- ``DELETE connect.php/sessions/{id}`` answers 200 ``{}``.
+- ``DELETE connect.php/sessions/{id}`` answers 200 ``{}``; with an ``If-Match`` that is not the
+  ZIP's current ETag, 412 (E4 Connect's own behaviour is unknown; e4sync proves the version
+  with a ranged GET first and sends If-Match only as a second guard).
+- ``download.php`` sends ``Last-Modified``: when the session's bytes last changed
+  (``Simulator.change_content``), else when the simulator started.
 - Only ``Range: bytes=N-`` / ``bytes=N-M`` (one range) is honoured; ``If-Range`` with another
   ETag gets the whole ZIP. The ETag is the ZIP's quoted sha256.
 - Cookies are ``PHPSESSID=<26 hex>; path=/; HttpOnly``; they never expire on their own.
@@ -392,6 +396,9 @@ class _Handler(BaseHTTPRequestHandler):
         if sim._dice.roll("missing_session", key, sim.faults.missing_session):
             sim._injected(self._entry, "missing_session")
             return self._not_found()
+        if_match = self.headers.get("If-Match")
+        if if_match and if_match.strip() not in ("*", f'"{sim.zip_sha256(sid)}"'):
+            return _Reply(412, b"the session's ZIP has changed", "text/plain")
         if sim._dice.roll("delete_lingers", key, sim.faults.delete_lingers):
             sim._injected(self._entry, "delete_lingers")
         else:
@@ -429,12 +436,13 @@ class _Handler(BaseHTTPRequestHandler):
             ("Content-Disposition", f'attachment; filename="{name}"'),
             ("Accept-Ranges", "bytes"),
             ("ETag", etag),
+            ("Last-Modified", sim.last_modified(sid)),
             ("Cache-Control", "private"),
         ]
         status, start, end = 200, 0, size
         wanted = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
-        if wanted and (if_range is None or if_range.strip() == etag):
+        if wanted and not sim.faults.hide_size and (if_range is None or if_range.strip() == etag):
             m = re.fullmatch(r"\s*bytes=(\d+)-(\d*)\s*", wanted)
             if m:
                 first = int(m.group(1))
@@ -515,13 +523,17 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
         size = reply.size
+        # A platform that never says a ZIP's size: the body ends with the connection.
+        hidden = download and faults.hide_size and reply.status == 200 and not cut
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.ctype)
-        self.send_header("Content-Length", "0" if cut == "empty_body" else str(size))
+        if not hidden:
+            self.send_header("Content-Length", "0" if cut == "empty_body" else str(size))
         for name, value in reply.headers:
             self.send_header(name, value)
-        if cut:
+        if cut or hidden:
             self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         sim._sent(reply.status)
         if cut == "empty_body" or self.command == "HEAD":

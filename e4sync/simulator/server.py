@@ -21,6 +21,7 @@ module must not import this one at run time (it would be a cycle).
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import logging
 import random
 import secrets
@@ -57,6 +58,8 @@ class _Account:
     devices: list[dict[str, str]]
     sessions: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     deleted: set[str] = dataclasses.field(default_factory=set)
+    # sha256 of the ZIP the platform held when each session was deleted.
+    deleted_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
     cookies: set[str] = dataclasses.field(default_factory=set)
     logins: int = 0
     failed_logins: int = 0
@@ -137,6 +140,10 @@ class Simulator:
         self._issued: dict[str, set[str]] = {}  # user -> every cookie ever issued
         self._listing_hook: Callable[[str, list[dict[str, Any]]], Any] | None = None
         self._zip_override: dict[str, bytes] = {}
+        # Sessions whose bytes were changed under the same metadata: when, and every
+        # sha256 served before (reprocessed or re-uploaded recordings).
+        self._modified: dict[str, float] = {}
+        self._versions: dict[str, list[str]] = {}
         self._mem_cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._mem_bytes = 0
         self._disk_cache: dict[str, tuple[Path, int, str]] = {}
@@ -425,6 +432,45 @@ class Simulator:
             else:
                 self._zip_override[str(session_id)] = bytes(data)
 
+    def change_content(self, session_id: str | int) -> str:
+        """Serve new bytes for the session (another whole E4 recording of the same start and
+        duration) under the same listed metadata, as a platform that reprocessed or had it
+        re-uploaded would; its ETag and Last-Modified change with them. Returns the new
+        sha256. The older versions' sha256 stay in :meth:`zip_versions`."""
+        sid = str(session_id)
+        # Outside the lock: building a ZIP takes its build lock, then this one.
+        old = self.zip_sha256(sid)
+        with self._lock:
+            history = self._versions.setdefault(sid, [])
+            history.append(old)
+            meta = self._meta[sid]
+            data = zipgen.zip_bytes(self.seed * 7919 + len(history), sid, meta.start_time,
+                                    meta.duration)  # fmt: skip
+            self._zip_override[sid] = data
+            # HTTP dates have whole seconds: a change within the same second must still
+            # show as a new Last-Modified.
+            self._modified[sid] = max(time.time(), self._modified.get(sid, 0) + 1)
+            return _sha256(data)
+
+    def zip_versions(self, session_id: str | int) -> list[str]:
+        """The sha256 of every version the session's ZIP has had, the current one last."""
+        sid = str(session_id)
+        current = self.zip_sha256(sid)
+        with self._lock:
+            return [*self._versions.get(sid, []), current]
+
+    def last_modified(self, session_id: str | int) -> str:
+        """The session ZIP's ``Last-Modified``: when its bytes were last changed, else when
+        the simulator started."""
+        with self._lock:
+            when = self._modified.get(str(session_id), float(self._now))
+        return email.utils.formatdate(when, usegmt=True)
+
+    def deleted_sha256(self, user: str | None = None) -> dict[str, str]:
+        """For every deleted session, the sha256 of the ZIP it had when it was deleted."""
+        with self._lock:
+            return dict(self._account(user).deleted_sha256)
+
     def issued_cookies(self, user: str | None = None) -> set[str]:
         """Every session cookie value ever issued to the account, live or dead (to prove
         that no client writes one to disk or to a log)."""
@@ -559,8 +605,13 @@ class Simulator:
 
     def _delete(self, account: _Account, sid: str) -> bool:
         with self._lock:
+            if sid not in account.sessions:
+                return False
+        digest = self.zip_sha256(sid)  # outside the lock: see change_content
+        with self._lock:
             if account.sessions.pop(sid, None) is None:
                 return False
+            account.deleted_sha256[sid] = digest
             account.deleted.add(sid)
             return True
 

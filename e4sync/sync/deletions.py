@@ -26,9 +26,11 @@ from e4sync.errors import (
     E4SyncError,
     SessionNotFound,
     TransientError,
+    VersionChanged,
 )
 from e4sync.source import RemoteItem, Source
 from e4sync.state.models import (
+    NEW,
     REMOTE_DELETED,
     VERIFIED,
     Deletion,
@@ -85,29 +87,38 @@ class DeletionSteps:
                 self.account.name,
                 rules.max_deletes_per_pass,
             )
-        if self.dry_run:
-            self.report.would_delete = [d.remote_id for d in chosen]
-            for d in chosen:
-                log.info("dry run: would delete remote session %s", d.remote_id)
-            return
         by_id = {r.remote_id: r for r in rows}
         requested: dict[str, int] = {}
         for decision in chosen:
             if self.stop.is_set() or self.lease_lost.is_set():
                 break
             row = by_id[decision.remote_id]
+            if self.dry_run:
+                # The same proofs as the real pass (read-only: a re-hash and a one-byte
+                # GET), so a dry run never promises a deletion the pass would refuse.
+                if self._proven(source, row):
+                    self.report.would_delete.append(row.remote_id)
+                    log.info("dry run: would delete remote session %s", row.remote_id)
+                continue
             ledger_id = self._delete_one(source, row)
             if ledger_id is not None:
                 requested[row.remote_id] = ledger_id
         if requested:
             self._confirm_deletions(source, requested)
 
-    def _delete_one(self, source: Source, row: SessionRow) -> int | None:
+    def _proven(self, source: Source, row: SessionRow) -> bool:
+        """Both proofs a deletion needs, checked just before it: the local copy re-hashes
+        to the recorded sha256, and the platform's copy is still the archived version."""
+        sha256 = self._rehash(row)
+        return sha256 is not None and self._same_remote_version(source, row)
+
+    def _rehash(self, row: SessionRow) -> str | None:
+        """The local copy's sha256 if it is whole; None (reported) if not."""
         from e4sync.verify import sha256_file
 
         path = self.archive.resolve(PurePosixPath(row.local_path))
         try:
-            size, sha256 = sha256_file(path)
+            _size, sha256 = sha256_file(path)
         except OSError as exc:
             self.report.errors.append(
                 f"session {row.remote_id}: local copy unreadable, "
@@ -131,6 +142,73 @@ class DeletionSteps:
                 path,
             )
             return None
+        return sha256
+
+    def _same_remote_version(self, source: Source, row: SessionRow) -> bool:
+        """Whether the platform still holds the bytes that were archived: the same size,
+        and the same ETag and Last-Modified where they were recorded at download. A
+        platform that does not say the size cannot prove it, so nothing is deleted; a
+        different version is downloaded again (the archived one is kept aside)."""
+        try:
+            now = source.remote_version(row.remote_id)
+        except SessionNotFound:
+            return False  # gone already: the listing will say so
+        except (AuthError, TransientError):
+            raise
+        except E4SyncError as exc:
+            self.report.errors.append(
+                f"session {row.remote_id}: could not ask the platform for its copy's size "
+                f"({exc}); remote copy kept"
+            )
+            return False
+        if now.size is None:
+            message = (
+                "the platform does not say the size of its copy, so e4sync cannot prove it is "
+                "the archived one; remote copy kept"
+            )
+            self.report.errors.append(f"session {row.remote_id}: {message}")
+            log.error("session %s: %s", row.remote_id, message)
+            return False
+        differences = []
+        if now.size != row.size:
+            differences.append(f"size {row.size} -> {now.size}")
+        for name, recorded, current in (
+            ("ETag", row.remote_etag, now.etag),
+            ("Last-Modified", row.remote_last_modified, now.last_modified),
+        ):
+            if recorded and current != recorded:
+                differences.append(f"{name} {recorded} -> {current}")
+        if differences:
+            self._requeue_changed(row, ", ".join(differences))
+            return False
+        return True
+
+    def _requeue_changed(self, row: SessionRow, what: str) -> None:
+        """The platform holds other bytes than the archived ones under the same metadata:
+        never delete them; download them again (the archive keeps the old copy aside)."""
+        message = f"the platform's copy changed since it was archived ({what})"
+        log.warning(
+            "session %s: %s; remote copy kept, downloading the new version (the archived "
+            "one is kept beside it)",
+            row.remote_id,
+            message,
+        )
+        self.report.content_changed += 1
+        if self.dry_run:
+            self.report.would_download.append(row.remote_id)
+            return
+        with self.sessions() as db, db.begin():
+            db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == row.id)
+                .values(state=NEW, attempts=0, next_attempt_at=time.time(), last_error=message)
+            )
+        self.requeued.add(row.remote_id)
+
+    def _delete_one(self, source: Source, row: SessionRow) -> int | None:
+        sha256 = self._rehash(row)
+        if sha256 is None or not self._same_remote_version(source, row):
+            return None
         with self.sessions() as db, db.begin():
             entry = Deletion(
                 account_id=self.account_id,
@@ -146,10 +224,15 @@ class DeletionSteps:
             ledger_id = entry.id
         crashpoint("after-ledger")
         try:
-            source.delete(row.remote_id)
+            source.delete(row.remote_id, if_match=row.remote_etag)
             crashpoint("after-delete")
         except SessionNotFound:
             pass  # gone already (a retried DELETE whose first answer was lost)
+        except VersionChanged as exc:
+            # Changed between the probe and the DELETE, and the server honours If-Match.
+            self._set_ledger(ledger_id, "refused: version changed", confirmed=False)
+            self._requeue_changed(row, str(exc))
+            return None
         except E4SyncError as exc:
             self._set_ledger(ledger_id, f"error: {describe(exc)}"[:40], confirmed=False)
             self.report.errors.append(f"session {row.remote_id}: delete failed: {exc}")

@@ -15,6 +15,7 @@ Must not import cli or ``e4sync.sync.run``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import random
@@ -65,12 +66,17 @@ class _Fetched:
     # The remote metadata the file was downloaded under, when not the current listing's
     # (an adopted file: its sidecar says), so a change since still blocks remote deletion.
     metadata_hash: str | None = None
+    etag: str | None = None  # the validators the platform sent with the bytes
+    last_modified: str | None = None
 
 
 class DownloadSteps:
     """The download half of ``AccountPass``."""
 
-    def _download_due(self, source: Source, listed: dict[str, RemoteItem]) -> None:
+    def _download_due(
+        self, source: Source, listed: dict[str, RemoteItem], only: set[str] | None = None
+    ) -> None:
+        """Download what is due and listed (of ``only``, when given)."""
         now = time.time()
         with self.sessions() as db:
             due = db.execute(
@@ -82,7 +88,7 @@ class DownloadSteps:
                 )
                 .order_by(SessionRow.start_time, SessionRow.id)
             ).all()
-        due = [(pk, rid) for pk, rid in due if rid in listed]
+        due = [(pk, rid) for pk, rid in due if rid in listed and (only is None or rid in only)]
         if self.dry_run:
             self.report.would_download = [rid for _, rid in due] + self.dry_new
             for rid in self.report.would_download:
@@ -112,8 +118,10 @@ class DownloadSteps:
             # A bounded window of submissions, not one future per due session: a first pass
             # over 100,000 sessions would otherwise hold them all in memory at once.
             while True:
-                for pk, item, relpath in itertools.islice(pending, 2 * workers - len(in_flight)):
-                    in_flight.add(pool.submit(self._download_one, source, pk, item, relpath))
+                for pk, item, relpath, known in itertools.islice(
+                    pending, 2 * workers - len(in_flight)
+                ):
+                    in_flight.add(pool.submit(self._download_one, source, pk, item, relpath, known))
                 if not in_flight:
                     break
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -131,16 +139,21 @@ class DownloadSteps:
         self.lease_lost.set()
 
     def _download_one(
-        self, source: Source, pk: int, item: RemoteItem, relpath: PurePosixPath
+        self,
+        source: Source,
+        pk: int,
+        item: RemoteItem,
+        relpath: PurePosixPath,
+        known_sha256: str | None,
     ) -> None:
         """Fetch on a download thread, then hand the file to a finisher thread to verify,
         commit and record, so the download slot is free again as soon as the body is on
         disk (the fsyncs and the database write overlap the next downloads)."""
-        if self.stop.is_set() or self.lease_lost.is_set():
+        if self._paused():
             return
         fetched = None
         try:
-            fetched = self._fetch(pk, item, source, relpath)
+            fetched = self._fetch(pk, item, source, relpath, known_sha256)
         finally:
             if fetched is None:
                 self.on_progress(item.id)
@@ -158,23 +171,37 @@ class DownloadSteps:
             log.error("archiving failed and could not be recorded: %s", exc, exc_info=exc)
 
     def _fetch(
-        self, pk: int, item: RemoteItem, source: Source, relpath: PurePosixPath
+        self,
+        pk: int,
+        item: RemoteItem,
+        source: Source,
+        relpath: PurePosixPath,
+        known_sha256: str | None,
     ) -> _Fetched | None:
         """The body on disk as ``X.zip.part`` (or a whole file a killed pass left), or None
-        when the attempt failed (recorded) or was stopped (not an attempt: not counted)."""
+        when the attempt failed (recorded) or was stopped (not an attempt: not counted).
+        ``known_sha256`` is the copy the database already has, if any: a file on disk with
+        those bytes is the one being replaced, never adopted as the new download."""
         part = part_of(self.archive.resolve(relpath))
         started = time.time()
         try:
             # Inside the try: a folder that cannot be made is this session's failure (counted,
             # backed off), never the account's whole pass.
             self.archive.part_path(relpath)
-            adopted = self._adopt_existing(relpath, item)
+            adopted = self._adopt_existing(relpath, item, known_sha256)
             if adopted is not None:
-                size, sha256, then = adopted
-                return _Fetched(relpath, part, size, sha256, started, True, then)
+                return adopted
             fetched = source.fetch(item, part, cancel=self.stop, progress=self.on_bytes)
             crashpoint("after-fetch")
-            return _Fetched(relpath, part, fetched.size, fetched.sha256, started)
+            return _Fetched(
+                relpath,
+                part,
+                fetched.size,
+                fetched.sha256,
+                started,
+                etag=fetched.etag,
+                last_modified=fetched.last_modified,
+            )
         except Interrupted:
             log.info("session %s: stopped before the download finished", item.id)
         except AuthError:
@@ -191,15 +218,17 @@ class DownloadSteps:
                     with contextlib.suppress(OSError):
                         got.part.unlink()
                     raise NotAZipError("; ".join(problems))
-                sidecar = self._sidecar(
-                    item, got.relpath, got.size, got.sha256, got.started, time.time()
-                )
+                sidecar = self._sidecar(item, got, time.time())
                 self.archive.commit(got.part, got.relpath, sidecar)
                 crashpoint("after-commit")
             self._record_verified(pk, item, got)
         except (E4SyncError, OSError) as exc:
             self._failed(pk, item, got.part, exc)
-        except Exception:  # a bug must not vanish inside a pool thread
+        except Exception as exc:
+            if disk_full(exc):  # the state database could not commit for lack of space
+                self._failed(pk, item, got.part, exc)
+                return
+            # A bug must not vanish inside a pool thread.
             log.exception("session %s: unexpected error while archiving", item.id)
             self._failed(pk, item, got.part, RuntimeError("unexpected error; see the log"))
         finally:
@@ -210,7 +239,32 @@ class DownloadSteps:
             # A local write failed (disk full, read-only): free the space, start over later.
             with contextlib.suppress(OSError):
                 part.unlink()
+        full = disk_full(exc)
+        if full:
+            # Not the session's fault: no attempt is counted (a weekend of ENOSPC must not
+            # spend every session's attempts), and the rest of the account's downloads
+            # wait for the next pass. The row stays due; nothing is written to a database
+            # that may itself be out of space.
+            self._pause(f"{full}: {describe(exc)}")
+            return
         self._record_failure(pk, item, exc)
+
+    def _paused(self) -> bool:
+        return self.stop.is_set() or self.lease_lost.is_set() or self.disk_full.is_set()
+
+    def _pause(self, reason: str) -> None:
+        with self.report_lock:
+            if self.disk_full.is_set():
+                return
+            self.disk_full.set()
+            self.report.paused = reason
+            self.report.errors.append(f"downloads paused for this pass: {reason}")
+        log.error(
+            "account %s: downloads paused for this pass (%s); no attempt is counted against "
+            "the sessions, and the next pass tries again",
+            self.account.name,
+            reason,
+        )
 
     def _record_verified(self, pk: int, item: RemoteItem, got: _Fetched) -> None:
         with self.sessions() as db, db.begin():
@@ -222,6 +276,8 @@ class DownloadSteps:
             row.downloaded_metadata_hash = got.metadata_hash or item.metadata_hash
             row.downloaded_at = got.started
             row.verified_at = time.time()
+            row.remote_etag = (got.etag or "")[:200] or None
+            row.remote_last_modified = (got.last_modified or "")[:100] or None
             row.last_error = None
             row.next_attempt_at = None
             local_problems.clear(row)  # a whole copy is in place again
@@ -239,13 +295,13 @@ class DownloadSteps:
 
     def _with_paths(
         self, due: list[tuple[int, str]], listed: dict[str, RemoteItem], batch: int
-    ) -> Iterator[tuple[int, RemoteItem, PurePosixPath]]:
+    ) -> Iterator[tuple[int, RemoteItem, PurePosixPath, str | None]]:
         """The due sessions with their archive paths, recorded (state ``downloading``) one
         transaction per batch before their downloads start: a crash then still knows which
         ``.part`` belongs to whom, and the download threads make no database write of their
         own before their request."""
         for chunk in chunks(due, batch):
-            if self.stop.is_set() or self.lease_lost.is_set():
+            if self._paused():
                 return
             chosen = []
             unplaced: list[tuple[int, RemoteItem, BaseException]] = []
@@ -264,7 +320,7 @@ class DownloadSteps:
                         continue
                     row.state = DOWNLOADING
                     row.local_path = str(relpath)
-                    chosen.append((pk, listed[rid], relpath))
+                    chosen.append((pk, listed[rid], relpath, row.sha256))
             # Recorded after the batch's transaction: one session without a path is its own
             # failure, not the batch's (and a nested write would wait for itself on SQLite).
             for pk, item, exc in unplaced:
@@ -273,9 +329,11 @@ class DownloadSteps:
             yield from chosen
 
     def _choose_path(self, row: SessionRow, item: RemoteItem) -> PurePosixPath:
-        if row.local_path and row.state == DOWNLOADING:
+        if row.local_path and (row.state == DOWNLOADING or row.sha256):
             # A download taken up again keeps the path it was given (a whole file a killed
-            # pass committed there is adopted, not downloaded twice).
+            # pass committed there is adopted, not downloaded twice), and so does a copy
+            # downloaded again (lost, damaged, or replaced on the platform): the new file
+            # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
         layout = self.account.layout or self.cfg.archive.layout
         fields = LayoutFields(
@@ -299,19 +357,23 @@ class DownloadSteps:
         return f"{self.account.name}/{item.id}"
 
     def _adopt_existing(
-        self, relpath: PurePosixPath, item: RemoteItem
-    ) -> tuple[int, str, str | None] | None:
+        self, relpath: PurePosixPath, item: RemoteItem, known_sha256: str | None
+    ) -> _Fetched | None:
         """A crash after the rename but before the database commit leaves a whole file and
-        its sidecar: take it if it still hashes to what the sidecar says. Returns its size,
-        sha256 and the metadata hash of the listing it was downloaded under."""
+        its sidecar: take it if it still hashes to what the sidecar says, and is not the
+        copy the database already knows (that one is being downloaded again). It keeps
+        the metadata and validators of the listing it was downloaded under."""
         final = self.archive.resolve(relpath)
         sidecar = self.archive.read_sidecar(relpath)
         if not final.exists() or not sidecar:
             return None
         if sidecar.get("session_key") != self._session_key(item):
             return None
+        if known_sha256 is not None and sidecar.get("sha256") == known_sha256:
+            return None
         from e4sync.verify import sha256_file
 
+        started = time.time()
         size, sha256 = sha256_file(final)
         if sha256 != sidecar.get("sha256") or _content_problems(final, item):
             return None
@@ -320,27 +382,33 @@ class DownloadSteps:
         with contextlib.suppress(FileNotFoundError):
             part_of(final).unlink()
         then = parse_item(sidecar.get("remote"))
-        return size, sha256, then.metadata_hash if then is not None else None
+        validators = sidecar.get("validators")
+        validators = validators if isinstance(validators, dict) else {}
+        return _Fetched(
+            relpath,
+            part_of(final),
+            size,
+            sha256,
+            started,
+            adopted=True,
+            metadata_hash=then.metadata_hash if then is not None else None,
+            etag=validators.get("etag"),
+            last_modified=validators.get("last_modified"),
+        )
 
-    def _sidecar(
-        self,
-        item: RemoteItem,
-        relpath: PurePosixPath,
-        size: int,
-        sha256: str,
-        downloaded_at: float,
-        verified_at: float,
-    ) -> dict:
+    def _sidecar(self, item: RemoteItem, got: _Fetched, verified_at: float) -> dict:
         return sidecar.build(
             account=self.account.name,
             user_id=self.user_id,
             session_id=item.id,
             remote=item.raw,
-            file=relpath.name,
-            size=size,
-            sha256=sha256,
-            downloaded_at=downloaded_at,
+            file=got.relpath.name,
+            size=got.size,
+            sha256=got.sha256,
+            downloaded_at=got.started,
             verified_at=verified_at,
+            etag=got.etag,
+            last_modified=got.last_modified,
         )
 
     def _record_failure(self, pk: int, item: RemoteItem, exc: BaseException) -> None:
@@ -373,6 +441,23 @@ class DownloadSteps:
         with self.report_lock:
             self.report.failed += 1
             self.report.errors.append(f"session {item.id}: {message}")
+
+
+def disk_full(exc: BaseException) -> str:
+    """ "no space left on device" or "disk quota exceeded" when ``exc`` means the archive's
+    or the state database's disk is full; "" otherwise."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC:
+        return "no space left on device"
+    if code == getattr(errno, "EDQUOT", -1):
+        return "disk quota exceeded"
+    orig = getattr(exc, "orig", None)  # a SQLAlchemy error wraps the driver's
+    if orig is not None:
+        if getattr(orig, "sqlite_errorcode", None) == 13 or "disk is full" in str(orig):
+            return "no space left on device (the state database)"  # SQLITE_FULL
+        if getattr(orig, "sqlstate", None) == "53100":  # PostgreSQL disk_full
+            return "no space left on device (the state database)"
+    return ""
 
 
 def _content_problems(path: Path, item: RemoteItem) -> list[str]:

@@ -52,6 +52,7 @@ from e4sync.state.models import (
 )
 from e4sync.state.models import Session as SessionRow
 from e4sync.sync.common import chunks
+from e4sync.sync.copies import check_archived_copies
 from e4sync.sync.deletions import DeletionSteps, confirm_deleted
 from e4sync.sync.downloads import DownloadSteps
 
@@ -76,6 +77,9 @@ class AccountReport:
     failed: int = 0
     deleted: int = 0
     gone: int = 0
+    content_changed: int = 0  # archived, but the platform now serves other bytes
+    lost: int = 0  # archived copies found missing or changed on disk by this pass
+    paused: str = ""  # why downloads paused for the rest of the pass (a full disk)
     errors: list[str] = field(default_factory=list)
     would_download: list[str] = field(default_factory=list)
     would_delete: list[str] = field(default_factory=list)
@@ -292,6 +296,9 @@ class AccountPass(DownloadSteps, DeletionSteps):
         self.report_lock = threading.Lock()
         self.claimed_paths: set[str] = set()
         self.dry_new: list[str] = []  # sessions a dry run saw for the first time
+        # Archived sessions whose platform copy changed: downloaded again this pass.
+        self.requeued: set[str] = set()
+        self.disk_full = threading.Event()  # set once: downloads pause for the pass
 
     # -- the steps ---------------------------------------------------------------------
 
@@ -356,10 +363,19 @@ class AccountPass(DownloadSteps, DeletionSteps):
         self.user_id = source.user_id()
         items = source.list_items()
         listing_ok = self._record_listing(items)
-        self._download_due(source, {i.id: i for i in items})
+        copies = check_archived_copies(
+            self.sessions, self.archive, self.account_id, self.account.name, dry_run=self.dry_run
+        )
+        self.report.lost = len(copies.requeued) + len(copies.lost)
+        listed = {i.id: i for i in items}
+        self._download_due(source, listed)
         if self.stop.is_set():
             return
-        self._delete_qualifying(source, {i.id: i for i in items}, listing_ok)
+        self._delete_qualifying(source, listed, listing_ok)
+        if self.requeued and not self.stop.is_set():
+            # A version the platform replaced: fetch it now rather than a pass later. It
+            # qualifies for deletion on its own terms (its grace counts from now).
+            self._download_due(source, listed, only=self.requeued)
 
     # -- listing -----------------------------------------------------------------------
 
@@ -489,7 +505,7 @@ class AccountPass(DownloadSteps, DeletionSteps):
                         worker=self.worker_id,
                         started_at=started,
                         finished_at=time.time(),
-                        ok=r.ok and not r.failed,
+                        ok=r.ok and not r.failed and not r.paused,
                         dry_run=self.dry_run,
                         listed=r.listed,
                         new=r.new,
@@ -500,6 +516,7 @@ class AccountPass(DownloadSteps, DeletionSteps):
                         deleted=r.deleted,
                         gone=r.gone,
                         errors="\n".join(r.errors)[:20000],
+                        paused=r.paused or None,
                     )
                 )
                 account = db.get(Account, self.account_id)

@@ -160,7 +160,7 @@ def test_the_ledger_entry_is_committed_before_each_delete_is_sent(sim, setup, ru
     real_remove = E4Connect.remove_session
     seen: dict[str, list[list]] = {}
 
-    def remove_after_checking_the_ledger(self, session_id):
+    def remove_after_checking_the_ledger(self, session_id, **kwargs):
         db = sqlite3.connect(setup.state / "state.db")
         try:
             # Every request is checked, not only the last one for a session.

@@ -118,15 +118,17 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real, small filesystem at tmp_path/archive (needs root: mount -t tmpfs)."""
     mountpoint = tmp_path / "archive"
     mountpoint.mkdir()
+    # CI runs as root and sets E4SYNC_REQUIRE_ROOT=1: there these tests must run, never skip.
+    give_up = pytest.fail if os.environ.get("E4SYNC_REQUIRE_ROOT") == "1" else pytest.skip
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        give_up("mounting a tmpfs needs root")
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0750", "tmpfs", str(mountpoint)],
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        give_up(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield mountpoint
     finally:
@@ -217,6 +219,40 @@ def test_a_full_filesystem_fails_what_does_not_fit_and_the_next_pass_recovers(
         run_cli("run-once", "--config", str(config))
         assert set(check_consistent(tmp_path, sim).values()) == {"verified"}
         assert snapshot(tmpfs).items() >= before.items()
+
+
+def test_a_weekend_of_a_full_disk_spends_no_attempts_and_says_so_once_per_pass(
+    tmp_path, tmpfs, run_cli
+):
+    """Issue 11 item 8: without the pause, every pass of a full disk counts an attempt
+    against each due session, and after max_attempts they are all 'failed' until someone
+    runs `retry --all`."""
+    with Simulator(port=0, seed=34, sessions=0) as sim:
+        config = write_config(tmp_path, sim.base_url, concurrency=1)
+        config.write_text(
+            config.read_text().replace("[download]\n", "[download]\nmax_attempts = 2\n")
+        )
+        due = {sim.add_session(size_bytes=600_000)["id"] for _ in range(4)}
+        for _ in range(4):  # more passes than max_attempts
+            full = run_cli("run-once", "--config", str(config), exit_code=1)
+            said = (full.out + full.err).lower()
+            assert said.count("no attempt is counted against the sessions") == 1, said
+            assert "no space left on device" in said
+        by_id = {r[0]: r for r in db_rows(tmp_path / "state")}
+        assert {by_id[i][1] for i in due} <= {"new", "downloading", "verified"}, by_id
+        assert all(by_id[i][2] == 0 for i in due), "no attempt was counted"
+        db = sqlite3.connect(tmp_path / "state" / "state.db")
+        try:
+            paused = db.execute("select paused from passes order by id desc").fetchone()[0]
+        finally:
+            db.close()
+        assert "no space left on device" in paused
+        status = run_cli("status", "--config", str(config), exit_code=None)
+        assert "paused" in status.out.lower(), status.out
+
+        remount(tmpfs, "size=20m")
+        run_cli("run-once", "--config", str(config))
+        assert set(check_consistent(tmp_path, sim).values()) == {"verified"}
 
 
 def test_a_read_only_archive_is_reported_and_changes_nothing(tmp_path, tmpfs, run_cli):

@@ -108,6 +108,11 @@ def test_commit_fsyncs_before_each_name_is_given_and_the_folder_after(
     # Both names are made durable by fsyncing their folder after they were given.
     assert last(("fsync", folder)) > first(("link", str(final)))
     assert last(("fsync", folder)) > first(("replace", str(side)))
+    # The file has its name, durably, before its sidecar gets one: a sidecar never names
+    # a file that is not there (issue 16: an orphan sidecar after a kill).
+    link_at, side_at = first(("link", str(final))), first(("replace", str(side)))
+    assert link_at < side_at
+    assert any(events[i] == ("fsync", folder) for i in range(link_at, side_at))
 
 
 def test_commit_places_file_and_sidecar_and_leaves_no_part(tmp_path: Path) -> None:
@@ -250,7 +255,11 @@ def test_same_session_identical_recommit_is_a_noop(tmp_path: Path) -> None:
     assert archive.resolve(REL).stat().st_ino == ino
 
 
-def test_own_damaged_copy_is_replaced_by_the_verified_download(
+def aside_files(root: Path, reason: str) -> list[Path]:
+    return sorted(root.rglob(f"*.{reason}-*.zip"))
+
+
+def test_own_damaged_copy_is_kept_aside_when_the_verified_download_takes_its_name(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     archive = Archive(tmp_path)
@@ -260,17 +269,44 @@ def test_own_damaged_copy_is_replaced_by_the_verified_download(
     caplog.set_level(logging.WARNING, logger="e4sync.archive")
     archive.commit(download(archive, REL, data), REL, sidecar_for(data))
     assert archive.resolve(REL).read_bytes() == data
-    assert "no longer matches" in caplog.text
+    assert archive.read_sidecar(REL) == sidecar_for(data)
+    (aside,) = aside_files(tmp_path, "damaged")
+    assert aside.read_bytes() == b"bit rot!!!", "the damaged file is kept as found"
+    assert not aside.with_suffix(".json").exists(), "its sidecar never described those bytes"
+    assert "damaged" in caplog.text and str(aside) in caplog.text
 
 
-def test_own_whole_copy_with_other_bytes_is_kept(tmp_path: Path) -> None:
+def test_own_whole_older_version_is_kept_aside_with_its_sidecar(tmp_path: Path) -> None:
+    """The platform replaced a session's bytes: the archived version stays, under a dated
+    name with its own sidecar, and reindex does not take it for the current copy."""
     archive = Archive(tmp_path)
     archive.commit(download(archive, REL, b"v1"), REL, sidecar_for(b"v1"))
     part = download(archive, REL, b"v2, changed remotely")
+    archive.commit(part, REL, sidecar_for(b"v2, changed remotely"))
+    assert archive.resolve(REL).read_bytes() == b"v2, changed remotely"
+    assert archive.read_sidecar(REL) == sidecar_for(b"v2, changed remotely")
+    (aside,) = aside_files(tmp_path, "replaced")
+    assert aside.read_bytes() == b"v1"
+    kept = json.loads(aside.with_suffix(".json").read_text())
+    assert kept["sha256"] == sidecar_for(b"v1")["sha256"]
+    assert kept["kept_aside"]["reason"] == "replaced" and kept["file"] == aside.name
+    assert [str(rel) for rel, _ in archive.iter_sidecars()] == [str(REL)]
+    # A third version keeps both earlier ones.
+    archive.commit(download(archive, REL, b"v3"), REL, sidecar_for(b"v3"))
+    assert sorted(p.read_bytes() for p in aside_files(tmp_path, "replaced")) == [
+        b"v1",
+        b"v2, changed remotely",
+    ]
+
+
+def test_a_file_of_another_session_is_never_kept_aside_or_replaced(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    archive.commit(download(archive, REL, b"v1"), REL, sidecar_for(b"v1", session_id="1"))
+    part = download(archive, REL, b"mine")
     with pytest.raises(StorageError, match="not overwritten"):
-        archive.commit(part, REL, sidecar_for(b"v2, changed remotely"))
+        archive.commit(part, REL, sidecar_for(b"mine", session_id="2"))
     assert archive.resolve(REL).read_bytes() == b"v1"
-    assert archive.read_sidecar(REL) == sidecar_for(b"v1")
+    assert not aside_files(tmp_path, "replaced") and not aside_files(tmp_path, "damaged")
 
 
 def test_commit_without_hard_links_renames_after_a_check(
@@ -350,6 +386,96 @@ def test_remove_stale_parts(tmp_path: Path) -> None:
     assert Archive(tmp_path / "missing").remove_stale_parts() == []
 
 
+def run_commit_killed(tmp_path: Path, point: str) -> Archive:
+    """A child process commits a download and is killed with SIGKILL at ``point``."""
+    child = (
+        "import sys, json; from pathlib import Path; from e4sync.archive import Archive\n"
+        "a = Archive(sys.argv[1]); rel = sys.argv[2]; side = json.loads(sys.argv[3])\n"
+        "part = a.part_path(rel); part.write_bytes(b'PK\\x03\\x04 data')\n"
+        "a.commit(part, rel, side)\n"
+    )
+    side = sidecar_for(b"PK\x03\x04 data")
+    env = {**os.environ, "E4SYNC_CRASHPOINT": point}
+    proc = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path), str(REL), json.dumps(side)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+    )
+    assert proc.returncode == -9, proc.stderr
+    return Archive(tmp_path)
+
+
+def test_a_kill_between_the_file_and_its_sidecar_is_finished_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    archive = run_commit_killed(tmp_path, "before-sidecar")
+    final, side = archive.resolve(REL), archive.sidecar_path(REL)
+    assert final.read_bytes() == b"PK\x03\x04 data"
+    assert not side.exists(), "the sidecar is named only after the file"
+    staged = side.with_name(side.name + ".tmp")
+    assert json.loads(staged.read_text()) == sidecar_for(b"PK\x03\x04 data")
+    removed = archive.remove_stale_parts()
+    assert archive.read_sidecar(REL) == sidecar_for(b"PK\x03\x04 data")
+    assert not staged.exists()
+    assert removed == [Path(str(final) + ".part")], "only the part's second name goes"
+    assert final.read_bytes() == b"PK\x03\x04 data"
+
+
+def test_a_staged_sidecar_that_does_not_describe_the_file_is_removed(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    data = b"PK\x03\x04 data"
+    archive.commit(download(archive, REL, data), REL, sidecar_for(data))
+    side = archive.sidecar_path(REL)
+    staged = side.with_name(side.name + ".tmp")
+    staged.write_text(json.dumps(sidecar_for(b"other bytes")))  # a killed write_sidecar
+    lonely = archive.sidecar_path("lab/2019/x.zip").with_suffix(".json.tmp")
+    lonely.parent.mkdir(parents=True)
+    lonely.write_text(json.dumps(sidecar_for(b"never placed")))
+    assert sorted(archive.remove_stale_parts()) == sorted([staged, lonely])
+    assert archive.read_sidecar(REL) == sidecar_for(data)
+
+
+def test_an_orphan_sidecar_is_reported_at_the_clean_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = Archive(tmp_path)
+    data = b"PK\x03\x04 data"
+    archive.commit(download(archive, REL, data), REL, sidecar_for(data))
+    archive.resolve(REL).unlink()
+    caplog.set_level(logging.WARNING, logger="e4sync.archive")
+    assert archive.remove_stale_parts() == []
+    assert "a sidecar without its ZIP" in caplog.text
+    assert str(archive.sidecar_path(REL)) in caplog.text
+    assert archive.sidecar_path(REL).exists(), "reported, not removed: it is evidence"
+
+
+def test_a_symlinked_folder_inside_the_archive_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "archive", tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "lab" / "2018").mkdir(parents=True)
+    (root / "lab" / "2018" / "11").symlink_to(outside)
+    archive = Archive(root)
+    with pytest.raises(UnsafePathError, match="outside the archive root"):
+        archive.part_path(REL)
+    with pytest.raises(StorageError, match="symbolic link"):
+        archive.commit(tmp_path / "p", REL, sidecar_for(b"x"))
+    assert list(outside.iterdir()) == [], "nothing was written outside the archive"
+
+
+def test_the_archive_root_itself_may_be_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    archive = Archive(tmp_path / "link")
+    data = b"PK\x03\x04 data"
+    archive.commit(download(archive, REL, data), REL, sidecar_for(data))
+    assert (real / REL).read_bytes() == data
+    # A link inside the archive to another place inside it stays inside: allowed.
+    (real / "lab" / "alias").symlink_to(real / "lab" / "2018")
+    assert archive.resolve("lab/alias/11/11/x.zip") == tmp_path / "link/lab/alias/11/11/x.zip"
+
+
 def test_iter_sidecars_skips_bad_ones(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive = Archive(tmp_path)
     for n, rel in enumerate(["b/2.zip", "a/1.zip", "a/z/3.zip"]):
@@ -401,15 +527,17 @@ def test_check_writable_on_a_file_is_a_storage_error(tmp_path: Path) -> None:
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     """A real small filesystem, for disk-full and read-only faults (root only)."""
     path.mkdir(parents=True, exist_ok=True)
+    # CI runs as root and sets E4SYNC_REQUIRE_ROOT=1: there these tests must run, never skip.
+    give_up = pytest.fail if os.environ.get("E4SYNC_REQUIRE_ROOT") == "1" else pytest.skip
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
+        give_up("mounting a tmpfs needs root")
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        give_up(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield path
     finally:
