@@ -370,7 +370,7 @@ class E4Connect:
         gave, so its scripts find it; with ``platform_name`` it is the name of the platform's
         Content-Disposition (``<start_time>_<SERIAL>.zip``, ``<id>.zip`` without one). The body
         goes to ``<target>.part``, must open as a ZIP whose CRCs all pass, and only then is
-        renamed into place.
+        renamed into place. A member that is not an E4 file is kept, with a logged warning.
         """
         sid = check_session_id(session_id)
         target = Path(file_path)
@@ -392,6 +392,9 @@ class E4Connect:
             raise NotAZipError(
                 f"session {sid}: the download is not a valid ZIP: " + "; ".join(check.problems)
             )
+        for warning in check.warnings:
+            # Saved as sent (it is the platform's file), but the odd member is said.
+            log.warning("session %s: %s", sid, warning)
         os.replace(part, final)
         _fsync_dir(final.parent)
         return str(final)

@@ -186,15 +186,24 @@ class DownloadSteps:
     def _finish(self, pk: int, item: RemoteItem, source: Source, got: _Fetched) -> None:
         try:
             if not got.adopted:
-                problems = source.verify(got.part, item)
-                if problems:
+                verdict = source.verify(got.part, item)
+                if verdict.problems:
                     with contextlib.suppress(OSError):
                         got.part.unlink()
-                    raise NotAZipError("; ".join(problems))
+                    raise NotAZipError("; ".join(verdict.problems))
                 sidecar = self._sidecar(
-                    item, got.relpath, got.size, got.sha256, got.started, time.time()
+                    item,
+                    got.relpath,
+                    got.size,
+                    got.sha256,
+                    got.started,
+                    time.time(),
+                    warnings=verdict.warnings,
                 )
                 self.archive.commit(got.part, got.relpath, sidecar)
+                if verdict.warnings:
+                    # Archived all the same (the platform's data); said once, and in the sidecar.
+                    log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
                 crashpoint("after-commit")
             self._record_verified(pk, item, got)
         except (E4SyncError, OSError) as exc:
@@ -330,6 +339,7 @@ class DownloadSteps:
         sha256: str,
         downloaded_at: float,
         verified_at: float,
+        warnings: tuple[str, ...] = (),
     ) -> dict:
         return sidecar.build(
             account=self.account.name,
@@ -341,6 +351,7 @@ class DownloadSteps:
             sha256=sha256,
             downloaded_at=downloaded_at,
             verified_at=verified_at,
+            warnings=list(warnings),
         )
 
     def _record_failure(self, pk: int, item: RemoteItem, exc: BaseException) -> None:
