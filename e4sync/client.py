@@ -939,9 +939,40 @@ def _as_int(value: Any, name: str) -> int:
 
 
 def _list_of_dicts(rows: Any, what: str) -> list[dict]:
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+    if not isinstance(rows, list):
+        # An answer that is no list at all (an {"error": ...} object from a platform in
+        # trouble) is the platform's problem and likely to pass: 75, not a failed pass (1).
+        # Never read as an empty list, which would make every session look vanished.
+        raise TransientError(
+            f"E4 Connect sent {what} as {_json_kind(rows)}, not a list{_said(rows)}"
+        )
+    if not all(isinstance(row, dict) for row in rows):
         raise RemoteError(f"E4 Connect sent {what} in an unexpected shape (not a list of objects)")
     return rows
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, str):
+        return "a JSON string"
+    if isinstance(value, bool):
+        return "a JSON boolean"
+    if isinstance(value, int | float):
+        return "a JSON number"
+    return "JSON null" if value is None else "something else"
+
+
+def _said(value: Any) -> str:
+    """What an error object says, if it says something: repr'd and cut short, so the
+    platform's text can neither forge a log line nor flood one."""
+    if not isinstance(value, dict):
+        return ""
+    for key in ("error", "message", "msg"):
+        text = value.get(key)
+        if isinstance(text, str) and text.strip():
+            return f", with {key} {text.strip()[:200]!r}"
+    return ""
 
 
 def _fsync_dir(directory: Path) -> None:

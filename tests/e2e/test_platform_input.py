@@ -406,3 +406,33 @@ def test_a_zip_with_no_e4_file_at_all_is_still_refused(tmp_path, run_cli, watche
         assert "no E4 data CSV" in result.out, result.out
         assert set(archived(tmp_path / "deep" / "archive")) == {other}
         assert db_states(tmp_path)[victim][0] != "verified"
+
+
+@pytest.mark.parametrize(
+    "listing", [{"error": "Service temporarily unavailable"}, {}, "maintenance", None, 7]
+)
+def test_a_listing_that_is_not_a_list_is_a_platform_problem(tmp_path, run_cli, watched, listing):
+    """A JSON object (or any other shape) where the session list belongs is the platform's
+    fault, not a failed session: 75, said once, and nothing taken for vanished."""
+    with Simulator(port=0, seed=48, sessions=3, session_size=20_000) as sim:
+        config = write_config(tmp_path, sim.base_url)
+        run_cli("run-once", "--config", str(config))
+        before = db_states(tmp_path)
+        assert {st for st, _ in before.values()} == {"verified"}
+        sim.set_listing_hook(lambda _user, _rows: listing)
+        result = run_cli("run-once", "--config", str(config), exit_code=75)
+        assert "Traceback" not in result.err
+        said = [line for line in (result.out + result.err).splitlines() if "session list" in line]
+        assert said and all("not a list" in line for line in said), result.out + result.err
+        assert len([line for line in result.err.splitlines() if " ERROR " in line]) == 1
+        if isinstance(listing, dict) and listing.get("error"):
+            assert "Service temporarily unavailable" in said[0]
+        assert db_states(tmp_path) == before, "nothing recorded as vanished or gone"
+        assert "vanished" not in result.err
+        status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+        assert status["accounts"][0]["counts"]["remote_gone"] == 0
+        shown = run_cli("sessions", "--config", str(config), exit_code=75)
+        (line,) = shown.err.strip().splitlines()[-1:]
+        assert line.startswith("e4sync: error: ") and "session list" in line, shown.err
+        sim.set_listing_hook(None)
+        run_cli("run-once", "--config", str(config))
