@@ -528,6 +528,7 @@ class E4Connect:
             if match is None:
                 raise AuthError(
                     f"E4 Connect refused the login for {user}: wrong username or password"
+                    + self._refused_hint(pwd)
                 )
             uid = match.group(1)
             jar = s.cookies.copy()
@@ -544,6 +545,20 @@ class E4Connect:
             uid,
             generation,
         )
+
+    def _refused_hint(self, pwd: str) -> str:
+        """``"; <hint>"`` when the password provider can say why a refused password may be
+        wrong (``credentials.PasswordProvider.whitespace_hint``: stray whitespace, counted,
+        never the password), else ``""``. Duck-typed: this module does not import
+        credentials, and a bare function or a plain ``pwd`` gives no hint."""
+        hint_of = getattr(self._password_provider, "whitespace_hint", None)
+        if not callable(hint_of):
+            return ""
+        try:
+            hint = hint_of(pwd)
+        except Exception:  # a hint must never hide the refusal itself
+            return ""
+        return f"; {hint}" if hint else ""
 
     def _raise_for_login_status(self, r: requests.Response, path: str) -> None:
         if r.status_code in RETRY_STATUSES:
