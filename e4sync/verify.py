@@ -187,12 +187,14 @@ def _foreign_warning(foreign: list[str]) -> list[str]:
     shown = ", ".join(repr(_shorten(n, _NAME_CHARS)) for n in sorted(foreign)[:_NAMED_MEMBERS])
     if len(foreign) > _NAMED_MEMBERS:
         shown += f" and {len(foreign) - _NAMED_MEMBERS} more"
-    what = (
-        "a file that is not an E4 file"
-        if len(foreign) == 1
-        else (f"{len(foreign)} files that are not E4 files")
-    )
-    return [f"the ZIP holds {what}, kept as the platform sent it: {shown}"]
+    if len(foreign) == 1:
+        return [
+            f"the ZIP holds a file that is not an E4 file, kept as the platform sent it: {shown}"
+        ]
+    return [
+        f"the ZIP holds {len(foreign)} files that are not E4 files, kept as the platform sent"
+        f" them: {shown}"
+    ]
 
 
 def _not_a_zip(head: bytes) -> str:
