@@ -421,7 +421,7 @@ class E4Connect:
         gave, so its scripts find it; with ``platform_name`` it is the name of the platform's
         Content-Disposition (``<start_time>_<SERIAL>.zip``, ``<id>.zip`` without one). The body
         goes to ``<target>.part``, must open as a ZIP whose CRCs all pass, and only then is
-        renamed into place.
+        renamed into place. A member that is not an E4 file is kept, with a logged warning.
         """
         sid = check_session_id(session_id)
         target = Path(file_path)
@@ -443,6 +443,9 @@ class E4Connect:
             raise NotAZipError(
                 f"session {sid}: the download is not a valid ZIP: " + "; ".join(check.problems)
             )
+        for warning in check.warnings:
+            # Saved as sent (it is the platform's file), but the odd member is said.
+            log.warning("session %s: %s", sid, warning)
         os.replace(part, final)
         _fsync_dir(final.parent)
         return str(final)
@@ -576,6 +579,7 @@ class E4Connect:
             if match is None:
                 raise AuthError(
                     f"E4 Connect refused the login for {user}: wrong username or password"
+                    + self._refused_hint(pwd)
                 )
             uid = match.group(1)
             jar = s.cookies.copy()
@@ -592,6 +596,20 @@ class E4Connect:
             uid,
             generation,
         )
+
+    def _refused_hint(self, pwd: str) -> str:
+        """``"; <hint>"`` when the password provider can say why a refused password may be
+        wrong (``credentials.PasswordProvider.whitespace_hint``: stray whitespace, counted,
+        never the password), else ``""``. Duck-typed: this module does not import
+        credentials, and a bare function or a plain ``pwd`` gives no hint."""
+        hint_of = getattr(self._password_provider, "whitespace_hint", None)
+        if not callable(hint_of):
+            return ""
+        try:
+            hint = hint_of(pwd)
+        except Exception:  # a hint must never hide the refusal itself
+            return ""
+        return f"; {hint}" if hint else ""
 
     def _raise_for_login_status(self, r: requests.Response, path: str) -> None:
         if r.status_code in RETRY_STATUSES:
@@ -997,9 +1015,40 @@ def _as_int(value: Any, name: str) -> int:
 
 
 def _list_of_dicts(rows: Any, what: str) -> list[dict]:
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+    if not isinstance(rows, list):
+        # An answer that is no list at all (an {"error": ...} object from a platform in
+        # trouble) is the platform's problem and likely to pass: 75, not a failed pass (1).
+        # Never read as an empty list, which would make every session look vanished.
+        raise TransientError(
+            f"E4 Connect sent {what} as {_json_kind(rows)}, not a list{_said(rows)}"
+        )
+    if not all(isinstance(row, dict) for row in rows):
         raise RemoteError(f"E4 Connect sent {what} in an unexpected shape (not a list of objects)")
     return rows
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, str):
+        return "a JSON string"
+    if isinstance(value, bool):
+        return "a JSON boolean"
+    if isinstance(value, int | float):
+        return "a JSON number"
+    return "JSON null" if value is None else "something else"
+
+
+def _said(value: Any) -> str:
+    """What an error object says, if it says something: repr'd and cut short, so the
+    platform's text can neither forge a log line nor flood one."""
+    if not isinstance(value, dict):
+        return ""
+    for key in ("error", "message", "msg"):
+        text = value.get(key)
+        if isinstance(text, str) and text.strip():
+            return f", with {key} {text.strip()[:200]!r}"
+    return ""
 
 
 def _fsync_dir(directory: Path) -> None:

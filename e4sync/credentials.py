@@ -13,6 +13,9 @@ Owns the password sources and their order (first hit wins):
 Nothing found raises AuthError (exit 77) listing the options; a source that is set up
 wrongly (an unsafe or missing password file) raises ConfigError (exit 78). The secret
 itself never appears in any message, repr or log, and never on a child's command line.
+Exactly one final newline is removed; a password refused by the platform that still has
+leading or trailing whitespace gets a hint (``PasswordProvider.whitespace_hint``: counts and
+the source only), which the client adds to its AuthError.
 The password is re-read at every call of ``password_provider()``'s function, so a
 rotated password is picked up at the next login without a restart.
 
@@ -34,7 +37,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,27 +149,89 @@ def resolve_password(
     raise AuthError(_options_text(account))
 
 
-def password_provider(
-    account: AccountConfig, env: Mapping[str, str] = os.environ, interactive: bool | None = None
-) -> Callable[[], str]:
-    """Return a function that resolves the password afresh at each call, so a rotated
-    password file or credential is used at the next login. A password typed at the
-    prompt is kept for the life of the function, so a re-login does not ask again."""
-    typed: list[str] = []
+class PasswordProvider:
+    """The password, resolved afresh at each call (see :func:`password_provider`), plus
+    :meth:`whitespace_hint` for the client to add to a refused login's message."""
 
-    def provide() -> str:
-        if typed:
-            return typed[0]
-        found = _candidates(account, env, interactive)
-        for source in found:
-            secret = _read(source, account, env, None)
+    def __init__(
+        self, account: AccountConfig, env: Mapping[str, str], interactive: bool | None
+    ) -> None:
+        self._account = account
+        self._env = env
+        self._interactive = interactive
+        self._typed: list[str] = []
+        self._source: PasswordSource | None = None  # where the last password came from
+
+    def __call__(self) -> str:
+        if self._typed:
+            return self._typed[0]
+        for source in _candidates(self._account, self._env, self._interactive):
+            secret = _read(source, self._account, self._env, None)
             if secret:
                 if source.kind == KIND_PROMPT:
-                    typed.append(secret)
+                    self._typed.append(secret)
+                self._source = source
                 return secret
-        raise AuthError(_options_text(account))
+        raise AuthError(_options_text(self._account))
 
-    return provide
+    def whitespace_hint(self, secret: str) -> str | None:
+        """Why a refused ``secret`` (the last one this gave) may be wrong: leading or
+        trailing whitespace, counted, with where it came from. None when it has none."""
+        return whitespace_hint(secret, self._source)
+
+    def __repr__(self) -> str:  # never the typed password
+        return f"PasswordProvider(account={self._account.name!r})"
+
+
+def password_provider(
+    account: AccountConfig, env: Mapping[str, str] = os.environ, interactive: bool | None = None
+) -> PasswordProvider:
+    """Return a callable that resolves the password afresh at each call, so a rotated
+    password file or credential is used at the next login. A password typed at the
+    prompt is kept for the life of the callable, so a re-login does not ask again."""
+    return PasswordProvider(account, env, interactive)
+
+
+def whitespace_hint(secret: str, source: PasswordSource | None = None) -> str | None:
+    """A sentence for a refused login whose password starts or ends with whitespace
+    (spaces, tabs, newlines beyond the one final newline that is removed): how many such
+    characters, where the password came from and what to check. It never holds the
+    password or any character of it, only counts. None when there is no such whitespace."""
+    leading = len(secret) - len(secret.lstrip())
+    trailing = len(secret) - len(secret.rstrip())
+    if leading == len(secret):  # all whitespace: count it once, as trailing
+        leading = 0
+    if not leading and not trailing:
+        return None
+    parts = [
+        f"{side} whitespace ({n} character{'s' if n != 1 else ''})"
+        for side, n in (("leading", leading), ("trailing", trailing))
+        if n
+    ]
+    where, check = _where(source)
+    return f"{where} has {' and '.join(parts)}; {check}"
+
+
+def _where(source: PasswordSource | None) -> tuple[str, str]:
+    """How to name a password's source in a hint, and what to check there."""
+    if source is None:
+        return "the password", "check where it comes from"
+    one_newline = "(only one final newline is removed)"
+    named = {
+        KIND_FILE: (f"the password from {source.detail}", f"check the file {one_newline}"),
+        KIND_CREDENTIALS: (
+            f"the password from the systemd credential {source.detail}",
+            f"check the file {one_newline}",
+        ),
+        KIND_COMMAND: (
+            f"the password printed by password_command {source.detail!r}",
+            f"check what it prints {one_newline}",
+        ),
+        KIND_ENV: (f"the password in {source.detail}", "check the variable"),
+        KIND_KEYRING: ("the password from the keyring", "check the keyring entry"),
+        KIND_PROMPT: ("the password typed", "type it again"),
+    }
+    return named.get(source.kind, ("the password", "check where it comes from"))
 
 
 # ---------------------------------------------------------------------------- readers

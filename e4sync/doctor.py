@@ -29,7 +29,7 @@ def _writable(path: Path) -> tuple[bool, str]:
 
 def run_checks(cfg: Config) -> list[dict]:
     from e4sync.client import E4Connect
-    from e4sync.credentials import password_source, resolve_password
+    from e4sync.credentials import password_provider, password_source
 
     checks = []
     for what, path in (("archive root", cfg.archive.root), ("state directory", cfg.state.dir)):
@@ -64,7 +64,8 @@ def run_checks(cfg: Config) -> list[dict]:
         try:
             with E4Connect(
                 account.username,
-                resolve_password(account, interactive=False),
+                # A provider, not the bare password: a refused login then gets its hint.
+                password_provider=password_provider(account, interactive=False),
                 base_url=account.base_url,
                 timeout=cfg.download.timeout,
                 connect_timeout=cfg.download.connect_timeout,

@@ -21,7 +21,10 @@ EXIT_CODES = {
     EXIT_OK: "all went well (including nothing to do)",
     EXIT_SESSIONS_FAILED: "one or more sessions failed this pass and will be retried",
     EXIT_USAGE: "bad usage",
-    EXIT_TEMPFAIL: "temporary: the platform could not be reached, or another e4sync holds the lock",
+    EXIT_TEMPFAIL: (
+        "temporary: the platform could not be reached or sent an error object for a list,"
+        " or another e4sync holds the lock"
+    ),
     EXIT_NOPERM: "the platform refused the credentials",
     EXIT_CONFIG: "the configuration is wrong (the message names the file, the key and why)",
 }
@@ -58,8 +61,8 @@ class AuthError(E4SyncError):
 
 
 class TransientError(E4SyncError):
-    """The platform could not be reached or answered 5xx/429 after every retry.
-    Safe to try again later."""
+    """The platform could not be reached, answered 5xx/429 after every retry, or sent a
+    list in a shape no list has (an ``{"error": ...}`` object). Safe to try again later."""
 
     exit_code = EXIT_TEMPFAIL
 

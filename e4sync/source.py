@@ -1,6 +1,7 @@
 """e4sync.source: the small interface between a platform and the sync engine (SPEC section 7a).
 
-A ``Source`` lists items, fetches one to a path, deletes one and verifies a fetched file.
+A ``Source`` lists items, fetches one to a path, deletes one and verifies a fetched file
+(a ``Verdict``: the problems that refuse it, the warnings that travel with it into the sidecar).
 ``E4Source`` adapts ``client.E4Connect`` to it; ``DryRunSource`` wraps any source so that
 fetch and delete cannot change anything, whatever the caller forgets. The archive, state,
 scheduling and deletion rules see only ``RemoteItem`` and this protocol, so a second source
@@ -141,6 +142,20 @@ class Fetched:
     last_modified: str | None = None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What ``Source.verify`` found in a fetched file. Any ``problems`` refuse it; the
+    ``warnings`` (a harmless member that is not an E4 file) do not, and are kept with the
+    archived copy (its sidecar) and logged."""
+
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 class Source(Protocol):
     """What the sync engine needs from a platform."""
 
@@ -163,7 +178,7 @@ class Source(Protocol):
 
     def delete(self, item_id: str, if_match: str | None = None) -> None: ...
 
-    def verify(self, path: Path, item: RemoteItem) -> list[str]: ...
+    def verify(self, path: Path, item: RemoteItem) -> Verdict: ...
 
     def close(self) -> None: ...
 
@@ -206,11 +221,11 @@ class E4Source:
     def delete(self, item_id: str, if_match: str | None = None) -> None:
         self.client.remove_session(item_id, if_match=if_match)
 
-    def verify(self, path: Path, item: RemoteItem) -> list[str]:
+    def verify(self, path: Path, item: RemoteItem) -> Verdict:
         from e4sync.verify import check_zip
 
         check = check_zip(path, start_time=item.start_time or None, e4_members=True)
-        return [] if check.ok else list(check.problems)
+        return Verdict(problems=check.problems, warnings=check.warnings)
 
     def close(self) -> None:
         self.client.close()
@@ -244,7 +259,7 @@ class DryRunSource:
     def delete(self, item_id: str, if_match: str | None = None) -> None:
         raise UsageError(f"dry run: session {item_id} would be deleted, not removed")
 
-    def verify(self, path: Path, item: RemoteItem) -> list[str]:
+    def verify(self, path: Path, item: RemoteItem) -> Verdict:
         return self.inner.verify(path, item)
 
     def close(self) -> None:

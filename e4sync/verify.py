@@ -1,8 +1,9 @@
 """e4sync.verify: pure checks of a downloaded session ZIP (SPEC section 6).
 
 Owns: the ZIP structure check (magic bytes, member names, zip-bomb limits, every CRC),
-the E4 content check (member names, CSV headers, start times), sha256 of a file, and
-the "is this an HTML page" sniff. It returns results and never raises for a bad file.
+the E4 content check (a data CSV present, CSV headers, start times), the warning for
+members that are not E4 files, sha256 of a file, and the "is this an HTML page" sniff.
+It returns results and never raises for a bad file.
 
 Must not import: any other e4sync module, or anything outside the standard library.
 It never writes to disk: members are streamed through ``zipfile`` in chunks and the
@@ -34,6 +35,10 @@ MAX_MEMBERS = 1000
 # hours. So the ratio limit only applies to members (and totals) larger than this.
 RATIO_FLOOR = 16 << 20
 _HEADER_BYTES = 4096  # enough for the first line of any E4 CSV
+# A warning names this many foreign members, each cut to this many characters, so that a
+# ZIP of 999 long names still makes one readable log line.
+_NAMED_MEMBERS = 10
+_NAME_CHARS = 80
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
@@ -41,12 +46,15 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 @dataclass(frozen=True)
 class ZipCheck:
-    """The verdict on one file: ``ok`` is true only when ``problems`` is empty."""
+    """The verdict on one file: ``ok`` is true only when ``problems`` is empty.
+    ``warnings`` say what is odd but harmless (members that are not E4 files); they
+    never make a file fail."""
 
     ok: bool
     problems: tuple[str, ...]
     members: tuple[str, ...]
     uncompressed_size: int
+    warnings: tuple[str, ...] = ()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
@@ -83,9 +91,12 @@ def check_zip(
     encrypted, the declared sizes stay under ``max_uncompressed`` and ``max_ratio``
     (members above ``RATIO_FLOOR`` only), and every member's CRC-32 is good.
 
-    Content (``e4_members``): every member is one of ``E4_MEMBERS`` (a subset is fine),
-    at least one signal CSV is present, each CSV's first line parses, and with
-    ``start_time`` each header's start time lies within a day of it.
+    Content (``e4_members``): at least one signal CSV is present, each E4 CSV's first
+    line parses, and with ``start_time`` each header's start time lies within a day of it.
+
+    A member that is not one of ``E4_MEMBERS`` (with or without ``e4_members``) is a
+    warning, not a problem: once its name is safe, its sizes sane and its CRC good, it is
+    the platform's data and is kept as sent. One warning names them all.
 
     Each member is read once. Never raises for a bad file: an unreadable one is a problem.
     """
@@ -138,14 +149,9 @@ def _check_open_zip(
         # Never decompress something that claims to expand this far.
         return _verdict(problems, names, total)
 
-    if e4_members:
-        foreign = [n for n in names if n not in E4_MEMBERS]
-        if foreign:
-            problems.append(
-                "not an E4 session file: " + ", ".join(repr(n) for n in sorted(foreign))
-            )
-        if not SIGNAL_CSVS & set(names):
-            problems.append("the archive holds no E4 data CSV (ACC, BVP, EDA, HR, IBI, TEMP)")
+    if e4_members and not SIGNAL_CSVS & set(names):
+        problems.append("the archive holds no E4 data CSV (ACC, BVP, EDA, HR, IBI, TEMP)")
+    warnings = _foreign_warning([n for n in names if n not in E4_MEMBERS])
 
     for info in infos:
         if info.flag_bits & 0x1 or _unsafe_name(info.filename):
@@ -157,13 +163,38 @@ def _check_open_zip(
         if e4_members and info.filename.endswith(".csv") and info.filename in E4_MEMBERS:
             problems.extend(_header_problems(info.filename, first, info.file_size, start_time))
 
-    return _verdict(problems, names, total)
+    return _verdict(problems, names, total, warnings)
 
 
-def _verdict(problems: list[str], names: tuple[str, ...], total: int) -> ZipCheck:
+def _verdict(
+    problems: list[str], names: tuple[str, ...], total: int, warnings: list[str] | None = None
+) -> ZipCheck:
     return ZipCheck(
-        ok=not problems, problems=tuple(problems), members=names, uncompressed_size=total
+        ok=not problems,
+        problems=tuple(problems),
+        members=names,
+        uncompressed_size=total,
+        warnings=tuple(warnings or ()),
     )
+
+
+def _foreign_warning(foreign: list[str]) -> list[str]:
+    """One warning naming the members that are not E4 files (none: no warning). Names are
+    shown with ``repr`` so that a newline or a control character in one cannot forge a
+    log line, and cut short, as is the list."""
+    if not foreign:
+        return []
+    shown = ", ".join(repr(_shorten(n, _NAME_CHARS)) for n in sorted(foreign)[:_NAMED_MEMBERS])
+    if len(foreign) > _NAMED_MEMBERS:
+        shown += f" and {len(foreign) - _NAMED_MEMBERS} more"
+    if len(foreign) == 1:
+        return [
+            f"the ZIP holds a file that is not an E4 file, kept as the platform sent it: {shown}"
+        ]
+    return [
+        f"the ZIP holds {len(foreign)} files that are not E4 files, kept as the platform sent"
+        f" them: {shown}"
+    ]
 
 
 def _not_a_zip(head: bytes) -> str:

@@ -53,6 +53,12 @@ def _rate(text: str) -> float:
     return value
 
 
+def _session_id(text: str) -> str:
+    if not text.strip().isdigit() or not text.strip().isascii():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a session id (a number)")
+    return text.strip()
+
+
 def _non_negative(kind: type) -> Any:
     def parse(text: str) -> Any:
         try:
@@ -98,6 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send some numbers as JSON numbers, not strings")  # fmt: skip
     faults.add_argument("--multi-login", dest="one_login", action="store_false",
                         help="allow several live logins per account (default: one)")  # fmt: skip
+    faults.add_argument("--extra-member", dest="extra_member_sessions", action="append",
+                        metavar="SESSION_ID", type=_session_id, default=[],
+                        help="serve this session's ZIP with one more file that is not an E4 "
+                        "file (notes.txt); repeat for more sessions")  # fmt: skip
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
@@ -109,6 +119,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         string_numbers=args.string_numbers,
         one_login=args.one_login,
         hide_size=args.hide_size,
+        extra_member_sessions=tuple(args.extra_member_sessions),
     )
 
 

@@ -84,9 +84,22 @@ class Faults:
     """Seconds a download waits before sending its first byte (status line included)."""
     slow_first_byte_rate: float = 1.0
     """Share of downloads that wait ``slow_first_byte`` (when that is above 0)."""
+    extra_member_sessions: tuple[str, ...] = ()
+    """Session ids whose ZIP holds one more member that is not an E4 file (``notes.txt``,
+    :data:`~e4sync.simulator.zipgen.EXTRA_MEMBER`) after the eight real ones: every download
+    of such a session serves those same bytes (not a per-request dice roll), so its ETag
+    and resumes hold."""
 
     def __post_init__(self) -> None:
         problems = []
+        ids = self.extra_member_sessions
+        if isinstance(ids, str | bytes) or not isinstance(ids, list | tuple | set | frozenset):
+            problems.append(f"extra_member_sessions must be a list of session ids, not {ids!r}")
+        elif not all(isinstance(i, str | int) and not isinstance(i, bool) for i in ids):
+            problems.append(f"extra_member_sessions must hold session ids, not {sorted(ids)!r}")
+        else:
+            # Ids as the listing spells them; a tuple so the settings stay comparable.
+            self.extra_member_sessions = tuple(sorted({str(i) for i in ids}, key=_by_number))
         for name in RATE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
@@ -151,3 +164,8 @@ class FaultDice:
     def pick(self, fault: str, key: str, options: Sequence[T]) -> T:
         """One of ``options``, chosen by the dice (e.g. which 5xx status)."""
         return options[int(self._uniform(fault + ":pick", key) * len(options))]
+
+
+def _by_number(session_id: str) -> tuple[int, str]:
+    # Numeric ids in numeric order ("7" before "12"), as the platform's ids grow.
+    return len(session_id), session_id

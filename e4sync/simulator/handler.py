@@ -430,6 +430,8 @@ class _Handler(BaseHTTPRequestHandler):
             sim._injected(self._entry, "html_instead_of_zip")
             return _Reply(200, MAINTENANCE_PAGE)
         kind, data, size, sha = sim._zip(sid)
+        if sid in sim.faults.extra_member_sessions:
+            sim._injected(self._entry, "extra_member")
         etag = f'"{sha}"'
         name = zipgen.download_filename(row["start_time"], row["label"])
         headers = [

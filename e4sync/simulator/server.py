@@ -2,8 +2,9 @@
 
 Owns :class:`Simulator`: accounts, cookies, sessions and devices in memory; session ZIPs from
 :mod:`e4sync.simulator.zipgen` (small ones cached in memory, big ones built once into a temporary
-file and streamed from disk); fault settings from :mod:`e4sync.simulator.faults`; counters and the
-request log; admin hooks as methods; and the lifecycle (start/stop) of the HTTP server. The wire
+file and streamed from disk; a session named by the ``extra_member_sessions`` fault gets its own
+cached ZIP with one more member); fault settings from :mod:`e4sync.simulator.faults`; counters and
+the request log; admin hooks as methods; and the lifecycle (start/stop) of the HTTP server. The wire
 side (paths, redirects, cookies, JSON, the ``/_admin/`` JSON endpoints so another process can
 drive ``e4sync simulate``, and the choices where the real platform is unknown) lives in
 :mod:`e4sync.simulator.handler`, which this module imports.
@@ -497,27 +498,38 @@ class Simulator:
         if kind == "disk":
             return data
         with self._lock:
-            path = self._cache_dir() / f"{sid}.zip"
+            if sid in self._zip_override:
+                key = f"{sid}-override-{sha[:16]}"  # never mistaken for the generated one
+            else:
+                key = self._cache_key(sid)
+            path = self._cache_dir() / f"{key}.zip"
             if not path.exists():
                 path.write_bytes(data)
-            self._disk_cache[sid] = (path, size, sha)
+            if sid not in self._zip_override:
+                self._disk_cache[key] = (path, size, sha)
         return path
 
     def zip_sha256(self, session_id: str | int) -> str:
         """The sha256 (hex) of the session's ZIP; also its ETag."""
         return self._zip(str(session_id))[3]
 
-    def _cached(self, sid: str) -> tuple[str, Any, int, str] | None:
+    def _cache_key(self, sid: str) -> str:
+        """The caches' key for the session's generated ZIP: the ``extra_member_sessions``
+        fault makes other bytes, and switching it off must serve the genuine ones again."""
+        extra = sid in self._faults.extra_member_sessions
+        return f"{sid}-extra" if extra else sid
+
+    def _cached(self, key: str) -> tuple[str, Any, int, str] | None:
         with self._lock:
-            if sid in self._mem_cache:
-                self._mem_cache.move_to_end(sid)
-                data, sha = self._mem_cache[sid]
+            if key in self._mem_cache:
+                self._mem_cache.move_to_end(key)
+                data, sha = self._mem_cache[key]
                 return "mem", data, len(data), sha
-            if sid in self._disk_cache:
-                path, size, sha = self._disk_cache[sid]
+            if key in self._disk_cache:
+                path, size, sha = self._disk_cache[key]
                 if path.exists():
                     return "disk", path, size, sha
-                del self._disk_cache[sid]  # removed under us (or by stop()): build again
+                del self._disk_cache[key]  # removed under us (or by stop()): build again
             return None
 
     def _zip(self, sid: str) -> tuple[str, Any, int, str]:
@@ -528,25 +540,29 @@ class Simulator:
             if sid not in self._meta:
                 raise KeyError(f"no session {sid!r}")
             meta = self._meta[sid]
-            build_lock = self._build_locks.setdefault(sid, threading.Lock())
+            key = self._cache_key(sid)
+            extra = key != sid
+            build_lock = self._build_locks.setdefault(key, threading.Lock())
         with build_lock:  # one build per session even when many threads ask at once
-            cached = self._cached(sid)
+            cached = self._cached(key)
             if cached is not None:
                 return cached
             if zipgen.estimate_size(self.seed, meta.duration) <= MEMORY_ZIP_LIMIT:
-                data = zipgen.zip_bytes(self.seed, sid, meta.start_time, meta.duration)
+                data = zipgen.zip_bytes(self.seed, sid, meta.start_time, meta.duration, extra)
                 sha = _sha256(data)
                 with self._lock:
-                    self._remember(sid, data, sha)
+                    self._remember(key, data, sha)
                 return "mem", data, len(data), sha
             with self._lock:
-                path = self._cache_dir() / f"{sid}.zip"
+                path = self._cache_dir() / f"{key}.zip"
             part = path.with_suffix(".part")
             with open(part, "wb") as out:
-                size, sha = zipgen.write_zip(out, self.seed, sid, meta.start_time, meta.duration)
+                size, sha = zipgen.write_zip(
+                    out, self.seed, sid, meta.start_time, meta.duration, extra
+                )
             part.replace(path)
             with self._lock:
-                self._disk_cache[sid] = (path, size, sha)
+                self._disk_cache[key] = (path, size, sha)
             return "disk", path, size, sha
 
     def _remember(self, sid: str, data: bytes, sha: str) -> None:

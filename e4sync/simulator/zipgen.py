@@ -2,8 +2,9 @@
 
 Owns the bytes of a simulated session download: eight flat, deflated members (ACC, BVP, EDA, HR,
 IBI, TEMP as CSV, the real ``info.txt``, ``tags.csv``) whose headers, rates and number formats copy
-the real files in ``shared/realdata``. The same ``(seed, session_id, start_time, duration)`` always
-gives the same bytes.
+the real files in ``shared/realdata``, and for the ``extra_member_sessions`` fault a ninth member
+that is not an E4 file (:data:`EXTRA_MEMBER`). The same ``(seed, session_id, start_time,
+duration, extra_member)`` always gives the same bytes.
 
 Speed: pure-Python row formatting is far too slow for a 200 MB benchmark archive, so each signal
 has a small pool of pre-generated, pre-compressed blocks (per seed). Every compressed block is a
@@ -33,6 +34,11 @@ from typing import BinaryIO
 
 MEMBERS = ("ACC.csv", "BVP.csv", "EDA.csv", "HR.csv", "IBI.csv", "TEMP.csv", "info.txt", "tags.csv")
 """The members of every simulated session ZIP, in archive order."""
+
+EXTRA_MEMBER = "notes.txt"
+"""The member that is not an E4 file, added after the real ones by the ``extra_member_sessions``
+fault (a note someone zipped in with the recording)."""
+EXTRA_MEMBER_TEXT = b"Participant 07, visit 2: band worn on the left wrist.\n"
 
 RATES = {"ACC.csv": 32, "BVP.csv": 64, "EDA.csv": 4, "TEMP.csv": 4, "HR.csv": 1}
 """Sample rate in Hz of each regularly sampled member."""
@@ -329,7 +335,9 @@ def _small_member(name: str, raw: bytes) -> _Member:
     return _Member(name, [data], zlib.crc32(raw), len(raw), len(data))
 
 
-def _members(seed: int, session_id: str, start: int, duration: float) -> list[_Member]:
+def _members(
+    seed: int, session_id: str, start: int, duration: float, extra_member: bool = False
+) -> list[_Member]:
     extras = random.Random(f"{seed}:{session_id}:extras")
     header_only = duration < 30 or extras.random() < 0.1
     out = []
@@ -343,6 +351,8 @@ def _members(seed: int, session_id: str, start: int, duration: float) -> list[_M
             out.append(_small_member(name, info_txt()))
         else:
             out.append(_small_member(name, _tags_text(extras, start, duration)))
+    if extra_member:
+        out.append(_small_member(EXTRA_MEMBER, EXTRA_MEMBER_TEXT))
     return out
 
 
@@ -354,16 +364,22 @@ def _dos_datetime(unix: float) -> tuple[int, int]:
 
 
 def write_zip(
-    out: BinaryIO, seed: int, session_id: str, start_time: int, duration: float
+    out: BinaryIO,
+    seed: int,
+    session_id: str,
+    start_time: int,
+    duration: float,
+    extra_member: bool = False,
 ) -> tuple[int, str]:
-    """Write the session's ZIP to ``out`` sequentially (no seeks).
+    """Write the session's ZIP to ``out`` sequentially (no seeks); with ``extra_member``, the eight
+    E4 members (the same bytes) followed by :data:`EXTRA_MEMBER`.
 
     :return: ``(size_in_bytes, sha256_hex)`` of what was written.
     :raises ValueError: if the archive would exceed :data:`MAX_ZIP_BYTES`.
     """
     start = int(float(start_time))
     duration = max(0.0, float(duration))
-    members = _members(seed, str(session_id), start, duration)
+    members = _members(seed, str(session_id), start, duration, extra_member)
     total = sum(m.csize + 30 + len(m.name) for m in members)
     if total > MAX_ZIP_BYTES or any(m.size >= 2**32 for m in members):
         raise ValueError(f"session ZIP would be {total} bytes; at most {MAX_ZIP_BYTES} offered")
@@ -397,10 +413,12 @@ def write_zip(
     return offset, sha.hexdigest()
 
 
-def zip_bytes(seed: int, session_id: str, start_time: int, duration: float) -> bytes:
+def zip_bytes(
+    seed: int, session_id: str, start_time: int, duration: float, extra_member: bool = False
+) -> bytes:
     """The session's whole ZIP in memory (for small sessions and tests)."""
     buf = io.BytesIO()
-    write_zip(buf, seed, session_id, start_time, duration)
+    write_zip(buf, seed, session_id, start_time, duration, extra_member)
     return buf.getvalue()
 
 

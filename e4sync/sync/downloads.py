@@ -213,13 +213,16 @@ class DownloadSteps:
     def _finish(self, pk: int, item: RemoteItem, source: Source, got: _Fetched) -> None:
         try:
             if not got.adopted:
-                problems = source.verify(got.part, item)
-                if problems:
+                verdict = source.verify(got.part, item)
+                if verdict.problems:
                     with contextlib.suppress(OSError):
                         got.part.unlink()
-                    raise NotAZipError("; ".join(problems))
-                sidecar = self._sidecar(item, got, time.time())
+                    raise NotAZipError("; ".join(verdict.problems))
+                sidecar = self._sidecar(item, got, time.time(), warnings=verdict.warnings)
                 self.archive.commit(got.part, got.relpath, sidecar)
+                if verdict.warnings:
+                    # Archived all the same (the platform's data); said once, and in the sidecar.
+                    log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
                 crashpoint("after-commit")
             self._record_verified(pk, item, got)
         except (E4SyncError, OSError) as exc:
@@ -396,7 +399,13 @@ class DownloadSteps:
             last_modified=validators.get("last_modified"),
         )
 
-    def _sidecar(self, item: RemoteItem, got: _Fetched, verified_at: float) -> dict:
+    def _sidecar(
+        self,
+        item: RemoteItem,
+        got: _Fetched,
+        verified_at: float,
+        warnings: tuple[str, ...] = (),
+    ) -> dict:
         return sidecar.build(
             account=self.account.name,
             user_id=self.user_id,
@@ -409,6 +418,7 @@ class DownloadSteps:
             verified_at=verified_at,
             etag=got.etag,
             last_modified=got.last_modified,
+            warnings=list(warnings),
         )
 
     def _record_failure(self, pk: int, item: RemoteItem, exc: BaseException) -> None:

@@ -334,7 +334,8 @@ class AccountPass(DownloadSteps, DeletionSteps):
         except AuthError as exc:
             self._account_failed(EXIT_NOPERM, str(exc))
         except TransientError as exc:
-            self._account_failed(EXIT_TEMPFAIL, f"platform unreachable: {exc}")
+            # Not always "unreachable": a keyring not up yet, an answer of the wrong shape.
+            self._account_failed(EXIT_TEMPFAIL, f"{exc} (temporary: the next pass tries again)")
         except E4SyncError as exc:
             self._account_failed(EXIT_SESSIONS_FAILED, str(exc))
         finally:

@@ -4,9 +4,11 @@ into a real archive.
 
 Labels, devices and ids such as ``../../etc``, ``a/b\\c``, ``con``, NUL bytes and 10 kB
 strings, numbers where strings were expected, duplicate ids, an empty list where sessions
-existed, a ZIP with members outside the E4 set, a ZIP bomb. After each: every genuine session
-is archived byte for byte or refused and retried (never verified while wrong), and nothing at
-all is written outside the archive root and the state folder (the whole tmp tree is walked).
+existed, a listing that is an object, ZIPs with members whose names escape, a ZIP bomb, a ZIP
+with no E4 file. After each: every genuine session is archived byte for byte or refused and
+retried (never verified while wrong), and nothing at all is written outside the archive root
+and the state folder (the whole tmp tree is walked). A ZIP with one more harmless member (the
+simulator's ``extra_member_sessions`` fault) is the platform's data: archived, with a warning.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator
+from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator, zipgen
 from tests.conftest import write_secret
 
 HOSTILE_TEXT = [
@@ -313,8 +315,10 @@ def zip_bomb(member: str = "EDA.csv", size: int = 64 << 20) -> bytes:
     return out.getvalue()
 
 
+# A harmless extra member is archived with a warning (the next tests); a member whose name
+# could leave a folder, or one that claims to expand like a bomb, is refused.
 @pytest.mark.parametrize(
-    "member", ["notes.txt", "../../evil.csv", "/etc/evil.csv", "sub/ACC.csv", "C:evil.csv", "bomb"]
+    "member", ["../../evil.csv", "/etc/evil.csv", "sub/ACC.csv", "C:evil.csv", "bomb"]
 )
 def test_a_zip_that_is_not_an_e4_session_is_refused_then_retried(
     tmp_path, run_cli, watched, member
@@ -343,3 +347,92 @@ def test_a_zip_that_is_not_an_e4_session_is_refused_then_retried(
         run_cli("run-once", "--config", str(config))
         zips = archived(archive)
         assert zips[victim].read_bytes() == genuine
+
+
+def sidecar_of(zip_path: Path) -> dict:
+    return json.loads(zip_path.with_suffix(".json").read_text())
+
+
+def test_a_zip_with_an_extra_member_is_archived_at_once_with_a_warning(tmp_path, run_cli, watched):
+    with Simulator(port=0, seed=45, sessions=2, session_size=20_000) as sim:
+        victim, other = (r["id"] for r in sim.sessions())
+        sim.set_faults(Faults(extra_member_sessions=[victim]))
+        config = write_config(tmp_path, sim.base_url)
+        result = run_cli("run-once", "--config", str(config))
+        archive = tmp_path / "deep" / "archive"
+        zips = archived(archive)
+        assert set(zips) == {victim, other}
+        # Archived byte for byte as served, notes.txt included, on the first download.
+        assert zips[victim].read_bytes() == sim.zip_bytes(victim)
+        assert zipgen.EXTRA_MEMBER in zipfile.ZipFile(zips[victim]).namelist()
+        assert sim.stats()["requests"]["download"] == 2
+        assert db_states(tmp_path) == {victim: ("verified", 0), other: ("verified", 0)}
+        (warning,) = sidecar_of(zips[victim])["warnings"]
+        assert repr(zipgen.EXTRA_MEMBER) in warning and "not an E4 file" in warning
+        assert "warnings" not in sidecar_of(zips[other])
+        # One WARNING line in the log for that download, naming the session and the member.
+        lines = [line for line in result.err.splitlines() if zipgen.EXTRA_MEMBER in line]
+        assert len(lines) == 1, result.err
+        assert " WARNING " in lines[0] and f"session {victim}" in lines[0], lines[0]
+        # The archive keeps agreeing with itself: verify re-hashes it, reindex reads it back.
+        run_cli("verify", "--config", str(config))
+        again = json.loads(run_cli("run-once", "--config", str(config), "--json").out)
+        assert again["accounts"][0]["downloaded"] == 0
+
+
+def test_download_of_a_zip_with_an_extra_member_succeeds_and_warns(tmp_path, run_cli):
+    with Simulator(port=0, seed=46, sessions=1, session_size=20_000) as sim:
+        (sid,) = (r["id"] for r in sim.sessions())
+        sim.set_faults(Faults(extra_member_sessions=[sid]))
+        config = write_config(tmp_path, sim.base_url)
+        target = tmp_path / "one.zip"
+        result = run_cli("download", sid, "-o", str(target), "--config", str(config))
+        assert result.out.strip() == str(target)
+        assert target.read_bytes() == sim.zip_bytes(sid)
+        lines = [line for line in result.err.splitlines() if zipgen.EXTRA_MEMBER in line]
+        assert len(lines) == 1 and " WARNING " in lines[0] and sid in lines[0], result.err
+
+
+def test_a_zip_with_no_e4_file_at_all_is_still_refused(tmp_path, run_cli, watched):
+    with Simulator(port=0, seed=47, sessions=2, session_size=20_000) as sim:
+        victim, other = (r["id"] for r in sim.sessions())
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("notes.txt", b"nothing recorded\n")
+            zf.writestr("info.txt", b"e4 session\n")
+        sim.replace_zip(victim, out.getvalue())
+        config = write_config(tmp_path, sim.base_url)
+        result = run_cli("run-once", "--config", str(config), exit_code=1)
+        assert "no E4 data CSV" in result.out, result.out
+        assert set(archived(tmp_path / "deep" / "archive")) == {other}
+        assert db_states(tmp_path)[victim][0] != "verified"
+
+
+@pytest.mark.parametrize(
+    "listing", [{"error": "Service temporarily unavailable"}, {}, "maintenance", None, 7]
+)
+def test_a_listing_that_is_not_a_list_is_a_platform_problem(tmp_path, run_cli, watched, listing):
+    """A JSON object (or any other shape) where the session list belongs is the platform's
+    fault, not a failed session: 75, said once, and nothing taken for vanished."""
+    with Simulator(port=0, seed=48, sessions=3, session_size=20_000) as sim:
+        config = write_config(tmp_path, sim.base_url)
+        run_cli("run-once", "--config", str(config))
+        before = db_states(tmp_path)
+        assert {st for st, _ in before.values()} == {"verified"}
+        sim.set_listing_hook(lambda _user, _rows: listing)
+        result = run_cli("run-once", "--config", str(config), exit_code=75)
+        assert "Traceback" not in result.err
+        said = [line for line in (result.out + result.err).splitlines() if "session list" in line]
+        assert said and all("not a list" in line for line in said), result.out + result.err
+        assert len([line for line in result.err.splitlines() if " ERROR " in line]) == 1
+        if isinstance(listing, dict) and listing.get("error"):
+            assert "Service temporarily unavailable" in said[0]
+        assert db_states(tmp_path) == before, "nothing recorded as vanished or gone"
+        assert "vanished" not in result.err
+        status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+        assert status["accounts"][0]["counts"]["remote_gone"] == 0
+        shown = run_cli("sessions", "--config", str(config), exit_code=75)
+        (line,) = shown.err.strip().splitlines()[-1:]
+        assert line.startswith("e4sync: error: ") and "session list" in line, shown.err
+        sim.set_listing_hook(None)
+        run_cli("run-once", "--config", str(config))

@@ -193,3 +193,60 @@ def test_a_password_command_token_never_shows(tmp_path, sim):
         assert_absent(secret, output, "output")
         scan_files(tmp_path / "archive", secret)
         scan_files(tmp_path / "state", secret)
+
+
+def exact_password_file(tmp_path: Path, content: str) -> Path:
+    """A 0600 password file holding exactly ``content`` (write_secret adds a newline)."""
+    pw = tmp_path / "lab.password"
+    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    return pw
+
+
+STRAY_WHITESPACE = [
+    ("{}\n\n", "has trailing whitespace (1 character)"),  # a blank line after it
+    (" {}\n", "has leading whitespace (1 character)"),
+    ("\t{}  \r\n\n", "has leading whitespace (1 character) and trailing whitespace (4 characters)"),
+]
+
+
+@pytest.mark.parametrize("content, hint", STRAY_WHITESPACE)
+def test_a_password_file_with_stray_whitespace_is_refused_with_a_hint(tmp_path, content, hint):
+    with Simulator(port=0, seed=52, sessions=1) as demo:  # its password is "demo"
+        pw = exact_password_file(tmp_path, content.format(demo.password))
+        config = write_config(tmp_path, demo.base_url, f'password_file = "{pw}"')
+        config.write_text(config.read_text().replace(USER, demo.user))
+        for argv in (["run-once"], ["whoami"]):
+            run = e4sync(*argv, "--config", str(config))
+            err = run.stderr.decode()
+            assert run.returncode == 77, err
+            (line,) = [x for x in err.splitlines() if "wrong username or password" in x][-1:]
+            assert f"the password from {pw} {hint}; check the file" in line, line
+        # The same file without the stray whitespace logs in.
+        exact_password_file(tmp_path, demo.password + "\n")
+        assert e4sync("whoami", "--config", str(config)).returncode == 0
+
+
+@pytest.mark.parametrize("content, hint", STRAY_WHITESPACE)
+def test_the_whitespace_hint_never_shows_the_password(tmp_path, sim, content, hint):
+    pw = exact_password_file(tmp_path, content.format(SECRET))
+    config = write_config(tmp_path, sim.base_url, f'password_file = "{pw}"')
+    output = b""
+    for argv in (["run-once", "-vv"], ["whoami", "-vv"], ["doctor"]):
+        run = e4sync(*argv, "--config", str(config))
+        assert run.returncode == (1 if argv == ["doctor"] else 77), run.stderr.decode()
+        output += run.stdout + run.stderr
+    assert hint.encode() in output
+    assert_absent(SECRET, output, "the output of a refused login")
+    for start in range(len(SECRET) - 5):  # nor any part of it
+        assert SECRET[start : start + 6].encode() not in output, SECRET[start : start + 6]
+    scan_files(tmp_path, SECRET, skip=(pw,))
+
+
+def test_a_wrong_password_without_stray_whitespace_gets_no_such_hint(tmp_path, sim):
+    pw = exact_password_file(tmp_path, "not the password\n")
+    config = write_config(tmp_path, sim.base_url, f'password_file = "{pw}"')
+    run = e4sync("whoami", "--config", str(config))
+    assert run.returncode == 77
+    assert b"wrong username or password" in run.stderr and b"whitespace" not in run.stderr

@@ -292,6 +292,37 @@ def test_provider_rereads_rotated_password(tmp_path: Path, monkeypatch: pytest.M
     assert provide() == provide() == "first"  # a re-login does not ask again
 
 
+def test_whitespace_hint_counts_and_names_the_source_never_the_secret(tmp_path: Path) -> None:
+    path = private_file(tmp_path / "lab.pw", f"{SECRET} \n\n")
+    provide = K.password_provider(account(password_file=path), {}, interactive=False)
+    secret = provide()
+    assert secret == f"{SECRET} \n"  # exactly one trailing newline removed, as before
+    hint = provide.whitespace_hint(secret)
+    assert hint == (
+        f"the password from {path} has trailing whitespace (2 characters); check the file"
+        " (only one final newline is removed)"
+    )
+    assert SECRET not in repr(provide)
+    provide = K.password_provider(
+        account(name="default"), {"E4_PWD": f"\t{SECRET}"}, interactive=False
+    )
+    hint = provide.whitespace_hint(provide())
+    assert hint == (
+        "the password in $E4_PWD has leading whitespace (1 character); check the variable"
+    )
+    cmd = account(password_command=py_command(f"print(' {SECRET}  ')"))
+    provide = K.password_provider(cmd, {}, interactive=False)
+    hint = provide.whitespace_hint(provide())
+    assert hint is not None and "leading whitespace (1 character)" in hint
+    assert "trailing whitespace (2 characters)" in hint and "password_command" in hint
+    assert SECRET not in hint and "-c" not in hint  # the program only, not its arguments
+    assert K.whitespace_hint(SECRET) is None
+    assert K.whitespace_hint("\u00a0" + SECRET) is not None  # a pasted no-break space
+    assert K.whitespace_hint("   ") == (
+        "the password has trailing whitespace (3 characters); check where it comes from"
+    )
+
+
 def test_secret_never_in_reprs(tmp_path: Path) -> None:
     acct = account(password_command=py_command(f"print({SECRET!r})") + " --token=t0k3n")
     assert "t0k3n" not in repr(acct)

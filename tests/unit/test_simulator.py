@@ -515,6 +515,40 @@ def test_latency_bandwidth_and_slow_first_byte():
         assert time.monotonic() - began < 5
 
 
+def test_extra_member_sessions_serve_one_more_member_for_those_sessions_only():
+    with Simulator(seed=11, sessions=3, now=NOW) as sim:
+        a, b, _ = (r["id"] for r in sim.sessions())
+        genuine = {sid: sim.zip_bytes(sid) for sid in (a, b)}
+        sim.set_faults(Faults(extra_member_sessions=[int(a)]))  # numbers taken, kept as ids
+        assert sim.faults.extra_member_sessions == (a,) and sim.faults.any_active()
+        s, _ = login(sim)
+        r = get(s, sim, f"download.php?id={a}")
+        got = members(r.content)
+        assert list(got) == [*zipgen.MEMBERS, zipgen.EXTRA_MEMBER]
+        assert got[zipgen.EXTRA_MEMBER] == zipgen.EXTRA_MEMBER_TEXT
+        del got[zipgen.EXTRA_MEMBER]
+        assert got == members(genuine[a]), "the E4 members are the genuine ones"
+        # The same bytes at every request: as served, with its ETag, and resumable.
+        assert r.content == sim.zip_bytes(a) == sim.zip_path(a).read_bytes()
+        assert r.headers["ETag"] == f'"{sim.zip_sha256(a)}"'
+        part = get(s, sim, f"download.php?id={a}", headers={"Range": "bytes=100-"})
+        assert part.status_code == 206 and part.content == r.content[100:]
+        assert get(s, sim, f"download.php?id={b}").content == genuine[b]
+        assert sim.stats()["faults"]["extra_member"] == 2
+        big = sim.add_session(size_bytes=17_000_000)["id"]  # built on disk, not in memory
+        sim.set_faults(Faults(extra_member_sessions=[a, big]))
+        assert zipgen.EXTRA_MEMBER in zipfile.ZipFile(sim.zip_path(big)).namelist()
+        sim.set_faults(Faults())  # off again: the genuine bytes, not a cached copy
+        assert sim.zip_bytes(a) == genuine[a]
+        assert zipgen.EXTRA_MEMBER not in zipfile.ZipFile(sim.zip_path(big)).namelist()
+        r = requests.post(f"{sim.admin_url}/faults", json={"extra_member_sessions": [b]})
+        assert r.json()["extra_member_sessions"] == [b]
+        assert zipgen.EXTRA_MEMBER in members(sim.zip_bytes(b))
+    for bad in ("123", [None], [True], 5):
+        with pytest.raises(ValueError, match="extra_member_sessions"):
+            Faults(extra_member_sessions=bad)
+
+
 def test_faults_validate():
     with pytest.raises(ValueError):
         Faults(error_5xx=1.5)
@@ -568,7 +602,8 @@ sys.exit(cli.run(parser.parse_args(sys.argv[1:])))
 def test_cli_prints_url_and_stops_cleanly_on_sigterm():
     proc = subprocess.Popen(
         [sys.executable, "-c", RUN, "--sessions", "2", "--user", "u@x.org", "--password", "pw",
-         "--error-5xx", "0.5", "--latency", "0.01"],
+         "--error-5xx", "0.5", "--latency", "0.01", "--extra-member", "7",
+         "--extra-member", "12"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -579,7 +614,8 @@ def test_cli_prints_url_and_stops_cleanly_on_sigterm():
         admin = proc.stdout.readline().split()[-1]
         state = requests.get(f"{admin}/state", timeout=10).json()
         assert state["accounts"]["u@x.org"]["sessions"] == 2
-        assert requests.get(f"{admin}/faults", timeout=10).json()["error_5xx"] == 0.5
+        faults = requests.get(f"{admin}/faults", timeout=10).json()
+        assert faults["error_5xx"] == 0.5 and faults["extra_member_sessions"] == ["7", "12"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

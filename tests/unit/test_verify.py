@@ -104,14 +104,84 @@ def test_member_names_that_leave_the_folder_fail(tmp_path, bad_name):
     assert any(repr(bad_name) in p for p in check.problems), check.problems
 
 
-def test_foreign_member_fails_only_with_e4_members(tmp_path):
+def test_a_foreign_member_is_a_warning_not_a_problem(tmp_path):
+    """The platform's ZIP with one more harmless file is still the platform's data."""
     members = good_members()
     members["notes.docx"] = b"hello"
     path = make_zip(tmp_path / "s.zip", members)
+    check = check_zip(path, start_time=1600000000)
+    assert check.ok and check.problems == (), check.problems
+    assert len(check.warnings) == 1 and "'notes.docx'" in check.warnings[0], check.warnings
+    assert "not an E4 file" in check.warnings[0]
+    # Structure only (the client's download_session): the same warning, nothing refused.
+    assert check_zip(path, e4_members=False) == check
+    assert check_zip(make_zip(tmp_path / "g.zip", good_members())).warnings == ()
+
+
+def test_many_foreign_members_are_named_in_one_short_warning(tmp_path):
+    members = good_members()
+    for n in range(30):
+        members[f"extra{n:02d}.bin"] = b"x"
+    members["x" * 300] = b"z"
+    check = check_zip(make_zip(tmp_path / "s.zip", members), start_time=1600000000)
+    assert check.ok, check.problems
+    (warning,) = check.warnings
+    assert "31 files that are not E4 files" in warning and "and 21 more" in warning
+    assert "'extra00.bin'" in warning and "'extra09.bin'" in warning
+    assert "'extra10.bin'" not in warning
+    assert len(warning) < 400
+
+
+def test_a_foreign_name_cannot_forge_a_log_line(tmp_path):
+    members = good_members()
+    members["notes\n2024-01-01 ERROR forged.txt"] = b"y"
+    check = check_zip(make_zip(tmp_path / "s.zip", members), start_time=1600000000)
+    assert check.ok, check.problems
+    (warning,) = check.warnings
+    assert "\n" not in warning and "'notes\\n2024-01-01 ERROR forged.txt'" in warning
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "ACC.CSV", ".DS_Store"])
+def test_a_foreign_member_with_a_bad_crc_is_still_refused(tmp_path, foreign):
+    members = good_members()
+    members[foreign] = b"0.5\n" * 200
+    path = make_zip(tmp_path / "s.zip", members, zipfile.ZIP_STORED)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"0.5\n0.5\n") + 1] ^= 0x01
+    path.write_bytes(bytes(data))
     check = check_zip(path)
     assert not check.ok
-    assert any("notes.docx" in p for p in check.problems)
-    assert check_zip(path, e4_members=False).ok
+    assert any(p.startswith(foreign) and "CRC" in p for p in check.problems), check.problems
+
+
+def test_a_foreign_member_that_expands_like_a_bomb_is_refused(tmp_path):
+    path = tmp_path / "s.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in good_members().items():
+            zf.writestr(name, data)
+        with zf.open("video.bin", "w") as member:
+            for _ in range(40):
+                member.write(bytes(1 << 20))
+    check = check_zip(path)
+    assert not check.ok
+    assert any("video.bin" in p and "ZIP bomb" in p for p in check.problems), check.problems
+
+
+@pytest.mark.parametrize("bad_name", ["../x", "a/b.csv", "/etc/passwd", "C:evil"])
+def test_an_escaping_name_is_refused_with_e4_members_too(tmp_path, bad_name):
+    members = good_members()
+    members[bad_name] = b"1600000000\n"
+    check = check_zip(make_zip(tmp_path / "s.zip", members))
+    assert not check.ok
+    assert any(repr(bad_name) in p for p in check.problems), check.problems
+
+
+def test_a_zip_with_no_e4_member_at_all_is_refused(tmp_path):
+    path = make_zip(tmp_path / "s.zip", {"notes.txt": b"hello", "photo.jpg": b"\xff\xd8"})
+    check = check_zip(path)
+    assert not check.ok
+    assert any("no E4 data CSV" in p for p in check.problems), check.problems
+    assert "'notes.txt'" in check.warnings[0]
 
 
 def test_an_archive_without_data_csv_fails(tmp_path):
