@@ -24,6 +24,7 @@ from e4sync.deletion import Candidate, Rules, plan_deletions
 from e4sync.errors import (
     AuthError,
     E4SyncError,
+    Interrupted,
     SessionNotFound,
     TransientError,
 )
@@ -150,6 +151,11 @@ class DeletionSteps:
             crashpoint("after-delete")
         except SessionNotFound:
             pass  # gone already (a retried DELETE whose first answer was lost)
+        except Interrupted:
+            # Stopped while waiting to retry the DELETE: a stop, not a failed deletion. The
+            # entry stays open, so a later disappearance is still known as e4sync's own.
+            self._set_ledger(ledger_id, "stopped", confirmed=False)
+            raise
         except E4SyncError as exc:
             self._set_ledger(ledger_id, f"error: {describe(exc)}"[:40], confirmed=False)
             self.report.errors.append(f"session {row.remote_id}: delete failed: {exc}")

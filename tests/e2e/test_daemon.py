@@ -1,5 +1,6 @@
 """`e4sync run` as systemd runs it: a real datagram socket in NOTIFY_SOCKET, WATCHDOG_USEC
-set, the password only in a CREDENTIALS_DIRECTORY, and a real SIGTERM."""
+set, the password only in a CREDENTIALS_DIRECTORY, and a real SIGTERM (SIGTERM mid-download
+is in test_signals.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import Faults, Simulator
+from e4sync.simulator import Simulator
 
 
 class NotifySocket:
@@ -98,40 +99,6 @@ def test_run_under_systemd_notifies_fills_the_archive_and_stops_cleanly(tmp_path
             notify.close()
         stderr = proc.stderr.read()
         assert "demo" not in stderr.replace("demo@example.org", "")  # the password never shows
-
-
-def test_sigterm_mid_download_exits_0_within_seconds_and_keeps_the_part(tmp_path):
-    notify = NotifySocket(tmp_path / "notify.sock")
-    # One big session behind a bandwidth cap: the pass is still downloading when we stop it.
-    with Simulator(port=0, seed=3, sessions=0, faults=Faults(bandwidth=2_000_000)) as sim:
-        sim.add_session(size_bytes=40_000_000)
-        env = daemon_env(tmp_path, notify.path, "demo")
-        proc = start_daemon(write_config(tmp_path, sim.base_url), env)
-        try:
-            assert notify.wait_for("READY=1", 30), notify.messages
-            deadline = time.monotonic() + 30
-            parts: list[Path] = []
-            while time.monotonic() < deadline and not parts:
-                parts = [
-                    p
-                    for p in (tmp_path / "archive").rglob("*.part")
-                    if not p.name.startswith(".") and p.stat().st_size
-                ]
-                time.sleep(0.05)
-            assert parts, "the download never started"
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=15)
-            assert code == 0, proc.stderr.read()
-            assert time.monotonic() - started < 10
-            assert not list((tmp_path / "archive").rglob("*.zip")), (
-                "no half file under a final name"
-            )
-            assert parts[0].exists(), "cut between chunks: the .part is left as it was"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            notify.close()
 
 
 def test_wrong_password_at_start_exits_77_before_ready(tmp_path):
