@@ -256,6 +256,7 @@ def print_table(rows: list[dict], columns: list[str], as_csv: bool) -> None:
 
 
 def cmd_run_once(args: argparse.Namespace) -> int:
+    import logging
     import signal
     import threading
 
@@ -271,8 +272,16 @@ def cmd_run_once(args: argparse.Namespace) -> int:
         received.append(signum)
         stop.set()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        # One pass reads its configuration once (the next run reads it again); dying
+        # half-way through downloads because a terminal closed would help nobody.
+        logging.getLogger("e4sync.cli").info(
+            "received SIGHUP: ignored; run-once reads the configuration at each start"
+        )
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     progress = _Progress() if sys.stderr.isatty() and not args.quiet else None
     report = monitored_pass(
         cfg,
@@ -365,9 +374,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     engine = open_state(cfg)
-    factory = default_source_factory(cfg)
     worker_id = make_worker_id()
-    daemon = Daemon(cfg, engine, worker_id=worker_id, source_factory=factory, dry_run=args.dry_run)
+    # SIGHUP reads the file found at start again (not a new lookup), with the same options.
+    again = argparse.Namespace(**{**vars(args), "config": cfg.path or args.config})
+    # No source factory: each pass makes clients from its own configuration, so a reload
+    # reaches the download settings too, and the stop event ends the clients' waits.
+    daemon = Daemon(
+        cfg, engine, worker_id=worker_id, dry_run=args.dry_run, reload=lambda: load(again)
+    )
+    factory = default_source_factory(cfg, daemon.stop)
     return daemon.run(check_login=lambda: check_logins(cfg, factory, engine, worker_id))
 
 

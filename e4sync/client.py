@@ -2,10 +2,11 @@
 
 Owns: login and the one shared cookie per account, re-login when the cookie dies (once,
 under a lock), the thread-local ``requests.Session`` objects with urllib3 retries, the
-streaming download with resume, and the translation of requests/urllib3 exceptions into
-e4sync errors, which happens here and nowhere else. It speaks the wire protocol of
-``e4connect-protocol.md`` and offers every operation of the older ``e4client`` package
-under the same names.
+streaming download with resume, the waits between retries (urllib3's included: they end
+with ``Interrupted`` when the client's ``cancel`` event is set), and the translation of
+requests/urllib3 exceptions into e4sync errors, which happens here and nowhere else. It
+speaks the wire protocol of ``e4connect-protocol.md`` and offers every operation of the
+older ``e4client`` package under the same names.
 
 Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli (it knows nothing
 of the archive or the database). It imports e4sync.errors and e4sync.verify only.
@@ -144,6 +145,68 @@ class _BodyCut(Exception):
     keeps every byte received, so the next attempt can resume."""
 
 
+class _StoppableRetry(Retry):
+    """urllib3's ``Retry`` whose waits (backoff, ``Retry-After``) go through ``pause``.
+
+    urllib3 waits in ``time.sleep``, where no event reaches it; the client's ``pause`` waits
+    on its cancel event instead and raises ``Interrupted`` out of the request when it is
+    set. Only the public hooks ``sleep`` and ``sleep_for_retry`` are replaced, and the
+    times are urllib3's own (``get_retry_after``, capped at ``retry_after_max``, and
+    ``get_backoff_time``), so the semantics stay urllib3's.
+    """
+
+    def __init__(self, *args: Any, pause: Callable[[float], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._pause = pause or time.sleep
+
+    def new(self, **kw: Any) -> _StoppableRetry:
+        # urllib3 makes a new Retry per attempt from its known fields only.
+        retry = super().new(**kw)
+        retry._pause = self._pause
+        return retry
+
+    def sleep_for_retry(self, response: Any) -> bool:
+        seconds = self.get_retry_after(response)
+        if seconds:
+            self._pause(seconds)
+            return True
+        return False
+
+    def sleep(self, response: Any = None) -> None:
+        if self.respect_retry_after_header and response and self.sleep_for_retry(response):
+            return
+        backoff = self.get_backoff_time()
+        if backoff > 0:
+            self._pause(backoff)
+
+
+class _AnyEvent:
+    """Set when either of two events is: a fetch's own ``cancel`` and the client's."""
+
+    def __init__(self, first: threading.Event, second: threading.Event):
+        self._events = (first, second)
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._events[0].wait(min(left, 0.1))
+        return True
+
+
+def _either(
+    first: threading.Event | None, second: threading.Event | None
+) -> threading.Event | _AnyEvent | None:
+    if first is None or second is None or first is second:
+        return first or second
+    return _AnyEvent(first, second)
+
+
 def check_base_url(base_url: str) -> str:
     """Return ``base_url`` without its trailing slash, or raise ``UsageError``.
 
@@ -250,6 +313,10 @@ class E4Connect:
     Every method logs in first when needed. One login is shared by every thread (the
     platform keeps one live login per account); when the platform answers with its
     login page, one thread logs in again while the others wait, then all retry.
+
+    ``cancel`` stops the client: once it is set, every wait (a ``Retry-After`` of up to
+    ``retry_after_max``, a backoff, a download between chunks) ends within a fraction of a
+    second with ``Interrupted``, so a daemon told to stop is not held by a wait.
     """
 
     def __init__(
@@ -265,6 +332,7 @@ class E4Connect:
         backoff_factor: float = 1.0,
         retry_after_max: float = 300.0,
         pool_size: int = 8,
+        cancel: threading.Event | None = None,
     ):
         self._base_url = check_base_url(base_url)
         self._user = user
@@ -275,6 +343,7 @@ class E4Connect:
         self._backoff_factor = max(0.0, float(backoff_factor))
         self._retry_after_max = retry_after_max
         self._pool_size = max(1, int(pool_size))
+        self._cancel = cancel
 
         self._login_lock = threading.Lock()  # held for a whole login
         self._state_lock = threading.Lock()  # guards the fields below, briefly
@@ -468,13 +537,15 @@ class E4Connect:
         length against Content-Length. The caller verifies the content (``check_zip``), so
         the file is read back once. A body cut short is resumed with ``Range`` when the
         server allows it, up to ``retries`` times, then ``TransientError`` (the ``.part``
-        is kept for a later resume). ``cancel`` is checked between chunks: ``Interrupted``,
-        the ``.part`` kept. ``progress(n)`` gets the bytes newly on disk (tqdm's ``update``),
-        and once the resumed offset.
+        is kept for a later resume). ``cancel`` (and the client's own) is checked between
+        chunks: ``Interrupted``, the ``.part`` kept (this client can resume it).
+        ``progress(n)`` gets the bytes newly on disk (tqdm's ``update``), and once the
+        resumed offset.
         """
         sid = check_session_id(session_id)
         part = Path(part_path)
         report = _Progress(progress)
+        cancel = _either(cancel, self._cancel)
         cuts = 0
         while True:
             _check_cancel(cancel, sid)
@@ -658,7 +729,7 @@ class E4Connect:
         return urlsplit(self._url(path)).path
 
     def _retry(self) -> Retry:
-        return Retry(
+        return _StoppableRetry(
             total=self._retries,
             connect=self._retries,
             # A read timeout costs a whole ``timeout`` (120 s) each time: two are enough.
@@ -673,7 +744,17 @@ class E4Connect:
             respect_retry_after_header=True,
             retry_after_max=self._retry_after_max,
             raise_on_status=False,
+            pause=self._pause,
         )
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before a retry, or raise ``Interrupted`` as soon as the client's
+        ``cancel`` is set (a stopping daemon must not sit out a ``Retry-After: 300``)."""
+        if self._cancel is None:
+            if seconds > 0:
+                time.sleep(seconds)
+        elif self._cancel.wait(max(0.0, seconds)):
+            raise Interrupted(f"stopped while waiting {seconds:.0f} s to retry a request")
 
     def _new_session(self, retry: Retry) -> requests.Session:
         s = requests.Session()
@@ -742,7 +823,7 @@ class E4Connect:
                 cut = _body_cut(exc)
                 if cut and method in ("GET", "DELETE") and not stream and cuts < self._retries:
                     cuts += 1
-                    time.sleep(self._backoff(cuts))
+                    self._pause(self._backoff(cuts))
                     continue
                 raise TransientError(
                     f"E4 Connect could not be reached ({method} {self._path(path)}):"

@@ -2,15 +2,22 @@
 
 APScheduler 3.11's ``BackgroundScheduler`` runs the passes; the main thread owns the
 process: signal handlers that only set an event, sd_notify READY/STATUS/WATCHDOG/STOPPING,
-and the watchdog, which is pinged only while the scheduler thread is alive and the running
-pass keeps making progress (GUIDE section 1 and 4). On SIGTERM/SIGINT the stop event also
-cancels downloads between chunks (their ``.part`` files are removed by the next pass).
+the watchdog, which is pinged only while the scheduler thread is alive and the running
+pass keeps making progress (GUIDE section 1 and 4), and the configuration reload.
+
+On SIGTERM/SIGINT the stop event cancels downloads between chunks (each removes its own
+``.part``) and ends the clients' waits (a ``Retry-After``, a backoff) with ``Interrupted``.
+On SIGHUP the configuration file is read again, with the loader the start used, at the
+next point between passes; a bad file is logged and the running configuration kept; a
+good one replaces it and the jobs derived from it (the pass interval, the scrub job).
+Each pass reads the configuration once at its start, so none runs on a mixture.
 
 Calls ``sync.run_pass``; must not import cli.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import signal
@@ -18,14 +25,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from e4sync.config import Config
-from e4sync.errors import AuthError, ConfigError, E4SyncError, LockBusy
+from e4sync.errors import AuthError, ConfigError, E4SyncError, Interrupted, LockBusy
 from e4sync.notify import Notifier
 from e4sync.state import db as statedb
 from e4sync.sync import PassReport, SourceFactory, iso, run_pass
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
 
 log = logging.getLogger("e4sync.daemon")
 
@@ -54,8 +67,13 @@ class Daemon:
         source_factory: SourceFactory | None = None,
         stop: threading.Event | None = None,
         dry_run: bool = False,
+        reload: Callable[[], Config] | None = None,
     ):
+        """``reload`` reads the configuration again on SIGHUP, the way the start read it
+        (``cli`` passes its own loader, so --account and --base-url still apply); without it
+        ``cfg.path`` is read again with ``load_config``."""
         self.cfg = cfg
+        self._load = reload or (lambda: _load_file(cfg.path))
         self.dry_run = dry_run
         self.engine = engine
         self.worker_id = worker_id
@@ -65,6 +83,10 @@ class Daemon:
         self.health = Health(last_progress=time.monotonic())
         self.scheduler = None
         self._lock = threading.Lock()
+        # Set by a signal handler, acted on by the main thread: the handler itself only sets.
+        self._wake = threading.Event()
+        self._reload_wanted = threading.Event()
+        self._reload_deferred = False
 
     # -- the main thread ---------------------------------------------------------------
 
@@ -83,7 +105,13 @@ class Daemon:
         )
         tick = self.notifier.watchdog_interval or 5.0
         tick = max(0.2, min(tick, 5.0))
-        while not self.stop.wait(tick):
+        while True:
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self.stop.is_set():
+                break
+            if self._reload_wanted.is_set():
+                self._reload()
             if self._healthy():
                 self.notifier.watchdog()
             self.notifier.status(self._status_line())
@@ -102,9 +130,78 @@ class Daemon:
         def on_signal(signum: int, _frame: object) -> None:
             log.info("received %s", signal.Signals(signum).name)
             self.stop.set()
+            self._wake.set()
+
+        def on_hangup(_signum: int, _frame: object) -> None:
+            self._reload_wanted.set()
+            self._wake.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
+
+    # -- reload (main thread) ----------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Read the configuration again if no pass is running (else once it has ended);
+        keep the running one if the new file is bad."""
+        with self._lock:
+            if self.health.running_since is not None:
+                if not self._reload_deferred:
+                    log.info("SIGHUP: the configuration is reloaded when the running pass ends")
+                    self._reload_deferred = True
+                return
+        self._reload_wanted.clear()
+        self._reload_deferred = False
+        # systemd shows the unit "reloading" until READY=1 (sd_notify(3)).
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            self._read_and_apply()
+        finally:
+            self.notifier.ready()
+
+    def _read_and_apply(self) -> None:
+        where = _where(self.cfg.path)
+        try:
+            new = self._load()
+        except E4SyncError as exc:
+            problems = getattr(exc, "problems", None) or [str(exc)]
+            log.error(
+                "configuration not reloaded from %s: %s; keeping the previous configuration",
+                where,
+                "; ".join(problems),
+            )
+            return
+        except Exception:  # a bug in reading must not take down a daemon that runs fine
+            log.exception("configuration not reloaded from %s; keeping the previous one", where)
+            return
+        with self._lock:
+            if self.health.running_since is not None:
+                # A pass began while the file was read: apply it once that pass has ended.
+                self._reload_wanted.set()
+                return
+            old, self.cfg = self.cfg, _keep_restart_only(self.cfg, new)
+        self._apply_schedule(old, self.cfg)
+        log.info(
+            "configuration reloaded from %s: %d account(s), a pass every %s (jitter %s)",
+            _where(self.cfg.path),
+            len(self.cfg.accounts),
+            _fmt(self.cfg.schedule.interval),
+            _fmt(self.cfg.schedule.jitter),
+        )
+
+    def _apply_schedule(self, old: Config, new: Config) -> None:
+        """Rebuild the jobs made from the schedule and scrub settings, if they changed."""
+        if (old.schedule.interval, old.schedule.jitter) != (
+            new.schedule.interval,
+            new.schedule.jitter,
+        ):
+            # The next pass comes one new interval from now.
+            self.scheduler.reschedule_job("pass", trigger=_pass_trigger(new))
+        if old.archive.scrub_interval != new.archive.scrub_interval:
+            if self.scheduler.get_job("scrub") is not None:
+                self.scheduler.remove_job("scrub")
+            self._add_scrub(self.scheduler, new, dt.datetime.now(dt.UTC))
 
     def _start_scheduler(self):
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
@@ -115,23 +212,8 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         now = dt.datetime.now(dt.UTC)
-        scheduler.add_job(
-            self._pass_job,
-            "interval",
-            id="pass",
-            seconds=max(1.0, self.cfg.schedule.interval),
-            jitter=int(self.cfg.schedule.jitter) or None,
-            next_run_time=now,
-        )
-        scrub = self.cfg.archive.scrub_interval
-        if scrub:
-            scheduler.add_job(
-                self._scrub_job,
-                "interval",
-                id="scrub",
-                seconds=scrub,
-                next_run_time=now + dt.timedelta(seconds=scrub),
-            )
+        scheduler.add_job(self._pass_job, _pass_trigger(self.cfg), id="pass", next_run_time=now)
+        self._add_scrub(scheduler, self.cfg, now)
         scheduler.add_listener(
             lambda event: log.warning(
                 "a scheduled %s was skipped: the previous one is still "
@@ -142,6 +224,17 @@ class Daemon:
         )
         scheduler.start()
         return scheduler
+
+    def _add_scrub(self, scheduler: BaseScheduler, cfg: Config, now: dt.datetime) -> None:
+        scrub = cfg.archive.scrub_interval
+        if scrub:
+            scheduler.add_job(
+                self._scrub_job,
+                "interval",
+                id="scrub",
+                seconds=scrub,
+                next_run_time=now + dt.timedelta(seconds=scrub),
+            )
 
     def _healthy(self) -> bool:
         thread = getattr(self.scheduler, "_thread", None)
@@ -191,16 +284,18 @@ class Daemon:
         from e4sync.monitoring import monitored_pass
 
         with self._lock:
+            # The pass's configuration, read once: a reload never changes a running pass.
+            cfg = self.cfg
             self.health.running_since = time.monotonic()
             self.health.last_progress = time.monotonic()
         report = None
         error = ""
         try:
             report = monitored_pass(
-                self.cfg,
+                cfg,
                 self.engine,
                 lambda: run_pass(
-                    self.cfg,
+                    cfg,
                     self.engine,
                     stop=self.stop,
                     worker_id=self.worker_id,
@@ -208,7 +303,7 @@ class Daemon:
                     on_progress=self._progress,
                     on_bytes=self._bytes_arrived,
                     dry_run=self.dry_run,
-                    min_gap=self._min_gap(),
+                    min_gap=self._min_gap(cfg),
                 ),
                 dry_run=self.dry_run,
             )
@@ -229,19 +324,23 @@ class Daemon:
                 self.health.last_error = error
                 if report is not None:
                     self.health.last_report = report
+            if self._reload_wanted.is_set():
+                self._wake.set()  # a SIGHUP waited for this pass: reload now
 
-    def _min_gap(self) -> float:
+    def _min_gap(self, cfg: Config) -> float:
         # Several workers share a PostgreSQL database: an account another worker listed
         # within half an interval is left alone, so N workers do not mean N logins each.
         if self.engine.dialect.name == "sqlite":
             return 0.0
-        return self.cfg.schedule.interval / 2
+        return cfg.schedule.interval / 2
 
     def _scrub_job(self) -> None:
         from e4sync.archive import Archive
         from e4sync.maintenance import verify_archive
 
-        result = verify_archive(self.engine, Archive(self.cfg.archive.root))
+        with self._lock:
+            cfg = self.cfg
+        result = verify_archive(self.engine, Archive(cfg.archive.root))
         if result.clean:
             log.info("scrub: %d archived files re-hashed, all match", result.checked)
         else:
@@ -275,6 +374,8 @@ def check_logins(
             return
         except AuthError as exc:
             refused.append(str(exc))
+        except Interrupted:
+            return  # stopped while waiting to retry the login: the main loop exits at once
         except ConfigError:
             raise
         except E4SyncError as exc:
@@ -292,6 +393,40 @@ def check_logins(
         log.error("refused logins (this worker stays for the other accounts): %s", refused)
     elif refused:
         raise AuthError("; ".join(refused))
+
+
+def _pass_trigger(cfg: Config) -> IntervalTrigger:
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    return IntervalTrigger(
+        seconds=max(1.0, cfg.schedule.interval),
+        jitter=int(cfg.schedule.jitter) or None,
+        timezone=dt.UTC,
+    )
+
+
+def _load_file(path: Path | None) -> Config:
+    from e4sync.config import load_config
+
+    return load_config(path)
+
+
+def _where(path: Path | None) -> str:
+    return str(path) if path else "the environment (no configuration file)"
+
+
+def _keep_restart_only(old: Config, new: Config) -> Config:
+    """``new``, except for what the running process cannot change: the state database and
+    the folder of its lock (the engine and the pass lock were made from them at start)."""
+    if (new.state.url, new.state.dir) == (old.state.url, old.state.dir):
+        return new
+    # The URL may hold the database password: it is not logged.
+    log.warning(
+        "configuration: [state] url and dir take effect at the next restart; "
+        "this daemon keeps its state database"
+    )
+    state = dataclasses.replace(new.state, url=old.state.url, dir=old.state.dir)
+    return dataclasses.replace(new, state=state)
 
 
 def _fmt(seconds: float) -> str:

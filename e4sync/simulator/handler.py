@@ -231,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         rel = url.path[len("/connect/") :]
         endpoint, args = self._match(method, rel)
-        self._entry = sim._enter(endpoint, method, self.path)
+        self._entry = sim._enter(endpoint, method, self.path, self.headers.get("Range"))
         try:
             try:
                 reply, cut = self._connect(method, endpoint, args)

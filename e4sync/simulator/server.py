@@ -401,7 +401,8 @@ class Simulator:
     def request_log(self) -> list[dict[str, Any]]:
         """Every platform request (admin ones excepted) in arrival order: ``t`` (time.monotonic()
         at arrival), ``method``, ``path`` (with its query), ``endpoint``, ``status`` (as answered;
-        None while in flight) and ``fault`` (the injected fault's name, or None)."""
+        None while in flight), ``fault`` (the injected fault's name, or None) and ``range``
+        (the ``Range`` header asked for, or None)."""
         with self._lock:
             return [dict(e) for e in self._request_log]
 
@@ -635,7 +636,9 @@ class Simulator:
         with self._lock:
             getattr(self, counter)[key] += n
 
-    def _enter(self, endpoint: str, method: str = "", path: str = "") -> dict[str, Any]:
+    def _enter(
+        self, endpoint: str, method: str = "", path: str = "", range_: str | None = None
+    ) -> dict[str, Any]:
         with self._lock:
             self._requests[endpoint] += 1
             for key in (endpoint, "all"):
@@ -648,6 +651,7 @@ class Simulator:
                 "endpoint": endpoint,
                 "status": None,
                 "fault": None,
+                "range": range_,
             }
             self._request_log.append(entry)
             self._arrived.notify_all()

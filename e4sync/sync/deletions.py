@@ -24,6 +24,7 @@ from e4sync.deletion import Candidate, Rules, plan_deletions
 from e4sync.errors import (
     AuthError,
     E4SyncError,
+    Interrupted,
     SessionNotFound,
     TransientError,
     VersionChanged,
@@ -153,7 +154,7 @@ class DeletionSteps:
             now = source.remote_version(row.remote_id)
         except SessionNotFound:
             return False  # gone already: the listing will say so
-        except (AuthError, TransientError):
+        except (AuthError, TransientError, Interrupted):
             raise
         except E4SyncError as exc:
             self.report.errors.append(
@@ -233,6 +234,11 @@ class DeletionSteps:
             self._set_ledger(ledger_id, "refused: version changed", confirmed=False)
             self._requeue_changed(row, str(exc))
             return None
+        except Interrupted:
+            # Stopped while waiting to retry the DELETE: a stop, not a failed deletion. The
+            # entry stays open, so a later disappearance is still known as e4sync's own.
+            self._set_ledger(ledger_id, "stopped", confirmed=False)
+            raise
         except E4SyncError as exc:
             self._set_ledger(ledger_id, f"error: {describe(exc)}"[:40], confirmed=False)
             self.report.errors.append(f"session {row.remote_id}: delete failed: {exc}")

@@ -3,8 +3,8 @@
 Due sessions get their archive paths (one transaction per batch), ``download.concurrency``
 threads fetch them to ``X.zip.part`` sharing one login, and a finisher pool verifies,
 commits (sidecar, link, fsyncs) and records each one, so a download slot is free as soon as
-a body is on disk. A failed attempt is recorded with its back-off; a stopped one leaves its
-``.part`` for the next pass to remove. Mixed into ``AccountPass``, whose attributes it uses
+a body is on disk. A failed attempt is recorded with its back-off; a stopped one removes its
+``.part`` (no later process could resume it). Mixed into ``AccountPass``, whose attributes it uses
 (``cfg``, ``account``, ``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``,
 ``report_lock``, ``user_id``, ``dry_run``, ``on_progress``, ``on_bytes``, ``claimed_paths``,
 ``dry_new``).
@@ -184,6 +184,7 @@ class DownloadSteps:
         those bytes is the one being replaced, never adopted as the new download."""
         part = part_of(self.archive.resolve(relpath))
         started = time.time()
+        found = _file_id(part)  # a part there before this download is not its to remove
         try:
             # Inside the try: a folder that cannot be made is this session's failure (counted,
             # backed off), never the account's whole pass.
@@ -203,7 +204,17 @@ class DownloadSteps:
                 last_modified=fetched.last_modified,
             )
         except Interrupted:
-            log.info("session %s: stopped before the download finished", item.id)
+            # Its resume point lives in this process's client and dies with it, so a part this
+            # download made is of no use to anyone: removed now, not at the next start.
+            removed = _file_id(part) not in (None, found)
+            if removed:
+                with contextlib.suppress(OSError):
+                    part.unlink()
+            log.info(
+                "session %s: stopped before the download finished%s",
+                item.id,
+                "; its partial file is removed" if removed else "",
+            )
         except AuthError:
             raise
         except (E4SyncError, OSError) as exc:
@@ -468,6 +479,14 @@ def disk_full(exc: BaseException) -> str:
         if getattr(orig, "sqlstate", None) == "53100":  # PostgreSQL disk_full
             return "no space left on device (the state database)"
     return ""
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _content_problems(path: Path, item: RemoteItem) -> list[str]:

@@ -36,6 +36,7 @@ from e4sync.errors import (
     AuthError,
     ConfigError,
     E4SyncError,
+    Interrupted,
     LockBusy,
     TransientError,
 )
@@ -126,7 +127,10 @@ def pass_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def default_source_factory(cfg: Config) -> SourceFactory:
+def default_source_factory(cfg: Config, stop: threading.Event | None = None) -> SourceFactory:
+    """E4 Connect clients for ``cfg``'s accounts; ``stop`` ends their waits (a Retry-After,
+    a backoff) with ``Interrupted`` so a stopping process is not held by one."""
+
     def make(account: AccountConfig) -> Source:
         from e4sync.client import E4Connect
         from e4sync.credentials import password_provider
@@ -139,6 +143,7 @@ def default_source_factory(cfg: Config) -> SourceFactory:
             timeout=cfg.download.timeout,
             connect_timeout=cfg.download.connect_timeout,
             pool_size=max(8, cfg.download.concurrency * 2),
+            cancel=stop,
         )
         return E4Source(client)
 
@@ -183,7 +188,7 @@ def _run_pass(
     # A one-off pass (run-once) is its own short-lived worker: its row goes when it ends.
     one_off = worker_id is None
     worker_id = worker_id or statedb.make_worker_id()
-    source_factory = source_factory or default_source_factory(cfg)
+    source_factory = source_factory or default_source_factory(cfg, stop)
     chosen = [a for a in cfg.accounts if accounts is None or a.name in accounts]
     report = PassReport(started_at=time.time(), dry_run=dry_run)
     archive = Archive(cfg.archive.root)
@@ -329,6 +334,9 @@ class AccountPass(DownloadSteps, DeletionSteps):
             if self.dry_run:
                 source = DryRunSource(source)
             self._serve(source)
+        except Interrupted as exc:
+            # A stop during a wait (a Retry-After, a backoff): not this account's failure.
+            log.info("account %s: %s", self.account.name, exc)
         except ConfigError as exc:
             self._account_failed(EXIT_CONFIG, str(exc))
         except AuthError as exc:

@@ -1,5 +1,6 @@
 """`e4sync run` as systemd runs it: a real datagram socket in NOTIFY_SOCKET, WATCHDOG_USEC
-set, the password only in a CREDENTIALS_DIRECTORY, and a real SIGTERM."""
+set, the password only in a CREDENTIALS_DIRECTORY, and a real SIGTERM (SIGTERM mid-download,
+during a Retry-After and SIGHUP are in test_signals.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import Faults, Simulator
+from e4sync.simulator import Simulator
 
 
 class NotifySocket:
@@ -100,38 +101,30 @@ def test_run_under_systemd_notifies_fills_the_archive_and_stops_cleanly(tmp_path
         assert "demo" not in stderr.replace("demo@example.org", "")  # the password never shows
 
 
-def test_sigterm_mid_download_exits_0_within_seconds_and_keeps_the_part(tmp_path):
+def test_sighup_tells_systemd_reloading_then_ready(tmp_path):
+    """ExecReload=/bin/kill -HUP $MAINPID: systemd shows the unit reloading until READY=1."""
     notify = NotifySocket(tmp_path / "notify.sock")
-    # One big session behind a bandwidth cap: the pass is still downloading when we stop it.
-    with Simulator(port=0, seed=3, sessions=0, faults=Faults(bandwidth=2_000_000)) as sim:
-        sim.add_session(size_bytes=40_000_000)
+    with Simulator(port=0, seed=3, sessions=1) as sim:
         env = daemon_env(tmp_path, notify.path, "demo")
         proc = start_daemon(write_config(tmp_path, sim.base_url), env)
         try:
             assert notify.wait_for("READY=1", 30), notify.messages
-            deadline = time.monotonic() + 30
-            parts: list[Path] = []
-            while time.monotonic() < deadline and not parts:
-                parts = [
-                    p
-                    for p in (tmp_path / "archive").rglob("*.part")
-                    if not p.name.startswith(".") and p.stat().st_size
-                ]
-                time.sleep(0.05)
-            assert parts, "the download never started"
-            started = time.monotonic()
+            assert notify.wait_for("STATUS=idle", 15), notify.messages
+            proc.send_signal(signal.SIGHUP)
+            assert notify.wait_for("RELOADING=1", 10), notify.messages
+            reloading = next(i for i, m in enumerate(notify.messages) if "RELOADING=1" in m)
+            assert "MONOTONIC_USEC=" in notify.messages[reloading]
+            deadline = time.monotonic() + 10
+            while not any("READY=1" in m for m in notify.messages[reloading + 1 :]):
+                assert time.monotonic() < deadline, notify.messages
+                notify.wait_for("never", 0.1)
             proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=15)
-            assert code == 0, proc.stderr.read()
-            assert time.monotonic() - started < 10
-            assert not list((tmp_path / "archive").rglob("*.zip")), (
-                "no half file under a final name"
-            )
-            assert parts[0].exists(), "cut between chunks: the .part is left as it was"
+            assert proc.wait(timeout=10) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
             notify.close()
+    assert "configuration reloaded from" in proc.stderr.read()
 
 
 def test_wrong_password_at_start_exits_77_before_ready(tmp_path):

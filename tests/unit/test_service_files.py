@@ -26,6 +26,7 @@ LIFECYCLE_KEYS = {
     "Type",
     "NotifyAccess",
     "ExecStart",
+    "ExecReload",
     "TimeoutStartSec",
     "TimeoutStopSec",
     "WatchdogSec",
@@ -143,6 +144,8 @@ def test_daemon_unit_settings() -> None:
         "Type": "notify",
         "NotifyAccess": "main",
         "ExecStart": "/usr/local/bin/e4sync run --config /etc/e4sync/config.toml",
+        # SIGHUP reloads the configuration between passes (e4sync.daemon).
+        "ExecReload": "/bin/kill -HUP $MAINPID",
         "WatchdogSec": "5min",
         "Restart": "on-failure",
         "RestartSec": "30s",
@@ -171,7 +174,8 @@ def test_once_unit_has_the_same_hardening_and_no_restart() -> None:
     assert one(once_unit, "Service", "ExecStart") == (
         "/usr/local/bin/e4sync run-once --config /etc/e4sync/config.toml"
     )
-    for key in ("Restart", "RestartSec", "WatchdogSec", "NotifyAccess"):
+    # No ExecReload either: run-once ignores SIGHUP (it reads the configuration at start).
+    for key in ("Restart", "RestartSec", "WatchdogSec", "NotifyAccess", "ExecReload"):
         assert key not in once, key
     assert "Install" not in once_unit  # pulled in by the timer, never enabled itself
     hardening = {k: v for k, v in daemon.items() if k not in LIFECYCLE_KEYS}
@@ -195,6 +199,7 @@ def test_user_unit_settings() -> None:
     unit = parse_unit(path)
     assert one(unit, "Service", "ExecStart") == "%h/.local/bin/e4sync run"
     assert one(unit, "Service", "Type") == "notify"
+    assert one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(unit, "Service", "RestartPreventExitStatus") == "77 78"
     assert unit["Install"]["WantedBy"] == ["default.target"]
     assert "loginctl enable-linger" in path.read_text()
