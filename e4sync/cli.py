@@ -25,6 +25,7 @@ from e4sync.errors import (
     EXIT_SIGTERM,
     ConfigError,
     E4SyncError,
+    StateDamaged,
     UsageError,
 )
 
@@ -204,10 +205,22 @@ def one_account(cfg: Config) -> AccountConfig:
     return cfg.accounts[0]
 
 
-def open_state(cfg: Config):
+def open_state(cfg: Config, check: bool = False):
+    """The state database, migrated; ``check``: its integrity checked first (for the
+    commands that trust the whole file or act on its word)."""
     from e4sync.state.db import default_sqlite_url, open_db
 
-    return open_db(cfg.state.url or default_sqlite_url(cfg.state.dir))
+    return open_db(cfg.state.url or default_sqlite_url(cfg.state.dir), check=check)
+
+
+def raise_if_damaged(engine) -> None:
+    """Raise the damage the engine met even if the code that met it carried on (a pass
+    records per-session errors; a metrics write only warns)."""
+    from e4sync.state.db import damage_found
+
+    damage = damage_found(engine)
+    if damage is not None:
+        raise damage
 
 
 def make_client(cfg: Config, account: AccountConfig):
@@ -297,6 +310,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     )
     if progress:
         progress.done()
+    raise_if_damaged(engine)
     if args.json:
         print_json(_report_dict(report))
     else:
@@ -454,7 +468,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     with make_client(cfg, account) as client:
         rows = client.sessions_list()
     local: dict[str, str] = {}
-    with contextlib.suppress(E4SyncError):
+    try:
         engine = open_state(cfg)
         with engine.connect() as conn:
             local = dict(
@@ -465,6 +479,11 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 ).all()
             )
         engine.dispose()
+    except StateDamaged:
+        # Not "no local state": every session would show as never archived.
+        raise
+    except E4SyncError:
+        pass
     table = []
     for row in rows:
         item = parse_item(row)
@@ -531,7 +550,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
     session_id = session_id_arg(args.session_id)
     cfg = load(args)
     account = one_account(cfg)
-    engine = open_state(cfg)
+    # A remote copy goes only on the word of a whole database.
+    engine = open_state(cfg, check=True)
     with engine.connect() as conn:
         row = conn.execute(
             select(
@@ -632,7 +652,11 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from e4sync.maintenance import reindex
 
     cfg = load(args)
-    result = reindex(open_state(cfg), Archive(cfg.archive.root), rehash=not args.no_rehash)
+    # Rebuilding into a damaged file would only mix good rows with bad: it must be moved
+    # aside first (the error says how).
+    result = reindex(
+        open_state(cfg, check=True), Archive(cfg.archive.root), rehash=not args.no_rehash
+    )
     out(f"{result.sidecars} sidecars read: {result.added} sessions added, {result.updated} updated")
     for path in result.missing_zip:
         out(f"missing: {path} (its sidecar exists, the ZIP does not)")
@@ -645,7 +669,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from e4sync.state.db import current_revision
 
     cfg = load(args)
-    engine = open_state(cfg)  # open_state migrates
+    engine = open_state(cfg, check=True)  # checked first, then migrated
     out(f"state database at revision {current_revision(engine)}")
     return EXIT_OK
 
@@ -704,12 +728,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from e4sync.doctor import run_checks
 
     cfg = load(args)
-    checks = run_checks(cfg)
+    checks, damage = run_checks(cfg)
     if args.json:
         print_json({"schema": 1, "checks": checks})
     else:
         for c in checks:
             out(f"[{'ok' if c['ok'] else 'FAIL'}] {c['what']}: {c['detail']}")
+    if damage is not None:
+        raise damage  # its own exit code and line, after every check was shown
     return EXIT_OK if all(c["ok"] for c in checks) else EXIT_SESSIONS_FAILED
 
 
@@ -751,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"e4sync: {line}", file=sys.stderr)
         return exc.exit_code
+    except StateDamaged as exc:
+        return _damaged(exc, args)
     except E4SyncError as exc:
         print(f"e4sync: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -766,13 +794,37 @@ def main(argv: list[str] | None = None) -> int:
         # temporary (75), said in one line.
         if "sqlalchemy" not in sys.modules:
             raise
-        from e4sync.state.db import database_busy
+        from e4sync.state.db import database_busy, database_damaged
 
+        damage = database_damaged(exc)
+        if damage is not None:
+            # Met outside an engine's hook (which would have named the file).
+            return _damaged(damage, args)
         busy = database_busy(exc)
         if busy is None:
             raise
         print(f"e4sync: error: {busy}", file=sys.stderr)
         return busy.exit_code
+
+
+def _damaged(exc: StateDamaged, args: argparse.Namespace) -> int:
+    """The one line for a damaged state database, its ``reindex`` with the ``--config``
+    this command was given, so both commands it names can be pasted as they are."""
+    import shlex
+
+    from e4sync.state.damage import state_damaged
+
+    if "sqlalchemy" in sys.modules:
+        from e4sync.state.db import close_damaged_engines
+
+        close_damaged_engines()
+    if exc.path:
+        # Said again once the connections are closed: the `mv` names the files still there.
+        exc = state_damaged(exc.path, exc.reason)
+    if args.config:
+        exc = exc.with_reindex(f"e4sync --config {shlex.quote(args.config)} reindex")
+    print(f"e4sync: error: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ On SIGHUP the configuration file is read again, with the loader the start used, 
 next point between passes; a bad file is logged and the running configuration kept; a
 good one replaces it and the jobs derived from it (the pass interval, the scrub job).
 Each pass reads the configuration once at its start, so none runs on a mixture.
+A damaged state database, met by a pass or the scrub, is logged and stops the daemon with
+exit 65: every later pass would only meet it again.
 
 Calls ``sync.run_pass``; must not import cli.
 """
@@ -31,7 +33,14 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from e4sync.config import Config
-from e4sync.errors import AuthError, ConfigError, E4SyncError, Interrupted, LockBusy
+from e4sync.errors import (
+    AuthError,
+    ConfigError,
+    E4SyncError,
+    Interrupted,
+    LockBusy,
+    StateDamaged,
+)
 from e4sync.notify import Notifier
 from e4sync.state import db as statedb
 from e4sync.sync import PassReport, SourceFactory, iso, run_pass
@@ -87,12 +96,14 @@ class Daemon:
         self._wake = threading.Event()
         self._reload_wanted = threading.Event()
         self._reload_deferred = False
+        self.damage: StateDamaged | None = None  # set by a job; the daemon then stops
 
     # -- the main thread ---------------------------------------------------------------
 
     def run(self, check_login: Callable[[], None] | None = None) -> int:
         """Serve until a signal; return 0 on a clean stop. ``check_login`` (raising
-        ``AuthError``) runs before READY=1, so systemd sees a bad password at start-up."""
+        ``AuthError``) runs before READY=1, so systemd sees a bad password at start-up.
+        Raises ``StateDamaged`` once stopped when a job found the state database damaged."""
         self._install_signals()
         if check_login is not None:
             check_login()
@@ -118,13 +129,30 @@ class Daemon:
         log.info("stopping: waiting for the running downloads to reach a safe point")
         self.notifier.stopping()
         self.scheduler.shutdown(wait=True)
-        try:
-            statedb.remove_worker(self.engine, self.worker_id)
-        except Exception as exc:  # the database may be what failed; the row goes stale then
-            log.warning("could not remove this worker's row: %s", exc)
+        damage = self.damage or statedb.damage_found(self.engine)
+        if damage is None:
+            try:
+                statedb.remove_worker(self.engine, self.worker_id)
+            except Exception as exc:  # the database may be what failed; the row goes stale
+                log.warning("could not remove this worker's row: %s", exc)
         self.engine.dispose()
+        if damage is not None:
+            raise damage  # the CLI says it on one line and exits 65
         log.info("stopped")
         return 0
+
+    def _stop_damaged(self, damage: StateDamaged) -> None:
+        """Called on a job's thread: log the damage once and stop (never shutdown() here:
+        it would join this very thread)."""
+        with self._lock:
+            first = self.damage is None
+            if first:
+                self.damage = damage
+        if first:
+            # How to rebuild it is the last line, said once the file is closed.
+            where = damage.path or "the state database"
+            log.error("stopping: %s is damaged (%s)", where, damage.reason)
+        self.stop.set()
 
     def _install_signals(self) -> None:
         def on_signal(signum: int, _frame: object) -> None:
@@ -311,6 +339,9 @@ class Daemon:
         except LockBusy as exc:
             error = str(exc)
             log.warning("pass skipped: %s", exc)
+        except StateDamaged as exc:
+            error = str(exc)
+            self._stop_damaged(exc)
         except E4SyncError as exc:
             error = str(exc)
             log.error("pass failed: %s", exc)
@@ -326,6 +357,10 @@ class Daemon:
                     self.health.last_report = report
             if self._reload_wanted.is_set():
                 self._wake.set()  # a SIGHUP waited for this pass: reload now
+        # The metrics after the pass may be what met it.
+        damage = statedb.damage_found(self.engine)
+        if damage is not None:
+            self._stop_damaged(damage)
 
     def _min_gap(self, cfg: Config) -> float:
         # Several workers share a PostgreSQL database: an account another worker listed
@@ -340,7 +375,11 @@ class Daemon:
 
         with self._lock:
             cfg = self.cfg
-        result = verify_archive(self.engine, Archive(cfg.archive.root))
+        try:
+            result = verify_archive(self.engine, Archive(cfg.archive.root))
+        except StateDamaged as exc:
+            self._stop_damaged(exc)
+            return
         if result.clean:
             log.info("scrub: %d archived files re-hashed, all match", result.checked)
         else:

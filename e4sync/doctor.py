@@ -1,7 +1,9 @@
 """e4sync.doctor: `e4sync doctor` — per account, which password source would be used and
-whether the login works; whether the archive root and state directory are writable.
+whether the login works; whether the archive root and state directory are writable; whether
+a SQLite state database is whole (``PRAGMA quick_check``).
 
-Never prints a secret: only the kind and place of each source.
+Never prints a secret: only the kind and place of each source. Never creates or migrates
+the state database.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from e4sync.config import Config
-from e4sync.errors import E4SyncError
+from e4sync.errors import E4SyncError, StateDamaged
 
 
 def _writable(path: Path) -> tuple[bool, str]:
@@ -27,7 +29,41 @@ def _writable(path: Path) -> tuple[bool, str]:
         )
 
 
-def run_checks(cfg: Config) -> list[dict]:
+def _state_database(cfg: Config) -> tuple[dict | None, StateDamaged | None]:
+    """The state database check, and the damage it found. Only a SQLite file is checked
+    (a PostgreSQL server keeps its own files whole); one not created yet is fine."""
+    from e4sync.state.db import (
+        check_integrity,
+        current_revision,
+        default_sqlite_url,
+        make_engine,
+        sqlite_path,
+    )
+
+    url = cfg.state.url or default_sqlite_url(cfg.state.dir)
+    path = sqlite_path(url)
+    what = "state database"
+    if path is None:
+        return None, None
+    if not Path(path).exists():
+        return {"what": what, "ok": True, "detail": f"{path}: not created yet"}, None
+    engine = make_engine(url)
+    try:
+        check_integrity(engine)
+        revision = current_revision(engine)
+    except StateDamaged as exc:
+        # How to rebuild it is the error's own line, said once the file is closed.
+        return {"what": what, "ok": False, "detail": f"{path} is damaged ({exc.reason})"}, exc
+    except E4SyncError as exc:
+        return {"what": what, "ok": False, "detail": f"{path}: {exc}"}, None
+    finally:
+        engine.dispose()
+    return {"what": what, "ok": True, "detail": f"{path}: whole, at revision {revision}"}, None
+
+
+def run_checks(cfg: Config) -> tuple[list[dict], StateDamaged | None]:
+    """Every check, and the damage found in the state database if any (the CLI exits with
+    its code rather than 1)."""
     from e4sync.client import E4Connect
     from e4sync.credentials import password_provider, password_source
 
@@ -35,6 +71,9 @@ def run_checks(cfg: Config) -> list[dict]:
     for what, path in (("archive root", cfg.archive.root), ("state directory", cfg.state.dir)):
         ok, detail = _writable(Path(path))
         checks.append({"what": what, "ok": ok, "detail": detail})
+    state, damage = _state_database(cfg)
+    if state is not None:
+        checks.append(state)
     for account in cfg.accounts:
         try:
             source = password_source(account, interactive=False)
@@ -82,4 +121,4 @@ def run_checks(cfg: Config) -> list[dict]:
             checks.append(
                 {"what": f"account {account.name} login", "ok": False, "detail": str(exc)}
             )
-    return checks
+    return checks, damage

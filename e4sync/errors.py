@@ -11,6 +11,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SESSIONS_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DATAERR = 65
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
@@ -21,6 +22,8 @@ EXIT_CODES = {
     EXIT_OK: "all went well (including nothing to do)",
     EXIT_SESSIONS_FAILED: "one or more sessions failed this pass and will be retried",
     EXIT_USAGE: "bad usage",
+    EXIT_DATAERR: "the state database is damaged: move it aside, then `e4sync reindex` "
+    "rebuilds it from the archive",
     EXIT_TEMPFAIL: (
         "temporary: the platform could not be reached or sent an error object for a list,"
         " or another e4sync holds the lock"
@@ -69,6 +72,45 @@ class TransientError(E4SyncError):
 
 class LockBusy(TransientError):
     """Another e4sync process holds the lock on this state directory."""
+
+
+class StateDamaged(E4SyncError):
+    """The state database file is damaged: not a database at all, truncated, or with a
+    bad page. Retrying cannot help and nothing in it can be trusted; the archive's sidecars
+    hold what is needed to rebuild it (``e4sync reindex``, once the file is moved aside).
+
+    ``path`` is the file (None when it is not known), ``reason`` SQLite's own words,
+    ``move_aside`` the exact shell command that moves it (and its -wal) aside, and
+    ``reindex`` the command that rebuilds it; the message says all four on one line."""
+
+    exit_code = EXIT_DATAERR
+
+    def __init__(
+        self,
+        path: str | None,
+        reason: str,
+        move_aside: str = "",
+        reindex: str = "e4sync reindex",
+    ):
+        self.path = path
+        self.reason = reason
+        self.move_aside = move_aside
+        self.reindex = reindex
+        where = f"the state database {path}" if path else "the state database"
+        how = (
+            f"move it aside with `{move_aside}`"
+            if move_aside
+            else "move the file aside (add .damaged to its name)"
+        )
+        super().__init__(
+            f"{where} is damaged ({reason}); rebuild it from the archive: {how}, "
+            f"then run `{reindex}`"
+        )
+
+    def with_reindex(self, reindex: str) -> StateDamaged:
+        """The same error, naming ``reindex`` as the command that rebuilds the database
+        (the CLI adds the ``--config`` it was given)."""
+        return StateDamaged(self.path, self.reason, self.move_aside, reindex)
 
 
 class RemoteError(E4SyncError):

@@ -54,9 +54,11 @@ def verify_archive(
     engine: Engine, archive: Archive, account_names: list[str] | None = None
 ) -> VerifyReport:
     """Re-hash every file the database says is archived and name each one that is missing,
-    changed (sha256 differs) or unreadable."""
+    changed (sha256 differs) or unreadable. The database itself is checked first: a
+    damaged one raises ``StateDamaged`` (its rows cannot be the measure of anything)."""
     from e4sync.verify import sha256_file
 
+    statedb.check_integrity(engine)
     report = VerifyReport()
     with statedb.sessionmaker_for(engine)() as db:
         query = (

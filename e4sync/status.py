@@ -6,7 +6,8 @@ answers on a SQLAlchemy connection (any database) and on the standard library's 
 and never imports SQLAlchemy, whose import alone costs a quarter of a second (issue 6 wants
 the command under 0.3 s). Anything unusual (no file yet, an older schema, an error) falls
 back to the SQLAlchemy way, which migrates and maps errors as every other command does, so
-the shortcut can change how fast the answer comes, never what it says.
+the shortcut can change how fast the answer comes, never what it says. The one exception is
+a damaged file: both ways raise the same ``StateDamaged`` (``e4sync.state.damage``) at once.
 
 Must not import SQLAlchemy at module level, nor client, sync or cli.
 """
@@ -20,6 +21,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from e4sync.state.damage import damage_from
 from e4sync.state.states import ARCHIVED_STATES, DUE_STATES, FAILED, SCHEMA_HEAD, STATES
 from e4sync.timestamps import iso
 
@@ -189,7 +191,8 @@ def sqlite_rows(path: Path) -> Iterator[Rows | None]:
     """A ``Rows`` reading the SQLite file at ``path`` with the standard library, inside one
     read transaction (a consistent snapshot under WAL); None when the file is missing or not
     at ``SCHEMA_HEAD``, for the caller to take the SQLAlchemy way. Writes nothing, and never
-    creates the file."""
+    creates the file. A damaged file raises ``StateDamaged``: the other way would only meet
+    the same damage, later."""
     if not path.is_file():
         yield None
         return
@@ -200,14 +203,16 @@ def sqlite_rows(path: Path) -> Iterator[Rows | None]:
     uri = f"file:{escaped}?mode=ro"
     try:
         connection = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
+        _raise_if_damaged(exc, path)
         yield None
         return
     with closing(connection):
         try:
             connection.execute("BEGIN DEFERRED")
             version = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            _raise_if_damaged(exc, path)
             version = []
         if version != [(SCHEMA_HEAD,)]:
             yield None
@@ -220,12 +225,20 @@ def quick_report(
 ) -> dict | None:
     """``build_report`` read with sqlite3 when ``url`` is a plain SQLite file at the current
     schema, else None (the caller then opens the database with SQLAlchemy, which migrates it
-    and turns errors into e4sync's)."""
+    and turns errors into e4sync's). Raises ``StateDamaged`` for a damaged file."""
     path = sqlite_file(url)
     if path is None:
         return None
     try:
         with sqlite_rows(path) as rows:
             return None if rows is None else build_report(rows, account_names, None, stale_after)
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
+        # A bad page met by one of the report's queries, not only at open.
+        _raise_if_damaged(exc, path)
         return None
+
+
+def _raise_if_damaged(exc: sqlite3.Error, path: Path) -> None:
+    damage = damage_from(exc, str(path))
+    if damage is not None:
+        raise damage from None

@@ -12,11 +12,17 @@ transaction open (it would wait for itself). Readers that may overlap a transact
 ``engine.execution_options(sqlite_begin="DEFERRED")``; other processes' readers are never
 blocked (WAL).
 
+A damaged SQLite file (garbage, truncated, a bad page) is turned into ``StateDamaged``
+(exit 65) wherever SQLite reports it: at open, during the migrations, and in any later
+query, through the engine's ``handle_error`` hook; the engine then remembers it
+(``damage_found``), so a pass whose per-session error handling swallowed it still ends with
+it. ``check_integrity`` looks for damage no query has met yet (``PRAGMA quick_check``).
+
 Times are float unix seconds from the calling worker's clock: hosts sharing a PostgreSQL
 database must keep their clocks in sync (NTP), or leases expire early or late.
 
-Imports only ``e4sync.state.models``, ``e4sync.state.states`` and ``e4sync.errors`` from
-e4sync; never the client, the archive or sync.
+Imports only ``e4sync.state.models``, ``e4sync.state.states``, ``e4sync.state.damage`` and
+``e4sync.errors`` from e4sync; never the client, the archive or sync.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import secrets
 import socket
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +43,9 @@ from sqlalchemy import event, or_, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from e4sync.errors import StorageError, TransientError
+from e4sync.errors import StateDamaged, StorageError, TransientError
 from e4sync.state import models
+from e4sync.state.damage import damage_from, quick_check_problem, state_damaged
 from e4sync.state.states import SCHEMA_HEAD
 
 # Session-level advisory lock key that serialises migrations among workers on one PostgreSQL
@@ -66,6 +74,42 @@ def database_busy(exc: BaseException, url: str = "") -> TransientError | None:
     if "connection" in text or "could not connect" in text or "server closed" in text:
         return TransientError(f"{where} cannot be reached: {text.splitlines()[0][:200]}")
     return None
+
+
+def sqlite_path(url: str | sa.URL) -> str | None:
+    """The file of a SQLite URL, or None (an in-memory database, another backend)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
+def database_damaged(exc: BaseException, url: str = "") -> StateDamaged | None:
+    """The ``StateDamaged`` (exit 65) that ``exc`` means when it is SQLite saying the file
+    at ``url`` is damaged (or is a ``StateDamaged`` already), else None. Never matches a
+    PostgreSQL error: a server keeps its own files whole or says so in other words."""
+    return damage_from(exc, sqlite_path(url) if url else None)
+
+
+# The damage each SQLite engine has met, kept for the engine's life: code that catches
+# errors per session (a pass's worker threads) may swallow the exception, not the fact.
+_DAMAGE_FOUND: weakref.WeakKeyDictionary[Engine, StateDamaged] = weakref.WeakKeyDictionary()
+
+
+def damage_found(engine: Engine) -> StateDamaged | None:
+    """The ``StateDamaged`` this engine (as ``make_engine`` returned it) has met, if any."""
+    return _DAMAGE_FOUND.get(engine)
+
+
+def close_damaged_engines() -> None:
+    """Close the connections of every engine that met damage, so SQLite removes the WAL and
+    shared-memory files it can (before an ``mv`` naming what is left is printed)."""
+    for engine in list(_DAMAGE_FOUND.keys()):
+        engine.dispose()
+
+
+def _found(engine: Engine, damage: StateDamaged) -> StateDamaged:
+    return _DAMAGE_FOUND.setdefault(engine, damage)
 
 
 def default_sqlite_url(state_dir: Path) -> str:
@@ -121,6 +165,22 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
         finally:
             cur.close()
+
+    path = sqlite_path(sa_url)
+    engine_ref = weakref.ref(engine)
+
+    @event.listens_for(engine, "handle_error")
+    def _sqlite_on_error(context: Any) -> None:
+        # Every error SQLAlchemy sees on this engine passes here: a connect (the PRAGMAs
+        # above meet a file that is not a database), a migration, any query that reads a
+        # bad page. Raising replaces SQLAlchemy's exception with e4sync's one-line error.
+        damage = damage_from(context.original_exception, path)
+        if damage is None:
+            return
+        engine = engine_ref()
+        if engine is not None:
+            damage = _found(engine, damage)
+        raise damage from None
 
     @event.listens_for(engine, "begin")
     def _sqlite_on_begin(conn: Connection) -> None:
@@ -262,18 +322,47 @@ def upgrade(engine: Engine) -> None:
             command.upgrade(_alembic_config(conn), "head")
 
 
-def open_db(url: str) -> Engine:
+def check_integrity(engine: Engine) -> None:
+    """Raise ``StateDamaged`` when SQLite's ``PRAGMA quick_check`` finds the file damaged,
+    even where no query has looked yet (a bad page in a table this command does not read).
+    It reads every page once (for 20,000 sessions, an 11 MB file, about 15 ms from the page
+    cache), so the commands that trust the whole file or act on its word (``db upgrade``,
+    ``verify``, ``reindex``, ``remove``, ``doctor``) run it; a pass does not. A no-op on
+    other databases."""
+    if not _is_sqlite(engine):
+        return
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+        try:
+            rows = conn.exec_driver_sql("PRAGMA quick_check").all()
+        finally:
+            conn.rollback()
+    problem = quick_check_problem(rows)
+    if problem is not None:
+        raise _found(engine, state_damaged(sqlite_path(engine.url), problem))
+
+
+def open_db(url: str, check: bool = False) -> Engine:
     """Return an engine for ``url`` whose schema is at the newest revision. A SQLite file's
-    folder is created (0700: it holds the state and the cookie-free lock file)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder is created (0700: it holds the state and the cookie-free lock file). ``check``
+    runs ``check_integrity`` first, so a damaged file is never migrated. A damaged SQLite
+    file raises ``StateDamaged``, whichever step meets it."""
+    path = sqlite_path(url)
+    if path is not None:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(url)
     try:
+        if check:
+            check_integrity(engine)
         upgrade(engine)
-    except BaseException:
+    except BaseException as exc:
         engine.dispose()
-        raise
+        # The migrations also speak to the driver connection directly (PRAGMA
+        # foreign_keys), where the engine's hook does not see the error.
+        damage = database_damaged(exc, url)
+        if damage is None or damage is exc:
+            raise
+        raise damage from None
     return engine
 
 

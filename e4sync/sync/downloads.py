@@ -36,6 +36,7 @@ from e4sync.errors import (
     E4SyncError,
     Interrupted,
     NotAZipError,
+    StateDamaged,
     StorageError,
 )
 from e4sync.source import RemoteItem, Source, parse_item
@@ -128,8 +129,9 @@ class DownloadSteps:
                 for future in done:
                     try:
                         future.result()
-                    except AuthError:
-                        # The password stopped working mid-pass: nothing else will work either.
+                    except (AuthError, StateDamaged):
+                        # The password stopped working mid-pass, or the state database is
+                        # damaged: nothing else will work either.
                         self.stop_account()
                         for other in in_flight:
                             other.cancel()
@@ -236,6 +238,11 @@ class DownloadSteps:
                     log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
                 crashpoint("after-commit")
             self._record_verified(pk, item, got)
+        except StateDamaged:
+            # Not this session's failure, and nothing can be recorded: stop the account (the
+            # engine remembers the damage and the pass raises it). A file already committed
+            # has its sidecar, from which `reindex` rebuilds its row.
+            self.stop_account()
         except (E4SyncError, OSError) as exc:
             self._failed(pk, item, got.part, exc)
         except Exception as exc:

@@ -5,6 +5,8 @@ metadata changes, download what is due with ``download.concurrency`` threads sha
 login, verify, commit, then delete remote copies that qualify, then write the pass row.
 A failure in one account never stops the others. Per-session failures are recorded with
 their back-off and reported in the ``PassReport``; only ``cli`` turns that into an exit code.
+A damaged state database is none of these: it stops the pass and is raised
+(``StateDamaged``, exit 65), even where a per-session handler caught it first.
 
 Must not import cli. Talks to the platform only through ``source.Source``.
 """
@@ -38,6 +40,7 @@ from e4sync.errors import (
     E4SyncError,
     Interrupted,
     LockBusy,
+    StateDamaged,
     TransientError,
 )
 from e4sync.source import DryRunSource, RemoteItem, Source
@@ -154,16 +157,26 @@ def run_pass(cfg: Config, engine: Engine, **kwargs) -> PassReport:
     """Run one pass over the configured accounts (or the named ones) and return its report.
 
     Raises ``LockBusy`` if another pass holds this state directory, ``TransientError`` if
-    the state database is locked or unreachable, ``StorageError`` if the archive root cannot
-    be written; everything else is caught per account and reported. The keyword arguments
+    the state database is locked or unreachable, ``StateDamaged`` if it is damaged (met
+    anywhere in the pass, by any thread), ``StorageError`` if the archive root cannot be
+    written; everything else is caught per account and reported. The keyword arguments
     are ``_run_pass``'s."""
+    url = str(engine.url)
     try:
-        return _run_pass(cfg, engine, **kwargs)
+        report = _run_pass(cfg, engine, **kwargs)
     except Exception as exc:
-        busy = statedb.database_busy(exc, str(engine.url))
-        if busy is None:
+        mapped = (
+            statedb.damage_found(engine)
+            or statedb.database_damaged(exc, url)
+            or statedb.database_busy(exc, url)
+        )
+        if mapped is None:
             raise
-        raise busy from None
+        raise mapped from None
+    damage = statedb.damage_found(engine)
+    if damage is not None:
+        raise damage
+    return report
 
 
 def _run_pass(
@@ -209,6 +222,8 @@ def _run_pass(
             if stop.is_set():
                 report.interrupted = True
                 break
+            if statedb.damage_found(engine) is not None:
+                break  # run_pass raises it
             report.accounts.append(
                 AccountPass(
                     cfg,
@@ -337,6 +352,8 @@ class AccountPass(DownloadSteps, DeletionSteps):
         except Interrupted as exc:
             # A stop during a wait (a Retry-After, a backoff): not this account's failure.
             log.info("account %s: %s", self.account.name, exc)
+        except StateDamaged:
+            raise  # not this account's failure: the whole state database's
         except ConfigError as exc:
             self._account_failed(EXIT_CONFIG, str(exc))
         except AuthError as exc:
@@ -350,8 +367,10 @@ class AccountPass(DownloadSteps, DeletionSteps):
             keeper.stop()
             if source is not None:
                 source.close()
-            statedb.release_leases(self.engine, self.worker_id, [self.account.name])
-            self._write_pass_row(started)
+            # Nothing more is written into a damaged file: it is to be rebuilt anyway.
+            if statedb.damage_found(self.engine) is None:
+                statedb.release_leases(self.engine, self.worker_id, [self.account.name])
+                self._write_pass_row(started)
         return self.report
 
     def _served_recently(self) -> bool:
@@ -378,6 +397,10 @@ class AccountPass(DownloadSteps, DeletionSteps):
         self.report.lost = len(copies.requeued) + len(copies.lost)
         listed = {i.id: i for i in items}
         self._download_due(source, listed)
+        damage = statedb.damage_found(self.engine)
+        if damage is not None:
+            # A download thread met it and stopped the account: no deletion on its word.
+            raise damage
         if self.stop.is_set():
             return
         self._delete_qualifying(source, listed, listing_ok)
@@ -532,6 +555,8 @@ class AccountPass(DownloadSteps, DeletionSteps):
                 account.last_error = r.errors[-1][:2000] if r.errors else None
                 if r.ok:
                     account.last_ok_at = time.time()
+        except StateDamaged:
+            pass  # remembered by the engine; run_pass raises it
         except Exception:  # the pass's own outcome matters more than its summary row
             log.exception("account %s: could not write the pass summary", self.account.name)
 
@@ -600,6 +625,11 @@ class _LeaseKeeper:
             try:
                 held = statedb.renew_leases(self.engine, self.worker_id, [self.name], self.lease)
                 statedb.heartbeat(self.engine, self.worker_id, f"serving {self.name}")
+            except StateDamaged:
+                # No hiccup: stop the account's work (as a lost lease does); the pass
+                # raises the damage, which the engine remembers.
+                self.lost.set()
+                return
             except Exception as exc:  # a database hiccup: try again next round
                 log.warning("account %s: lease renewal failed: %s", self.name, exc)
                 continue

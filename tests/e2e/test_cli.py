@@ -595,6 +595,7 @@ def test_doctor_all_ok(sim, setup, run_cli):
     assert [line.split(":")[0] for line in lines] == [
         "[ok] archive root",
         "[ok] state directory",
+        "[ok] state database",
         "[ok] account lab password",
         "[ok] account lab login",
     ]
@@ -607,7 +608,7 @@ def test_doctor_fails_on_a_wrong_password(sim, setup, run_cli):
     assert "[FAIL] account lab login: " in result.out
     assert "Wr0ng-Secret" not in result.out + result.err
     checks = json.loads(run_cli("doctor", "--json", "--config", config, exit_code=1).out)
-    assert [c["ok"] for c in checks["checks"]] == [True, True, True, False]
+    assert [c["ok"] for c in checks["checks"]] == [True, True, True, True, False]
 
 
 def test_doctor_fails_on_an_unwritable_archive_root(sim, setup, run_cli):

@@ -1,4 +1,5 @@
-"""Tests for e4sync.state.db on real SQLite files: migrations, pragmas, transactions, leases.
+"""Tests for e4sync.state.db on real SQLite files: migrations, pragmas, transactions, leases,
+and a damaged file (``StateDamaged``, wherever SQLite reports it).
 
 Nothing is mocked; time is moved with the ``now=`` argument the lease functions take.
 """
@@ -18,7 +19,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from e4sync.errors import EXIT_DATAERR, StateDamaged
 from e4sync.state import db, models
+from e4sync.state.damage import move_aside_command
 
 TABLES = {"accounts", "sessions", "passes", "deletions", "workers"}
 
@@ -379,3 +382,115 @@ def test_schema_head_constant_matches_the_shipped_migrations():
     # open_db skips importing Alembic when the database is at SCHEMA_HEAD: a new migration
     # whose revision is not recorded there would never be applied.
     assert db.SCHEMA_HEAD == db.head_revision()
+
+
+# --- a damaged file ---------------------------------------------------------------------------
+
+
+def damage_sessions_root(url: str) -> Path:
+    """Overwrite the first page of the ``sessions`` table with garbage: a damage no open
+    meets (the migrations read only ``alembic_version``), only a query of that table."""
+    path = Path(db.sqlite_path(url))
+    with sqlite3.connect(path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sessions'")
+        root = root.fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+    return path
+
+
+def test_a_bad_page_met_by_a_query_after_open_is_state_damaged(url: str) -> None:
+    eng = db.open_db(url)
+    add_accounts(eng, "lab")
+    eng.dispose()
+    path = damage_sessions_root(url)
+    eng = db.open_db(url)  # opens: nothing it reads is damaged
+    try:
+        assert db.damage_found(eng) is None
+        add_accounts(eng, "clinic")  # nor is the accounts table
+        # A reader made with execution_options() shares the parent engine's hook.
+        reader = eng.execution_options(sqlite_begin="DEFERRED")
+        with pytest.raises(StateDamaged) as raised, reader.connect() as c:
+            c.execute(sa.select(models.Session.remote_json)).all()  # in no index
+        damage = raised.value
+        assert damage.exit_code == EXIT_DATAERR == 65
+        assert damage.path == str(path)
+        assert "malformed" in damage.reason
+        assert f"`mv {path} {path}.damaged" in str(damage)
+        # Remembered by the engine, for code that caught it per session and carried on.
+        assert db.damage_found(eng) is damage
+    finally:
+        eng.dispose()
+
+
+def test_check_integrity_finds_a_bad_page_no_query_has_read(url: str) -> None:
+    eng = db.open_db(url)
+    add_accounts(eng, "lab")
+    db.check_integrity(eng)  # a whole file passes
+    eng.dispose()
+    damage_sessions_root(url)
+    eng = db.open_db(url)
+    try:
+        with pytest.raises(StateDamaged):
+            db.check_integrity(eng)
+        assert db.damage_found(eng) is not None
+    finally:
+        eng.dispose()
+    with pytest.raises(StateDamaged):
+        db.open_db(url, check=True)  # and open_db(check=True) refuses it before migrating
+
+
+def test_garbage_fails_at_open_and_an_empty_file_is_a_new_database(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database\n" * 200)
+    with pytest.raises(StateDamaged) as raised:
+        db.open_db(f"sqlite:///{garbage}")
+    assert raised.value.path == str(garbage)
+    assert raised.value.reason == "file is not a database"
+    # SQLite takes a zero-byte file for an empty database: that is not damage.
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    eng = db.open_db(f"sqlite:///{empty}")
+    try:
+        assert db.current_revision(eng) == db.SCHEMA_HEAD
+    finally:
+        eng.dispose()
+
+
+def test_only_sqlite_saying_damaged_is_damage(tmp_path: Path) -> None:
+    busy = sa.exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+    full = sa.exc.OperationalError(
+        "INSERT", {}, sqlite3.OperationalError("database or disk is full")
+    )
+    # The same words from another driver (PostgreSQL's) are that server's business.
+    other = sa.exc.DatabaseError("SELECT 1", {}, Exception("database disk image is malformed"))
+    for exc in (busy, full, other, ValueError("file is not a database")):
+        assert db.database_damaged(exc, "sqlite:////x/state.db") is None
+    assert db.database_busy(busy) is not None
+    malformed = sqlite3.DatabaseError("database disk image is malformed")
+    wrapped = sa.exc.DatabaseError("SELECT 1", {}, malformed)
+    damage = db.database_damaged(wrapped, "sqlite:////x/state.db")
+    assert damage is not None and damage.path == "/x/state.db"
+    assert db.database_damaged(damage) is damage
+
+
+def test_the_mv_moves_the_wal_too_and_never_overwrites(tmp_path: Path) -> None:
+    folder = tmp_path / "my state"  # a space: the command quotes it
+    folder.mkdir()
+    path = folder / "state.db"
+    path.write_bytes(b"x")
+    assert move_aside_command(str(path)) == f"mv '{path}' '{path}.damaged'"
+    Path(f"{path}-wal").write_bytes(b"w")
+    Path(f"{path}.damaged").write_bytes(b"an earlier damage")
+    assert move_aside_command(str(path)) == (
+        f"mv '{path}' '{path}.damaged.2' && mv '{path}-wal' '{path}.damaged.2-wal'"
+    )
+    os.system(move_aside_command(str(path)))  # noqa: S605 - the very command users paste
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "state.db.damaged",
+        "state.db.damaged.2",
+        "state.db.damaged.2-wal",
+    ]

@@ -149,7 +149,7 @@ def test_daemon_unit_settings() -> None:
         "WatchdogSec": "5min",
         "Restart": "on-failure",
         "RestartSec": "30s",
-        "RestartPreventExitStatus": "77 78",
+        "RestartPreventExitStatus": "65 77 78",
         "TimeoutStopSec": "2min",
         "StateDirectory": "e4sync",
         "ConfigurationDirectory": "e4sync",
@@ -200,7 +200,7 @@ def test_user_unit_settings() -> None:
     assert one(unit, "Service", "ExecStart") == "%h/.local/bin/e4sync run"
     assert one(unit, "Service", "Type") == "notify"
     assert one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
-    assert one(unit, "Service", "RestartPreventExitStatus") == "77 78"
+    assert one(unit, "Service", "RestartPreventExitStatus") == "65 77 78"
     assert unit["Install"]["WantedBy"] == ["default.target"]
     assert "loginctl enable-linger" in path.read_text()
     # System-only sandboxing would be silently ignored in a user unit; keep it honest.
