@@ -603,7 +603,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for kind in ("missing", "changed", "unreadable"):
             for path in getattr(report, kind):
                 out(f"{kind}: {path}")
+        if report.requeued:
+            out(f"{len(report.requeued)} of them will be downloaded again by the next pass")
+        for path in report.lost:
+            out(f"lost: {path}: the platform no longer holds it; restore it from a backup")
+        for path in report.restored:
+            out(f"restored: {path} matches its recorded sha256 again")
+        for path in report.repaired_sidecars:
+            out(f"repaired sidecar: {path} ({report.repair_reasons.get(path, 'damaged')})")
+        for problem in report.sidecar_errors:
+            out(f"sidecar not repaired: {problem}")
         out(f"{report.checked} files checked, {report.ok} match the state database")
+    # A repaired sidecar is fixed: it is reported, but exit 1 means damage remains.
     return EXIT_OK if report.clean else EXIT_SESSIONS_FAILED
 
 
