@@ -588,6 +588,18 @@ class Archive:
                 raise
             _fsync_dir(path.parent)
 
+    # -- read-only helpers for ``verify`` ---------------------------------------------------
+
+    def load_sidecar(self, relpath: str | PurePath) -> tuple[dict | None, str | None]:
+        """The sidecar beside ``relpath`` and, if it cannot be trusted as one, why:
+        ``(data, None)``; ``(None, None)`` when there is none; ``(None, problem)`` when it
+        is unreadable, too large, not a JSON object, or a symbolic link (which ``reindex``
+        skips). Logs nothing: the caller reports it."""
+        side = self.sidecar_path(relpath)
+        if os.path.islink(side):
+            return None, "a symbolic link, not a sidecar"
+        return _load_json(side)
+
 
 # -- layout parsing and rendering ----------------------------------------------------------
 

@@ -400,6 +400,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run(check_login=lambda: check_logins(cfg, factory, engine, worker_id))
 
 
+# The human status names this many lost or damaged copies per account (--json: up to 50).
+STATUS_LOCAL_PROBLEMS_SHOWN = 10
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from e4sync.status import quick_report, status_report
 
@@ -429,7 +433,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         if a["last_error"]:
             out(f"  last error: {a['last_error']}")
-        for f in a["failures"][:10]:
+        problems = a["local_problems"]
+        total = a["local_problems_total"]
+        if total:
+            out(f"  archived copies missing or damaged: {total} (see docs/recovery.md)")
+            for p in problems[:STATUS_LOCAL_PROBLEMS_SHOWN]:
+                out(f"  session {p['session']} ({p['state']}): {p['problem']}")
+            if total > STATUS_LOCAL_PROBLEMS_SHOWN:
+                out(f"  ... and {total - STATUS_LOCAL_PROBLEMS_SHOWN} more")
+        # A marked session's queued download carries the problem as its error: said above.
+        shown = {(p["session"], p["problem"]) for p in problems}
+        failures = [f for f in a["failures"] if (f["session_id"], f["last_error"]) not in shown]
+        for f in failures[:10]:
             out(
                 f"  session {f['session_id']}: {f['state']}, {f['attempts']} attempts, "
                 f"next {f['next_attempt'] or 'after `e4sync retry`'}: {f['last_error']}"
@@ -630,7 +645,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for kind in ("missing", "changed", "unreadable"):
             for path in getattr(report, kind):
                 out(f"{kind}: {path}")
+        if report.requeued:
+            out(f"{len(report.requeued)} of them will be downloaded again by the next pass")
+        for path in report.lost:
+            out(f"lost: {path}: the platform no longer holds it; restore it from a backup")
+        for path in report.restored:
+            out(f"restored: {path} matches its recorded sha256 again")
+        for path in report.repaired_sidecars:
+            out(f"repaired sidecar: {path} ({report.repair_reasons.get(path, 'damaged')})")
+        for problem in report.sidecar_errors:
+            out(f"sidecar not repaired: {problem}")
         out(f"{report.checked} files checked, {report.ok} match the state database")
+    # A repaired sidecar is fixed: it is reported, but exit 1 means damage remains.
     return EXIT_OK if report.clean else EXIT_SESSIONS_FAILED
 
 

@@ -372,13 +372,20 @@ class Daemon:
     def _scrub_job(self) -> None:
         from e4sync.archive import Archive
         from e4sync.maintenance import verify_archive
+        from e4sync.monitoring import report_local_problems
 
         with self._lock:
             cfg = self.cfg
         try:
-            result = verify_archive(self.engine, Archive(cfg.archive.root))
+            # Marks what it finds (the next pass downloads those the platform still holds)
+            # and rewrites damaged sidecars; a lost copy is logged as an ERROR there. A dry
+            # run only reports: it changes nothing.
+            result = verify_archive(self.engine, Archive(cfg.archive.root), repair=not self.dry_run)
         except StateDamaged as exc:
             self._stop_damaged(exc)
+            return
+        except Exception as exc:  # a scrub that cannot run must not end the scheduler's job
+            log.error("scrub: could not re-hash the archive: %s", exc)
             return
         if result.clean:
             log.info("scrub: %d archived files re-hashed, all match", result.checked)
@@ -386,6 +393,22 @@ class Daemon:
             for kind in ("missing", "changed", "unreadable"):
                 for path in getattr(result, kind):
                     log.error("scrub: %s: %s", kind, path)
+            if result.requeued:
+                log.warning(
+                    "scrub: %d session(s) will be downloaded again by the next pass",
+                    len(result.requeued),
+                )
+        for path in result.repaired_sidecars:
+            log.warning("scrub: repaired sidecar: %s (%s)", path, result.repair_reasons[path])
+        for problem in result.sidecar_errors:
+            log.error("scrub: sidecar not repaired: %s", problem)
+        for path in result.restored:
+            log.info("scrub: restored: %s matches its recorded sha256 again", path)
+        if self.dry_run:
+            return
+        with self._lock:
+            last_report = self.health.last_report
+        report_local_problems(cfg, self.engine, last_report)
 
 
 def check_logins(

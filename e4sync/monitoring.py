@@ -4,6 +4,11 @@ Used the same way by `e4sync run` (each scheduled pass) and `e4sync run-once` (c
 systemd timer, launchd), so a dead-man's switch and the Prometheus textfile see every pass
 whatever started it (GUIDE section 7). A failed ping or metrics write only warns: the
 pass's own outcome always wins. Dry runs are not reported: they changed nothing.
+
+An archived copy that is missing or damaged (``sessions.local_problem``) makes the ping a
+failure and shows in the ``e4sync_local_problems`` gauge until it is whole again, whatever
+the pass itself did: a pass that downloaded nothing is not a healthy archive. The daemon's
+scrub reports what it marks the same way (``report_local_problems``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def monitored_pass(
     cfg: Config, engine: Engine, run: Callable[[], PassReport], dry_run: bool = False
 ) -> PassReport:
     """Ping start, run the pass, ping success or fail, write the metrics textfile. An
-    exception from the pass is pinged as a failure and re-raised."""
+    exception from the pass is pinged as a failure and re-raised; so is a pass that leaves
+    an archived copy missing or damaged (the ping's body names them)."""
     url = "" if dry_run else cfg.monitor.healthcheck_url
     if url:
         ping_healthcheck(url, "start")
@@ -38,20 +44,66 @@ def monitored_pass(
         if url:
             ping_healthcheck(url, "fail", body=f"{exc.__class__.__name__}: {exc}"[:1000])
         raise
+    if dry_run:
+        return report
+    status = _status(engine) if url or cfg.monitor.metrics_textfile else None
     if url:
-        ok = report.exit_code == 0
-        summary = "; ".join(e for a in report.accounts for e in a.errors[:3])
+        lost = local_problems_summary(status)
+        ok = report.exit_code == 0 and not lost
+        summary = "; ".join([*(e for a in report.accounts for e in a.errors[:3]), *lost])
         ping_healthcheck(url, "success" if ok else "fail", body=summary[:1000])
-    if cfg.monitor.metrics_textfile and not dry_run:
-        try:
-            write_metrics(Path(cfg.monitor.metrics_textfile), engine, report)
-        except Exception as exc:  # metrics never fail a pass
-            log.warning("could not write metrics to %s: %s", cfg.monitor.metrics_textfile, exc)
+    if cfg.monitor.metrics_textfile:
+        _write(cfg, engine, report, status)
     return report
 
 
-def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
-    status = status_report(engine)
+def report_local_problems(cfg: Config, engine: Engine, last_report: PassReport | None) -> None:
+    """After the scrub: refresh the metrics (keeping the last pass's figures) and, if any
+    archived copy is missing or damaged, ping a failure naming them. A healthy scrub pings
+    nothing: success is for a pass to say."""
+    status = _status(engine)
+    if status is None:
+        return
+    if cfg.monitor.metrics_textfile and last_report is not None:
+        _write(cfg, engine, last_report, status)
+    lost = local_problems_summary(status)
+    if cfg.monitor.healthcheck_url and lost:
+        ping_healthcheck(cfg.monitor.healthcheck_url, "fail", body="; ".join(lost)[:1000])
+
+
+def local_problems_summary(status: dict | None) -> list[str]:
+    """One line per account with missing or damaged copies, naming the first few."""
+    lines = []
+    for account in (status or {}).get("accounts", []):
+        total = account.get("local_problems_total", 0)
+        if total:
+            named = ", ".join(p["problem"] for p in account["local_problems"][:3])
+            more = f" and {total - 3} more" if total > 3 else ""
+            lines.append(
+                f"{account['name']}: {total} archived copies lost or damaged: {named}{more}"
+            )
+    return lines
+
+
+def _status(engine: Engine) -> dict | None:
+    try:
+        return status_report(engine)  # every account, as the metrics always showed
+    except Exception as exc:  # monitoring never fails a pass; the ping still goes
+        log.warning("could not read the status for monitoring: %s", exc)
+        return None
+
+
+def _write(cfg: Config, engine: Engine, report: PassReport, status: dict | None) -> None:
+    try:
+        write_metrics(Path(cfg.monitor.metrics_textfile), engine, report, status)
+    except Exception as exc:  # metrics never fail a pass
+        log.warning("could not write metrics to %s: %s", cfg.monitor.metrics_textfile, exc)
+
+
+def build_metrics(
+    engine: Engine, report: PassReport | None, status: dict | None = None
+) -> list[Metric]:
+    status = status if status is not None else status_report(engine)
     sessions = Metric("e4sync_sessions", "Sessions per account and state.", "gauge", [])
     last_ok = Metric(
         "e4sync_last_success_timestamp_seconds",
@@ -60,10 +112,19 @@ def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
         [],
     )
     archive = Metric("e4sync_archive_bytes", "Bytes archived per account.", "gauge", [])
+    problems = Metric(
+        "e4sync_local_problems",
+        "Archived sessions per account whose local copy is missing, changed or unreadable.",
+        "gauge",
+        [],
+    )
     for account in status["accounts"]:
         for state, n in account["counts"].items():
             sessions.samples.append(({"account": account["name"], "state": state}, float(n)))
         archive.samples.append(({"account": account["name"]}, float(account["archive_bytes"])))
+        problems.samples.append(
+            ({"account": account["name"]}, float(account["local_problems_total"]))
+        )
         if account["last_ok"]:
             ts = dt.datetime.fromisoformat(account["last_ok"].replace("Z", "+00:00")).timestamp()
             last_ok.samples.append(({"account": account["name"]}, ts))
@@ -71,6 +132,7 @@ def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
         sessions,
         last_ok,
         archive,
+        problems,
         Metric(
             "e4sync_last_run_timestamp_seconds",
             "When the last pass ended.",
@@ -105,5 +167,7 @@ def build_metrics(engine: Engine, report: PassReport | None) -> list[Metric]:
     return metrics
 
 
-def write_metrics(path: Path, engine: Engine, report: PassReport | None) -> None:
-    write_metrics_textfile(path, build_metrics(engine, report))
+def write_metrics(
+    path: Path, engine: Engine, report: PassReport | None, status: dict | None = None
+) -> None:
+    write_metrics_textfile(path, build_metrics(engine, report, status))

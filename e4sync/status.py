@@ -1,6 +1,6 @@
 """e4sync.status: the ``status`` report (SPEC section 3's JSON shape), from the state database.
 
-The report is five plain SQL queries run through a ``Rows`` function, so the same code
+The report is six plain SQL queries run through a ``Rows`` function, so the same code
 answers on a SQLAlchemy connection (any database) and on the standard library's sqlite3.
 ``e4sync status`` on a SQLite database already at the current schema takes the second way
 and never imports SQLAlchemy, whose import alone costs a quarter of a second (issue 6 wants
@@ -41,7 +41,7 @@ ACCOUNTS_SQL = """
 SELECT id, name, user_id, lease_owner, lease_until, last_ok_at, last_error
 FROM accounts ORDER BY name"""
 COUNTS_SQL = """
-SELECT account_id, state, COUNT(*), COALESCE(SUM(size), 0)
+SELECT account_id, state, COUNT(*), COALESCE(SUM(size), 0), COUNT(local_problem)
 FROM sessions GROUP BY account_id, state"""
 LAST_PASSES_SQL = """
 SELECT p.account_id, p.started_at, p.finished_at, p.ok, p.dry_run, p.worker, p.listed, p.new,
@@ -52,6 +52,15 @@ FAILURES_SQL = f"""
 SELECT account_id, remote_id, state, attempts, last_error, next_attempt_at
 FROM sessions WHERE last_error IS NOT NULL AND state IN ({_IN_OPEN})
 ORDER BY remote_id"""
+# The first few sessions per account whose archived copy is missing or damaged: when a disk
+# is lost every session of an account can be, and the report must stay small.
+LOCAL_PROBLEMS_SQL = """
+SELECT account_id, remote_id, state, local_problem FROM (
+  SELECT account_id, remote_id, state, local_problem,
+         ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY remote_id) AS n
+  FROM sessions WHERE local_problem IS NOT NULL) problems
+WHERE n <= :cap ORDER BY account_id, remote_id"""
+LOCAL_PROBLEMS_CAP = 50
 WORKERS_SQL = """
 SELECT id, current, host, pid, heartbeat_at FROM workers ORDER BY id"""
 
@@ -63,17 +72,28 @@ def build_report(
     stale_after: float = 600.0,
 ) -> dict:
     """Per account: counts per state, the last pass, failures with their next retry, the
-    archive size; plus the workers and their leases. Five queries, whatever the sizes."""
+    archive size, the archived copies that are missing or damaged (the first
+    ``LOCAL_PROBLEMS_CAP``, and how many in all); plus the workers and their leases. Six
+    queries, whatever the sizes."""
     now = time.time() if now is None else now
     accounts = rows(ACCOUNTS_SQL, {})
     if account_names is not None:
         accounts = [a for a in accounts if a[1] in account_names]
     counts: dict[int, dict[str, int]] = {}
     sizes: dict[int, int] = {}
-    for account_id, state, n, size in rows(COUNTS_SQL, {}):
+    problem_totals: dict[int, int] = {}
+    for account_id, state, n, size, n_problems in rows(COUNTS_SQL, {}):
         counts.setdefault(account_id, dict.fromkeys(STATES, 0))[state] = int(n)
         if state in ARCHIVED_STATES:
             sizes[account_id] = sizes.get(account_id, 0) + int(size or 0)
+        problem_totals[account_id] = problem_totals.get(account_id, 0) + int(n_problems or 0)
+    local_problems: dict[int, list[dict]] = {}
+    for account_id, remote_id, state, problem in rows(
+        LOCAL_PROBLEMS_SQL, {"cap": LOCAL_PROBLEMS_CAP}
+    ):
+        local_problems.setdefault(account_id, []).append(
+            {"session": remote_id, "state": state, "problem": problem}
+        )
     passes = {row[0]: _pass(row) for row in rows(LAST_PASSES_SQL, {})}
     failures: dict[int, list[dict]] = {}
     for account_id, remote_id, state, attempts, last_error, next_at in rows(
@@ -93,21 +113,26 @@ def build_report(
         last_pass = passes.get(account_id)
         account_counts = counts.get(account_id, dict.fromkeys(STATES, 0))
         lease_live = bool(lease_owner and lease_until and lease_until > now)
+        problem_total = problem_totals.get(account_id, 0)
         out.append(
             {
                 "name": name,
                 "user_id": user_id,
-                # A session given up on needs a person (`e4sync retry`), whatever came after.
+                # A session given up on needs a person (`e4sync retry`), whatever came after;
+                # so does an archived copy that is missing or damaged, until it is whole.
                 "healthy": last_error is None
                 and last_pass is not None
                 and last_pass["ok"]
-                and account_counts[FAILED] == 0,
+                and account_counts[FAILED] == 0
+                and problem_total == 0,
                 "last_error": last_error,
                 "last_ok": iso(last_ok_at),
                 "counts": account_counts,
                 "archive_bytes": sizes.get(account_id, 0),
                 "last_pass": last_pass,
                 "failures": failures.get(account_id, []),
+                "local_problems": local_problems.get(account_id, []),
+                "local_problems_total": problem_total,
                 "lease": {
                     "owner": lease_owner if lease_live else None,
                     "until": iso(lease_until) if lease_live else None,

@@ -1,6 +1,8 @@
 """The scrub: a real `e4sync run` daemon with ``[archive] scrub_interval = "1s"`` re-hashes the
 archive on its own; a byte flipped on disk is logged as ``changed`` with the file's path,
 and finding it costs no request to the platform (the simulator's request log proves it).
+What it finds is marked on the session's row (due to be downloaded again by the next pass),
+so `status` and the metrics say the account is not OK, naming the file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +33,7 @@ def write_config(tmp_path: Path, base_url: str) -> Path:
         f'[archive]\nroot = "{tmp_path / "archive"}"\nscrub_interval = "1s"\n\n'
         f'[state]\ndir = "{tmp_path / "state"}"\n\n'
         '[schedule]\ninterval = "1h"\njitter = "0s"\n\n'
+        f'[monitor]\nmetrics_textfile = "{tmp_path / "e4sync.prom"}"\n\n'
         f'[[account]]\nname = "lab"\nusername = "{DEFAULT_USER}"\npassword_file = "{pw}"\n'
         f'base_url = "{base_url}"\n'
     )
@@ -105,6 +109,33 @@ def test_the_scrub_names_a_flipped_byte_without_asking_the_platform(tmp_path):
             assert not [e for e in sim.request_log() if e["t"] >= flipped_at]
             # The damaged copy is left for a person to look at, not replaced behind their back.
             assert victim.read_bytes() == bytes(data)
+            # Marked on its row: due to be downloaded again by the next pass.
+            with sqlite3.connect(tmp_path / "state" / "state.db") as db:
+                marked = db.execute(
+                    "SELECT remote_id, state, local_problem FROM sessions "
+                    "WHERE local_problem IS NOT NULL"
+                ).fetchall()
+            victim_id = next(sid for sid, path in zips.items() if path == victim)
+            assert marked == [(victim_id, "new", f"changed: {victim}")]
+            status = subprocess.run(
+                [sys.executable, "-m", "e4sync", "status", "--json", "--config", str(config)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            [lab] = json.loads(status.stdout)["accounts"]
+            assert lab["healthy"] is False
+            assert lab["local_problems"] == [
+                {"session": victim_id, "state": "new", "problem": f"changed: {victim}"}
+            ]
+            # The scrub after the one that marked it finds it again: by then the first one
+            # has written the metrics.
+            lines.wait_for(r"scrub: changed: ")
+            prom = (tmp_path / "e4sync.prom").read_text()
+            assert 'e4sync_local_problems{account="lab"} 1' in prom
+            assert 'e4sync_pass_downloads{account="lab"} 3' in prom, "the pass's figures kept"
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -21,7 +21,8 @@ from e4sync.status import build_report, quick_report, sqlite_file, sqlite_rows, 
 
 def _varied_state(sim, setup, run_cli) -> tuple[str, sa.Engine]:
     """A state database with something in every part of the report: archived sessions, a
-    session failed for good, an account whose password is wrong, a live lease, a worker."""
+    session failed for good, an archived copy lost from disk (marked by `verify`), an
+    account whose password is wrong, a live lease, a worker."""
     sim.add_account("other@example.org", "Other-Password", sessions=1)
     config = setup.write(
         sim.base_url,
@@ -34,6 +35,9 @@ def _varied_state(sim, setup, run_cli) -> tuple[str, sa.Engine]:
     broken = sim.sessions()[0]["id"]
     sim.replace_zip(broken, b"PK\x03\x04 but not a ZIP at all")
     run_cli("run-once", "--config", str(config), exit_code=None)
+    lost = sorted(setup.archive.rglob("*.zip"))[0]
+    lost.unlink()
+    run_cli("verify", "--config", str(config), exit_code=1)
     url = load_config(config).state.url
     engine = statedb.open_db(url)
     with statedb.sessionmaker_for(engine)() as db, db.begin():
@@ -60,11 +64,15 @@ def test_sqlite3_and_sqlalchemy_give_the_same_report(sim, setup, run_cli):
     # The comparison is worth something only if every part of the report holds data.
     accounts = {a["name"]: a for a in through_sqlite3["accounts"]}
     lab, wrong = accounts["lab"], accounts["wrong"]
-    assert lab["counts"]["verified"] == 4 and lab["counts"]["failed"] == 1
+    assert lab["counts"]["verified"] == 3 and lab["counts"]["failed"] == 1
+    assert lab["counts"]["new"] == 1 and lab["local_problems_total"] == 1
+    [problem] = lab["local_problems"]
+    assert problem["state"] == "new" and problem["problem"].startswith("missing: ")
     assert lab["archive_bytes"] > 0 and lab["healthy"] is False
     # A pass that gave up on a session is not ok; SQLite stores the flag as 0, JSON wants false.
     assert lab["last_pass"]["ok"] is False and lab["last_pass"]["downloaded"] == 4
-    assert [f["state"] for f in lab["failures"]] == ["failed"]
+    # The lost copy's session is queued again, with its problem as its error.
+    assert sorted(f["state"] for f in lab["failures"]) == ["failed", "new"]
     assert lab["lease"]["owner"] == "host-a:1:abc"
     assert wrong["last_error"] and wrong["healthy"] is False
     assert [w["id"] for w in through_sqlite3["workers"]] == ["host-a:1:abc"]
