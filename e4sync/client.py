@@ -456,12 +456,26 @@ class E4Connect:
         sid = check_session_id(session_id)
         path = "download.php"
         headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
-        reply = self._send("GET", path, params={"id": sid}, headers=headers, stream=True)
+        cuts = 0
+        while True:
+            try:
+                reply = self._send("GET", path, params={"id": sid}, headers=headers, stream=True)
+                break
+            except _BodyCut as exc:  # its one byte was cut off: ask again, like a listing
+                cuts += 1
+                if cuts > self._retries:
+                    raise TransientError(
+                        f"E4 Connect's answer to a probe of session {sid} broke off {cuts} "
+                        f"times ({exc})"
+                    ) from None
+                self._pause(self._backoff(cuts))
         with reply.response as r:
             self._raise_for_status(r, path, sid)
-            if r.status_code not in (200, 206) or looks_like_html(reply.first):
+            # Only the ZIP's own first byte(s) make this an answer about the ZIP: an empty
+            # body or a page says nothing of its size, and must not pass for "it changed".
+            if r.status_code not in (200, 206) or not reply.first.startswith(ZIP_MAGIC[:1]):
                 raise RemoteError(
-                    f"E4 Connect answered HTTP {r.status_code} with no ZIP to a probe of "
+                    f"E4 Connect answered HTTP {r.status_code} without the ZIP to a probe of "
                     f"session {sid}"
                 )
             size = None
