@@ -194,7 +194,10 @@ class Archive:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(os.path.abspath(Path(root).expanduser()))
+        self._root_text = str(self.root)
         self._lock = threading.Lock()
+        # Folders already proven to lie inside the real root, this pass (see resolve).
+        self._inside: set[str] = set()
         # Paths handed out by choose_path in this process, so two threads never get one.
         self._reserved: dict[PurePosixPath, str] = {}
 
@@ -228,6 +231,19 @@ class Archive:
         path = self.root.joinpath(*rel.parts)
         if os.path.commonpath([self.root, os.path.normpath(path)]) != str(self.root):
             raise UnsafePathError(f"{str(rel)!r} leaves the archive root {self.root}")
+        # The folder is resolved once per Archive (a pass): a realpath per call costs a
+        # lstat per component, several times per session. The name itself is looked at
+        # every time (one lstat): a file there may be a link too.
+        folder = str(path.parent)
+        if folder not in self._inside:
+            self._check_inside(path.parent)
+            if os.path.isdir(folder):
+                self._inside.add(folder)
+        if os.path.islink(path):
+            self._check_inside(path)
+        return path
+
+    def _check_inside(self, path: Path) -> None:
         real_root = os.path.realpath(self.root)
         real = os.path.realpath(path)
         if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
@@ -236,12 +252,13 @@ class Archive:
                 "link inside the archive); nothing was written there. Replace the link with "
                 "a real folder, or make the root itself the link"
             )
-        return path
 
-    def join(self, relpath: str | PurePath) -> Path:
-        """``root / relpath`` by text only, for a quick look (a ``stat``) at many archived
-        files; anything that writes, hashes or deletes uses :meth:`resolve`."""
-        return self.root.joinpath(*_relpath(relpath).parts)
+    def join(self, relpath: str) -> str:
+        """``root/relpath`` as text, unchecked, for a quick look (one ``stat``) at each of
+        many archived files: an idle pass over 20,000 sessions cannot afford a ``Path`` and
+        a containment check for each. Anything that writes, hashes or deletes uses
+        :meth:`resolve`, which refuses what this would let through."""
+        return os.path.join(self._root_text, relpath)
 
     def part_path(self, relpath: str | PurePath) -> Path:
         """Return ``root/relpath`` + ``.part`` (``X.zip.part``), with its folders made and

@@ -431,6 +431,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  last pass: {p['finished'] or p['started']}, {p['downloaded']} downloaded, "
                 f"{p['failed']} failed, {p['deleted']} deleted"
             )
+            if p["paused"]:
+                out(f"  downloads paused in the last pass: {p['paused']}")
         if a["last_error"]:
             out(f"  last error: {a['last_error']}")
         problems = a["local_problems"]

@@ -158,6 +158,14 @@ def build_metrics(
             )
         metrics.append(
             Metric(
+                "e4sync_pass_downloads_paused",
+                "1 if the last pass paused the account's downloads (a full disk).",
+                "gauge",
+                [({"account": a.name}, 1.0 if a.paused else 0.0) for a in report.accounts],
+            )
+        )
+        metrics.append(
+            Metric(
                 "e4sync_up",
                 "1 if the last pass ended with exit code 0.",
                 "gauge",

@@ -45,7 +45,7 @@ SELECT account_id, state, COUNT(*), COALESCE(SUM(size), 0), COUNT(local_problem)
 FROM sessions GROUP BY account_id, state"""
 LAST_PASSES_SQL = """
 SELECT p.account_id, p.started_at, p.finished_at, p.ok, p.dry_run, p.worker, p.listed, p.new,
-       p.downloaded, p.bytes, p.failed, p.deleted, p.gone, p.errors
+       p.downloaded, p.bytes, p.failed, p.deleted, p.gone, p.errors, p.paused
 FROM passes p
 JOIN (SELECT account_id, MAX(id) AS id FROM passes GROUP BY account_id) last ON p.id = last.id"""
 FAILURES_SQL = f"""
@@ -158,7 +158,7 @@ def build_report(
 
 def _pass(row: Sequence[Any]) -> dict:
     (_, started, finished, ok, dry_run, worker, listed, new, downloaded, nbytes, failed,
-     deleted, gone, errors) = row  # fmt: skip
+     deleted, gone, errors, paused) = row  # fmt: skip
     return {
         "started": iso(started),
         "finished": iso(finished),
@@ -174,6 +174,7 @@ def _pass(row: Sequence[Any]) -> dict:
         "deleted": deleted,
         "gone": gone,
         "errors": [e for e in (errors or "").splitlines() if e],
+        "paused": paused,  # why downloads paused for that pass (a full disk), or None
     }
 
 

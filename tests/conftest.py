@@ -20,6 +20,36 @@ REALDATA = REPO.parent / "shared" / "realdata"
 
 
 @pytest.fixture
+def pings():
+    """A healthchecks.io look-alike on loopback: its ping URL, and the (path, body) of every
+    request it was sent, in order."""
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            seen.append((self.path, self.rfile.read(length).decode()))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ping/abc123", seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
 def sim():
     from e4sync.simulator import Simulator
 

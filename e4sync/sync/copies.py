@@ -77,7 +77,7 @@ def check_archived_copies(
         if problem is None:
             if known is not None and state in ARCHIVED_STATES and _rehashes(archive, rel, sha256):
                 cleared.append(pk)
-                report.restored.append(str(archive.join(rel)))
+                report.restored.append(archive.join(rel))
             continue
         if state in DUE_STATES:
             continue  # already queued to be downloaded again
@@ -98,7 +98,7 @@ def check_archived_copies(
 
 
 def _look(archive: Archive, rel: str, size: int | None) -> str | None:
-    path = archive.join(PurePosixPath(rel))
+    path = archive.join(rel)
     try:
         st = os.stat(path)
     except FileNotFoundError:

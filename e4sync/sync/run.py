@@ -470,16 +470,23 @@ class AccountPass(DownloadSteps, DeletionSteps):
                     _apply_metadata(row, item)
                     log.info("session %s: remote metadata changed", rid)
                 if state == REMOTE_GONE:
-                    row.state = VERIFIED if row.verified_at and row.local_path else NEW
+                    # Back on the platform: a whole copy stays verified; a lost or damaged
+                    # one (local_problem) can now be downloaded again.
+                    whole = row.verified_at and row.local_path and not row.local_problem
+                    row.state = VERIFIED if whole else NEW
                     row.gone_at = None
                     row.next_attempt_at = now
                     log.info("session %s is listed again", rid)
                 elif state == REMOTE_DELETED:
                     # Its deletion was confirmed, yet the platform lists it: the remote copy
-                    # is there after all. Verified again, so the deletion rules apply anew.
-                    row.state = VERIFIED
+                    # is there after all. Verified again, so the deletion rules apply anew
+                    # (or due again, if the archived copy was lost meanwhile).
+                    row.state = NEW if row.local_problem else VERIFIED
+                    row.next_attempt_at = now
                     row.remote_deleted_at = None
                     log.warning("session %s is listed again after its deletion", rid)
+                if back and row.state == NEW:
+                    row.attempts = 0  # a fresh start for a session the platform holds again
             vanished = [
                 (rid, pk)
                 for rid, (pk, state, _) in known.items()

@@ -6,13 +6,9 @@ state file, real `run-once`/`verify`/`status` in-process."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import sqlite3
-import threading
 from pathlib import Path
-
-import pytest
 
 from tests.e2e.test_run_once import DELETE_AT_ONCE, archived_zips, downloads
 
@@ -34,32 +30,6 @@ def lab_status(run_cli, config: Path) -> dict:
     report = json.loads(run_cli("status", "--json", "--config", str(config)).out)
     [lab] = report["accounts"]
     return lab
-
-
-@pytest.fixture
-def pings():
-    """A healthchecks.io look-alike on loopback: the paths and bodies it was sent."""
-    seen: list[tuple[str, str]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _record(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            seen.append((self.path, self.rfile.read(length).decode()))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        do_GET = do_POST = _record
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/ping/abc", seen
-    server.shutdown()
-    server.server_close()
 
 
 def test_verify_marks_a_lost_and_a_changed_copy_until_the_next_pass_downloads_them(
@@ -150,7 +120,7 @@ def test_a_lost_copy_the_platform_no_longer_holds_is_reported_until_restored(
     assert lab["healthy"] is False and lab["local_problems_total"] == 1
     assert str(victim) in lab["local_problems"][0]["problem"]
     assert "NOT OK" in run_cli("status", "--config", str(config)).out
-    assert [path for path, _ in seen] == ["/ping/abc/start", "/ping/abc/fail"]
+    assert [path for path, _ in seen] == ["/ping/abc123/start", "/ping/abc123/fail"]
     assert str(victim) in seen[-1][1]
     assert 'e4sync_local_problems{account="lab"} 1' in prom.read_text()
 
@@ -162,7 +132,7 @@ def test_a_lost_copy_the_platform_no_longer_holds_is_reported_until_restored(
     assert lab_status(run_cli, config)["healthy"] is True
     seen.clear()
     run_cli("run-once", "--config", str(config))
-    assert [path for path, _ in seen] == ["/ping/abc/start", "/ping/abc"]
+    assert [path for path, _ in seen] == ["/ping/abc123/start", "/ping/abc123"]
     assert 'e4sync_local_problems{account="lab"} 0' in prom.read_text()
 
 

@@ -2,37 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-
-import pytest
-
-
-@pytest.fixture
-def pings():
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _record(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            seen.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        do_GET = do_POST = _record
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/ping/abc123", seen
-    server.shutdown()
-    server.server_close()
-
 
 def monitor_section(url: str, prom: str) -> str:
     return f'[monitor]\nhealthcheck_url = "{url}"\nmetrics_textfile = "{prom}"\n'
@@ -43,7 +12,7 @@ def test_a_good_pass_pings_start_then_success_and_writes_metrics(sim, setup, run
     prom = setup.dir / "e4sync.prom"
     config = setup.write(sim.base_url, extra=monitor_section(url, prom))
     run_cli("run-once", "--config", str(config))
-    assert seen == ["/ping/abc123/start", "/ping/abc123"]
+    assert [path for path, _ in seen] == ["/ping/abc123/start", "/ping/abc123"]
     text = prom.read_text()
     count = len(sim.sessions())
     assert f'e4sync_sessions{{account="lab",state="verified"}} {count}' in text
@@ -60,7 +29,7 @@ def test_a_refused_login_pings_fail(sim, setup, run_cli, pings):
         extra=monitor_section(url, setup.dir / "e4sync.prom"),
     )
     run_cli("run-once", "--config", str(config), exit_code=77)
-    assert seen == ["/ping/abc123/start", "/ping/abc123/fail"]
+    assert [path for path, _ in seen] == ["/ping/abc123/start", "/ping/abc123/fail"]
     assert "e4sync_up 0" in (setup.dir / "e4sync.prom").read_text()
 
 

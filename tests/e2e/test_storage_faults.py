@@ -231,6 +231,7 @@ def test_a_weekend_of_a_full_disk_spends_no_attempts_and_says_so_once_per_pass(
         config = write_config(tmp_path, sim.base_url, concurrency=1)
         config.write_text(
             config.read_text().replace("[download]\n", "[download]\nmax_attempts = 2\n")
+            + f'\n[monitor]\nmetrics_textfile = "{tmp_path / "e4sync.prom"}"\n'
         )
         due = {sim.add_session(size_bytes=600_000)["id"] for _ in range(4)}
         for _ in range(4):  # more passes than max_attempts
@@ -248,7 +249,11 @@ def test_a_weekend_of_a_full_disk_spends_no_attempts_and_says_so_once_per_pass(
             db.close()
         assert "no space left on device" in paused
         status = run_cli("status", "--config", str(config), exit_code=None)
-        assert "paused" in status.out.lower(), status.out
+        assert "downloads paused in the last pass: no space left on device" in status.out
+        (lab,) = json.loads(run_cli("status", "--json", "--config", str(config)).out)["accounts"]
+        assert "no space left on device" in lab["last_pass"]["paused"]
+        text = (tmp_path / "e4sync.prom").read_text()  # the textfile says so too
+        assert 'e4sync_pass_downloads_paused{account="lab"} 1' in text
 
         remount(tmpfs, "size=20m")
         run_cli("run-once", "--config", str(config))
