@@ -1,10 +1,13 @@
 """e4sync.sync.deletions: the remote-deletion step of an account's pass (SPEC section 6).
 
 Runs after every download of the pass: the pure ``deletion.plan_deletions`` decides, then
-each chosen session's local file is re-hashed, the ledger entry is written, the DELETE is
-sent, and a fresh listing confirms it gone before the session becomes ``remote_deleted``.
+for each chosen session the local file is re-hashed and the platform is asked whether it
+still holds the archived version (size, ETag, Last-Modified: ``Source.remote_version``), the
+ledger entry is written, the DELETE is sent (``If-Match``), and a fresh listing confirms it
+gone before the session becomes ``remote_deleted``. A session whose platform copy changed is
+queued again (``requeued``) and never deleted. A dry run makes the same two proofs.
 Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``account_id``,
-``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``, ``dry_run``).
+``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``, ``dry_run``, ``requeued``).
 
 Must not import cli or ``e4sync.sync.run``.
 """

@@ -4,10 +4,12 @@ Due sessions get their archive paths (one transaction per batch), ``download.con
 threads fetch them to ``X.zip.part`` sharing one login, and a finisher pool verifies,
 commits (sidecar, link, fsyncs) and records each one, so a download slot is free as soon as
 a body is on disk. A failed attempt is recorded with its back-off; a stopped one removes its
-``.part`` (no later process could resume it). Mixed into ``AccountPass``, whose attributes it uses
-(``cfg``, ``account``, ``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``,
-``report_lock``, ``user_id``, ``dry_run``, ``on_progress``, ``on_bytes``, ``claimed_paths``,
-``dry_new``).
+``.part`` (no later process could resume it); a full disk pauses the account's downloads for
+the pass without counting an attempt. A file on disk is adopted only when it is not the copy
+the database already knows (a re-download of a lost, damaged or replaced copy fetches anew).
+Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``sessions``,
+``archive``, ``stop``, ``lease_lost``, ``disk_full``, ``report``, ``report_lock``,
+``user_id``, ``dry_run``, ``on_progress``, ``on_bytes``, ``claimed_paths``, ``dry_new``).
 
 Must not import cli or ``e4sync.sync.run``.
 """
