@@ -400,21 +400,30 @@ class Archive:
             aside_rel = rel.with_name(aside.name)
             if os.path.lexists(aside) or os.path.lexists(self.sidecar_path(aside_rel)):
                 continue
+            # The same order as a commit: the sidecar staged, the file named, then the
+            # sidecar named (a crash between leaves it staged, finished at the next start).
+            staged = None
+            old = self.read_sidecar(rel) if reason == "replaced" else None
+            if old is not None:
+                old["kept_aside"] = {"reason": reason, "at": stamp, "file": aside.name}
+                old["file"] = aside.name
+                staged = self._stage_sidecar(aside_rel, old)
             try:
                 os.link(final, aside)
             except FileExistsError:
+                if staged:
+                    _unlink_quietly(staged)
                 continue
             except OSError as exc:
                 if exc.errno not in _NO_HARDLINK_ERRNOS:
+                    if staged:
+                        _unlink_quietly(staged)
                     raise
                 os.rename(final, aside)  # no hard links here: the name moves instead
-            if reason == "replaced":
-                old = self.read_sidecar(rel)
-                if old is not None:
-                    old["kept_aside"] = {"reason": reason, "at": stamp, "file": aside.name}
-                    old["file"] = aside.name
-                    self.write_sidecar(aside_rel, old)
             _fsync_dir(final.parent)
+            if staged:
+                os.replace(staged, self.sidecar_path(aside_rel))
+                _fsync_dir(final.parent)
             log.warning("kept the %s copy %s aside as %s", reason, final, aside)
             return aside
         raise StorageError(f"no free name to keep {final} aside after {MAX_COLLISIONS} tries")
@@ -548,7 +557,8 @@ class Archive:
         to date; if it is this session's own earlier copy, keep it aside and take the name;
         anything else is never touched."""
         want = sidecar.get("sha256") or _sha256(part)
-        if os.path.getsize(final) == os.path.getsize(part) and _sha256(final) == want:
+        there = _sha256(final)  # read once: it decides both questions below
+        if os.path.getsize(final) == os.path.getsize(part) and there == want:
             old = self.read_sidecar(rel)
             if old is None or old.get("sha256") != want:
                 self.write_sidecar(rel, sidecar)
@@ -558,7 +568,7 @@ class Archive:
         old = self.read_sidecar(rel)
         if old is None or _owner_of(old) != _owner_of(sidecar):
             raise StorageError(f"{final} already holds a different file; it was not overwritten")
-        reason = "replaced" if _sha256(final) == old.get("sha256") else "damaged"
+        reason = "replaced" if there == old.get("sha256") else "damaged"
         self.keep_aside(rel, reason)
         staged = self._stage_sidecar(rel, sidecar)
         # The old bytes are safe under their second name: the new file may take this one.

@@ -176,11 +176,12 @@ class DeletionSteps:
         differences = []
         if now.size != row.size:
             differences.append(f"size {row.size} -> {now.size}")
-        for name, recorded, current in (
-            ("ETag", row.remote_etag, now.etag),
-            ("Last-Modified", row.remote_last_modified, now.last_modified),
+        for name, recorded, current, width in (
+            ("ETag", row.remote_etag, now.etag, 200),
+            ("Last-Modified", row.remote_last_modified, now.last_modified, 100),
         ):
-            if recorded and current != recorded:
+            # Compared as stored: the columns keep at most ``width`` characters.
+            if recorded and (current or "")[:width] != recorded:
                 differences.append(f"{name} {recorded} -> {current}")
         if differences:
             self._requeue_changed(row, ", ".join(differences))

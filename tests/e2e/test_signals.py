@@ -263,7 +263,11 @@ def test_sigterm_during_a_retry_after_300_wait_exits_within_seconds(setup: Setup
         try:
             # The listing is answered 429 with Retry-After: 300; the client is now waiting.
             assert sim.wait_requests("sessions_list", 1, timeout=30), proc.log
-            time.sleep(0.5)
+            wait_for(
+                lambda: any(e["status"] == 429 for e in sim.request_log()),
+                10,
+                "the 429 was answered",
+            )
             started = time.monotonic()
             proc.signal(signal.SIGTERM)
             assert proc.wait(10) == code, proc.log
