@@ -1,0 +1,223 @@
+"""e4sync.sources: the seam between a platform and the one core (SPEC section 7a).
+
+Owns: the generic ``Item`` (any string id, a recorded time, a version, a size, a suffix,
+layout fields, raw metadata), what a fetch and a verification return (``Fetched``,
+``Verdict``, ``RemoteVersion``), a listing (``Listing``), what a source can do
+(``Capabilities``), the ``Source`` protocol, ``DryRunSource``, and the registry of source
+kinds with its one factory ``make_source``. The archive, state, pass, deletion rules,
+status, reindex and the CLI see only these names.
+
+A source kind is a package ``e4sync.sources.<name>`` with two modules: ``settings`` (cheap:
+its account keys, default layout and layout placeholders; read by the configuration) and
+the package itself, whose ``KIND`` says how to connect, how to rebuild an ``Item`` from the
+raw metadata a sidecar or the state database kept, and how to check a file's content
+without logging in (``verify``, ``reindex``, the scrub).
+
+Must not import state, archive, sync or cli; a kind's package is imported only when an
+account of that kind is served.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from e4sync.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from e4sync.config import AccountConfig, Config
+
+DEFAULT_SOURCE = "e4connect"
+# Every kind e4sync ships; a kind is imported only when an account names it.
+KINDS = ("e4connect", "embraceplus")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One thing a platform lists, as the core sees it.
+
+    ``id`` is any string (an S3 key holds slashes); ``recorded_at`` the unix second its
+    recording began (0: unknown); ``version`` what makes a changed item a new download
+    (E4: a digest of its listed metadata; S3: ETag and size); ``suffix`` its file's
+    extension (``.zip``); ``fields`` the layout placeholders it offers (a ``datetime``
+    value is formatted in ``archive.timezone``); ``raw`` its metadata as listed, kept as
+    JSON in the state database and the sidecar, from which the kind rebuilds the item."""
+
+    id: str
+    recorded_at: int
+    version: str
+    size: int | None = None
+    suffix: str = ""
+    duration: float = 0.0  # seconds recorded, 0 when unknown
+    kind: str = ""  # what the source calls it ("session"; "raw", "biomarker", "other")
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one listing found. ``complete``: every item the account holds is in it, so an
+    item missing from it has vanished. A partial listing (recent day folders only) says
+    which ids it ``covers``; one it does not cover is not known to be gone."""
+
+    items: list[Item]
+    complete: bool = True
+    covers: Callable[[str], bool] | None = None
+
+    def covered(self, item_id: str) -> bool:
+        return self.complete or (self.covers is not None and self.covers(item_id))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a source can do. ``can_delete``: the platform accepts a DELETE from these
+    credentials' kind at all (E4 Connect yes; a read-only S3 delivery no)."""
+
+    can_delete: bool = True
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch wrote: the ``.part`` file, its size and sha256 (hashed while streaming)."""
+
+    path: Path
+    size: int
+    sha256: str
+    etag: str | None = None  # the validators the platform sent with these bytes
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteVersion:
+    """What the platform says of an item now, without sending it: its size (None when it
+    does not say) and its validators. Asked before every deletion."""
+
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a verification found in a fetched file. Any ``problems`` refuse it; the
+    ``warnings`` (a harmless extra member) do not, and travel into the sidecar."""
+
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Source(Protocol):
+    """One account on one platform, logged in (lazily) with its credentials."""
+
+    name: str  # the kind: "e4connect"
+    capabilities: Capabilities
+
+    def identity(self) -> str:
+        """Who the credentials are on the platform (E4: the user id); "" if it has none."""
+        ...
+
+    def list_items(self) -> Listing: ...
+
+    def fetch(
+        self,
+        item: Item,
+        part_path: Path,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Fetched: ...
+
+    def remote_version(self, item: Item) -> RemoteVersion: ...
+
+    def delete(self, item: Item, if_match: str | None = None) -> None: ...
+
+    def verify(self, path: Path, item: Item) -> Verdict: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A source kind: how to connect one account, rebuild an item from the raw metadata
+    kept for it, and check a file's content offline."""
+
+    name: str
+    connect: Callable[..., Source]  # (account, cfg, cancel=None) -> Source
+    item_from_raw: Callable[[Mapping[str, Any]], Item | None]
+    verify: Callable[[Path, Item], Verdict]
+    check_id: Callable[[str], str]  # a usable id, or UsageError naming what is wrong
+
+
+def kind(name: str) -> Kind:
+    """The kind called ``name``; ConfigError naming the known ones for any other."""
+    return _package(name).KIND
+
+
+def settings(name: str) -> ModuleType:
+    """The cheap ``settings`` module of the kind called ``name`` (its account keys)."""
+    _known(name)
+    return importlib.import_module(f"e4sync.sources.{name}.settings")
+
+
+def make_source(
+    account: AccountConfig, cfg: Config, cancel: threading.Event | None = None
+) -> Source:
+    """The one factory: the pass, the CLI and ``doctor`` all build sources here, so they
+    share one set of timeouts, pool sizes and credentials. ``cancel`` ends the source's
+    waits (a Retry-After, a backoff) with ``Interrupted``."""
+    return kind(account.source).connect(account, cfg, cancel=cancel)
+
+
+def _known(name: str) -> None:
+    if name not in KINDS:
+        raise ConfigError(f"unknown source {name!r} (known: {', '.join(KINDS)})")
+
+
+def _package(name: str) -> ModuleType:
+    _known(name)
+    return importlib.import_module(f"e4sync.sources.{name}")
+
+
+class DryRunSource:
+    """Wraps a source so that nothing can be fetched or deleted: a forgotten ``if dry_run``
+    anywhere above still changes nothing (restic's dry-run backend)."""
+
+    def __init__(self, inner: Source):
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+
+    def identity(self) -> str:
+        return self.inner.identity()
+
+    def list_items(self) -> Listing:
+        return self.inner.list_items()
+
+    def fetch(
+        self,
+        item: Item,
+        part_path: Path,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Fetched:
+        raise UsageError(f"dry run: {item.id} would be downloaded, not fetched")
+
+    def remote_version(self, item: Item) -> RemoteVersion:
+        return self.inner.remote_version(item)  # reads at most one byte: changes nothing
+
+    def delete(self, item: Item, if_match: str | None = None) -> None:
+        raise UsageError(f"dry run: {item.id} would be deleted, not removed")
+
+    def verify(self, path: Path, item: Item) -> Verdict:
+        return self.inner.verify(path, item)
+
+    def close(self) -> None:
+        self.inner.close()
