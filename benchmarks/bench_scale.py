@@ -91,8 +91,8 @@ def _mark_archived(db: Path, archive: Path) -> int:
         now = time.time()
         conn.execute(
             "UPDATE sessions SET state = 'verified', local_path = 'lab/' || remote_id || '.zip',"
-            " size = 1900, sha256 = printf('%064d', id), downloaded_metadata_hash ="
-            " metadata_hash, downloaded_at = ?, verified_at = ?, next_attempt_at = NULL,"
+            " size = 1900, sha256 = printf('%064d', id), downloaded_version ="
+            " version, downloaded_at = ?, verified_at = ?, next_attempt_at = NULL,"
             " attempts = 0, last_error = NULL",
             (now, now),
         )

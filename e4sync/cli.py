@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p = command("simulate", cmd_simulate, "run the E4 Connect simulator on 127.0.0.1")
-    from e4sync.simulator.cli import add_arguments
+    from e4sync.sources.e4connect.simulator.cli import add_arguments
 
     add_arguments(p)
     p = command(
@@ -224,7 +224,7 @@ def raise_if_damaged(engine) -> None:
 
 
 def make_client(cfg: Config, account: AccountConfig):
-    from e4sync.client import E4Connect
+    from e4sync.sources.e4connect.client import E4Connect
     from e4sync.credentials import password_provider
 
     return E4Connect(
@@ -476,7 +476,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
     from sqlalchemy import select
 
-    from e4sync.source import parse_item
+    from e4sync.sources.e4connect.items import parse_item
     from e4sync.state.models import Account
     from e4sync.state.models import Session as SessionRow
 
@@ -506,7 +506,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         item = parse_item(row)
         entry = {k: row.get(k) for k in SESSION_COLUMNS if k in row}
         if item is not None:
-            entry["start"] = dt.datetime.fromtimestamp(item.start_time, dt.UTC).isoformat()
+            entry["start"] = dt.datetime.fromtimestamp(item.recorded_at, dt.UTC).isoformat()
             entry["local_state"] = local.get(item.id, "")
         table.append(entry)
     table.sort(key=lambda r: str(r.get("start_time", "")))
@@ -768,7 +768,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from e4sync.simulator.cli import run
+    from e4sync.sources.e4connect.simulator.cli import run
 
     return run(args)
 

@@ -418,13 +418,14 @@ def check_logins(
     tried was refused and no account was left to another worker (a platform that is down is
     not a reason to exit). Each login is made
     under the account's lease, so it never logs out another worker serving that account."""
+    from e4sync.sources import kind
     from e4sync.state.db import claim_accounts, ensure_account, release_leases, sessionmaker_for
 
     refused: list[str] = []
     skipped = 0
     for account in cfg.accounts:
         with sessionmaker_for(engine)() as db, db.begin():
-            ensure_account(db, account.name, account.username, account.base_url)
+            ensure_account(db, account.name, account.source, kind(account.source).endpoint(account))
         if not claim_accounts(engine, worker_id, [account.name], cfg.state.lease):
             log.info("account %s: served by another worker; not checking its login", account.name)
             skipped += 1
@@ -432,7 +433,7 @@ def check_logins(
         source = None
         try:
             source = source_factory(account)
-            source.user_id()
+            source.identity()
             return
         except AuthError as exc:
             refused.append(str(exc))

@@ -6,7 +6,8 @@ I/O, so ``run-once --dry-run`` and the real pass print and follow the same plan,
 can cover every rule without a server. The checks that need the disk (the file is
 there and re-hashes to the recorded sha256) are made by the caller just before each delete.
 
-Imports nothing from e4sync but the state names.
+Imports nothing from e4sync but the state names (``e4sync.state.states``, no SQLAlchemy).
+Must not import: sqlalchemy, e4sync.state.models, e4sync.state.db, e4sync.sources, e4sync.archive, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from e4sync.state.models import VERIFIED
+from e4sync.state.states import VERIFIED
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,12 @@ class Candidate:
 
     remote_id: str
     state: str
-    start_time: int
+    recorded_at: int
     verified_at: float | None
     local_path: str | None
     sha256: str | None
-    metadata_hash: str
-    downloaded_metadata_hash: str | None
+    version: str
+    downloaded_version: str | None
     listed: bool  # present in this pass's listing
 
 
@@ -53,7 +54,7 @@ def plan_deletions(
     """Given every session of one account, return a decision for each verified one, oldest
     recording first. At most ``rules.max_deletes_per_pass`` decisions say delete."""
     verified = sorted(
-        (c for c in candidates if c.state == VERIFIED), key=lambda c: (c.start_time, c.remote_id)
+        (c for c in candidates if c.state == VERIFIED), key=lambda c: (c.recorded_at, c.remote_id)
     )
     decisions: list[Decision] = []
     budget = max(0, rules.max_deletes_per_pass)
@@ -80,9 +81,9 @@ def _refusal(c: Candidate, *, now: float, rules: Rules, listing_ok: bool) -> str
         return "not in this pass's listing"
     if not c.local_path or not c.sha256 or c.verified_at is None:
         return "no verified local copy is recorded"
-    if c.downloaded_metadata_hash != c.metadata_hash:
+    if c.downloaded_version != c.version:
         return "the remote metadata changed since the download"
-    if c.start_time <= 0 or now - c.start_time < rules.delete_min_age:
+    if c.recorded_at <= 0 or now - c.recorded_at < rules.delete_min_age:
         return "recorded less than remote.delete_min_age ago"
     if now - c.verified_at < rules.delete_grace:
         return "verified less than remote.delete_grace ago"

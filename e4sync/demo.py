@@ -22,7 +22,7 @@ def _toml_string(value: object) -> str:
 
 def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = False) -> int:
     from e4sync.config import load_config
-    from e4sync.simulator import Simulator
+    from e4sync.sources.e4connect.simulator import Simulator
     from e4sync.state.db import default_sqlite_url, open_db
     from e4sync.status import status_report
     from e4sync.sync import run_pass

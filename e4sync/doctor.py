@@ -64,8 +64,8 @@ def _state_database(cfg: Config) -> tuple[dict | None, StateDamaged | None]:
 def run_checks(cfg: Config) -> tuple[list[dict], StateDamaged | None]:
     """Every check, and the damage found in the state database if any (the CLI exits with
     its code rather than 1)."""
-    from e4sync.client import E4Connect
-    from e4sync.credentials import password_provider, password_source
+    from e4sync.credentials import password_source
+    from e4sync.sources import kind, make_source
 
     checks = []
     for what, path in (("archive root", cfg.archive.root), ("state directory", cfg.state.dir)):
@@ -101,20 +101,18 @@ def run_checks(cfg: Config) -> tuple[list[dict], StateDamaged | None]:
             }
         )
         try:
-            with E4Connect(
-                account.username,
-                # A provider, not the bare password: a refused login then gets its hint.
-                password_provider=password_provider(account, interactive=False),
-                base_url=account.base_url,
-                timeout=cfg.download.timeout,
-                connect_timeout=cfg.download.connect_timeout,
-            ) as client:
-                user_id = client.user_id()
+            # A provider, not the bare password: a refused login then gets its hint.
+            login = make_source(account, cfg, interactive=False)
+            try:
+                user_id = login.identity()
+            finally:
+                login.close()
             checks.append(
                 {
                     "what": f"account {account.name} login",
                     "ok": True,
-                    "detail": f"logged in to {account.base_url} as user {user_id}",
+                    "detail": f"logged in to {kind(account.source).endpoint(account)}"
+                    + (f" as user {user_id}" if user_id else ""),
                 }
             )
         except E4SyncError as exc:

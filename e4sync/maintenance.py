@@ -6,7 +6,7 @@ on the rows by ``state.problems``' rule, rewrite damaged sidecars from the rows)
 (clear back-off). None of them talks to the platform. The ``status`` report lives in
 ``e4sync.status``; the sidecar's fields in ``e4sync.sidecar``.
 
-Must not import client, sync or cli.
+Must not import: e4sync.sources.e4connect, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from sqlalchemy import Engine, case, select, update
 
 from e4sync.archive import Archive, UnsafePathError
 from e4sync.errors import StorageError
+from e4sync.sources import DEFAULT_SOURCE, Item, kind
 from e4sync.sidecar import build as build_sidecar
 from e4sync.sidecar import disagreements
 from e4sync.state import db as statedb
-from e4sync.state import problems
+from e4sync.state import problems, rows
 from e4sync.state.models import (
     ARCHIVED_STATES,
     DUE_STATES,
@@ -213,7 +214,7 @@ def _check(archive: Archive, f: _Finding) -> _Finding:
         f.sidecar_reason = unreadable or "missing"
     elif wrong := disagreements(f.sidecar, expected):
         f.sidecar_reason = "disagrees with the state database on " + ", ".join(wrong)
-    elif not _usable_remote(f.sidecar.get("remote"), f.remote_id):
+    elif not _usable_remote(f.sidecar, f.remote_id):
         # reindex rebuilds the row from it: without it the session cannot be recovered.
         f.sidecar_reason = "no usable remote session metadata"
     return f
@@ -312,11 +313,9 @@ def _remote_for(row: SessionRow, old: dict | None) -> dict:
     """The listed metadata the file was downloaded under: the old sidecar's when its hash
     says so, else the row's latest listing (whose hash, when it differs from the one at
     download, can only block a remote deletion after a reindex: the safe direction)."""
-    from e4sync.source import parse_item
-
-    if old is not None and _usable_remote(old.get("remote"), row.remote_id):
-        item = parse_item(old["remote"])
-        if item is not None and item.metadata_hash == row.downloaded_metadata_hash:
+    if old is not None and _usable_remote(old, row.remote_id):
+        item = _item_of(old)
+        if item is not None and item.version == row.downloaded_version:
             return old["remote"]
     try:
         listed = json.loads(row.remote_json or "{}")
@@ -325,13 +324,17 @@ def _remote_for(row: SessionRow, old: dict | None) -> dict:
     return listed if isinstance(listed, dict) else {}
 
 
-def _usable_remote(remote: object, remote_id: str) -> bool:
-    from e4sync.source import parse_item
-
-    if not isinstance(remote, dict):  # checked first: parse_item warns about non-objects
+def _usable_remote(sidecar: dict, remote_id: str) -> bool:
+    if not isinstance(sidecar.get("remote"), dict):  # checked first: a kind warns of others
         return False
-    item = parse_item(remote)
+    item = _item_of(sidecar)
     return item is not None and item.id == remote_id
+
+
+def _item_of(sidecar: dict) -> Item | None:
+    """The item a sidecar describes, rebuilt by the kind of source that wrote it (a
+    sidecar from before sources had kinds is E4 Connect's)."""
+    return kind(str(sidecar.get("source") or DEFAULT_SOURCE)).item_from_raw(sidecar["remote"])
 
 
 def _chunks(items: list, size: int):
@@ -351,7 +354,6 @@ class ReindexReport:
 def reindex(engine: Engine, archive: Archive, rehash: bool = True) -> ReindexReport:
     """Rebuild session rows from the archive's sidecars, with no download. A sidecar whose
     ZIP is missing or does not hash to the recorded sha256 is reported and not indexed."""
-    from e4sync.source import parse_item
     from e4sync.verify import sha256_file
 
     report = ReindexReport()
@@ -360,7 +362,7 @@ def reindex(engine: Engine, archive: Archive, rehash: bool = True) -> ReindexRep
         report.sidecars += 1
         try:
             account_name = str(sidecar["account"])
-            item = parse_item(sidecar["remote"])
+            item = _item_of(sidecar)
             sha256 = str(sidecar["sha256"])
             if item is None:
                 raise ValueError("no usable remote session in the sidecar")
@@ -383,7 +385,7 @@ def reindex(engine: Engine, archive: Archive, rehash: bool = True) -> ReindexRep
         else:
             size = int(sidecar.get("size") or path.stat().st_size)
         with sessions() as db, db.begin():
-            account = statedb.ensure_account(db, account_name, "", "")
+            account = statedb.ensure_account(db, account_name, str(sidecar.get("source") or ""))
             if sidecar.get("user_id"):
                 account.user_id = str(sidecar["user_id"])
             row = db.scalar(
@@ -392,9 +394,7 @@ def reindex(engine: Engine, archive: Archive, rehash: bool = True) -> ReindexRep
                 )
             )
             if row is None:
-                from e4sync.sync import new_row
-
-                row = new_row(account.id, item, time.time())
+                row = rows.new_row(account.id, item, time.time())
                 db.add(row)
                 report.added += 1
             else:
@@ -405,7 +405,7 @@ def reindex(engine: Engine, archive: Archive, rehash: bool = True) -> ReindexRep
             row.local_path = str(relpath)
             row.size = size
             row.sha256 = sha256
-            row.downloaded_metadata_hash = item.metadata_hash
+            row.downloaded_version = item.version
             row.downloaded_at = _parse_iso(sidecar.get("downloaded_at")) or verified_at
             row.verified_at = verified_at
             row.last_error = None

@@ -51,7 +51,7 @@ def pings():
 
 @pytest.fixture
 def sim():
-    from e4sync.simulator import Simulator
+    from e4sync.sources.e4connect.simulator import Simulator
 
     with Simulator(port=0, seed=1, sessions=5) as server:
         yield server

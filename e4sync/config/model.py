@@ -104,6 +104,7 @@ class AccountConfig:
     keyring: bool
     layout: str
     remote: RemoteConfig
+    source: str = "e4connect"
 
     def __repr__(self) -> str:
         # password_command may embed a token (`op read op://…`, `vault … -token=…`).

@@ -150,10 +150,11 @@ class Kind:
     kept for it, and check a file's content offline."""
 
     name: str
-    connect: Callable[..., Source]  # (account, cfg, cancel=None) -> Source
+    connect: Callable[..., Source]  # (account, cfg, cancel=None, interactive=None) -> Source
     item_from_raw: Callable[[Mapping[str, Any]], Item | None]
     verify: Callable[[Path, Item], Verdict]
     check_id: Callable[[str], str]  # a usable id, or UsageError naming what is wrong
+    endpoint: Callable[[AccountConfig], str]  # what the account points at, for people
 
 
 def kind(name: str) -> Kind:
@@ -168,12 +169,16 @@ def settings(name: str) -> ModuleType:
 
 
 def make_source(
-    account: AccountConfig, cfg: Config, cancel: threading.Event | None = None
+    account: AccountConfig,
+    cfg: Config,
+    cancel: threading.Event | None = None,
+    interactive: bool | None = None,
 ) -> Source:
     """The one factory: the pass, the CLI and ``doctor`` all build sources here, so they
     share one set of timeouts, pool sizes and credentials. ``cancel`` ends the source's
-    waits (a Retry-After, a backoff) with ``Interrupted``."""
-    return kind(account.source).connect(account, cfg, cancel=cancel)
+    waits (a Retry-After, a backoff) with ``Interrupted``; ``interactive=False`` never
+    prompts for a secret (None: only when stdin is a terminal)."""
+    return kind(account.source).connect(account, cfg, cancel=cancel, interactive=interactive)
 
 
 def _known(name: str) -> None:

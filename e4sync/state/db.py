@@ -371,9 +371,11 @@ def sessionmaker_for(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def ensure_account(db: Session, name: str, username: str, base_url: str) -> models.Account:
+def ensure_account(
+    db: Session, name: str, source: str = "", endpoint: str = ""
+) -> models.Account:
     """Return the account row called ``name``, creating it if missing (safely when several
-    workers do so at once) and bringing a non-empty ``username`` and ``base_url`` up to
+    workers do so at once) and bringing a non-empty ``source`` and ``endpoint`` up to
     date. Flushes; the caller commits."""
     query = select(models.Account).where(models.Account.name == name)
     account = db.scalars(query).one_or_none()
@@ -382,15 +384,17 @@ def ensure_account(db: Session, name: str, username: str, base_url: str) -> mode
             # Several workers starting together may all find no row and insert it: the
             # savepoint lets the losers roll back just the insert and read the winner's.
             with db.begin_nested():
-                account = models.Account(name=name, username=username, base_url=base_url)
+                account = models.Account(
+                    name=name, source=source or "e4connect", endpoint=endpoint
+                )
                 db.add(account)
         except sa.exc.IntegrityError:
             account = db.scalars(query).one()
     # Empty values (reindex knows only the name) never blank what a pass recorded.
-    if username and account.username != username:
-        account.username = username
-    if base_url and account.base_url != base_url:
-        account.base_url = base_url
+    if source and account.source != source:
+        account.source = source
+    if endpoint and account.endpoint != endpoint:
+        account.endpoint = endpoint
     db.flush()
     return account
 

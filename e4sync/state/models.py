@@ -48,16 +48,18 @@ class Base(DeclarativeBase):
 
 
 class Account(Base):
-    """One E4 Connect account, named in the configuration. The lease columns say which
-    worker serves it now: the platform allows one live login per account."""
+    """One account on one platform (``source``), named in the configuration. The lease
+    columns say which worker serves it now: a platform may allow one live login per account."""
 
     __tablename__ = "accounts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    username: Mapped[str] = mapped_column(String(320), default="")
-    base_url: Mapped[str] = mapped_column(String(2000), default="")
-    user_id: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(40), default="e4connect")
+    # What the account pointed at when last served ("lab@example.org at https://..."), for
+    # people reading the database; nothing decides by it.
+    endpoint: Mapped[str] = mapped_column(Text, default="")
+    user_id: Mapped[str | None] = mapped_column(String(64))  # who the source says we are
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[float | None] = mapped_column(Float)
     last_listed_at: Mapped[float | None] = mapped_column(Float)
@@ -66,7 +68,8 @@ class Account(Base):
 
 
 class Session(Base):
-    """One recording as the platform lists it, and where its local copy stands."""
+    """One item (a recording, a file) as its platform lists it, and where its local copy
+    stands. The source-specific metadata is ``remote_json``; the columns are generic."""
 
     __tablename__ = "sessions"
     __table_args__ = (
@@ -76,23 +79,22 @@ class Session(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
-    remote_id: Mapped[str] = mapped_column(String(64))
-    # Remote metadata, coerced from the platform's strings.
-    start_time: Mapped[int] = mapped_column(Integer, default=0)
+    remote_id: Mapped[str] = mapped_column(String(1024))  # any string: an S3 key too
+    # When the recording began (unix seconds; 0 unknown), how long it is, what it is.
+    recorded_at: Mapped[int] = mapped_column(Integer, default=0)
     duration: Mapped[float] = mapped_column(Float, default=0.0)
-    device_id: Mapped[str] = mapped_column(String(64), default="")
-    label: Mapped[str] = mapped_column(String(200), default="")
-    device: Mapped[str] = mapped_column(String(200), default="")
-    # The row exactly as listed (JSON), and a digest of it to notice changes cheaply.
+    kind: Mapped[str] = mapped_column(String(40), default="")
+    # The item exactly as listed (JSON), and its version: what makes a changed item a new
+    # download (E4: a digest of the listed metadata; S3: ETag and size).
     remote_json: Mapped[str] = mapped_column(Text, default="{}")
-    metadata_hash: Mapped[str] = mapped_column(String(64), default="")
+    version: Mapped[str] = mapped_column(String(200), default="")
     # Where the local copy stands.
     state: Mapped[str] = mapped_column(String(20), default=NEW)
     local_path: Mapped[str | None] = mapped_column(Text)  # relative to the archive root
     size: Mapped[int | None] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))
-    # metadata_hash at download time: a deletion needs it unchanged (SPEC section 6).
-    downloaded_metadata_hash: Mapped[str | None] = mapped_column(String(64))
+    # version at download time: a deletion needs it unchanged (SPEC section 6).
+    downloaded_version: Mapped[str | None] = mapped_column(String(200))
     # The validators the platform sent with the download (issue: a remote copy whose bytes
     # changed under the same metadata must not be deleted). NULL when it sent none.
     remote_etag: Mapped[str | None] = mapped_column(String(200))
@@ -144,7 +146,7 @@ class Deletion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
-    remote_id: Mapped[str] = mapped_column(String(64))
+    remote_id: Mapped[str] = mapped_column(String(1024))
     local_path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     requested_at: Mapped[float] = mapped_column(Float)

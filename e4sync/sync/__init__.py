@@ -13,7 +13,6 @@ from e4sync.sync.run import (
     PassReport,
     SourceFactory,
     default_source_factory,
-    new_row,
     pass_lock,
     run_pass,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "backoff_delay",
     "default_source_factory",
     "iso",
-    "new_row",
     "pass_lock",
     "run_pass",
 ]

@@ -9,7 +9,7 @@ queued again (``requeued``) and never deleted. A dry run makes the same two proo
 Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``account_id``,
 ``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``, ``dry_run``, ``requeued``).
 
-Must not import cli or ``e4sync.sync.run``.
+Must not import: e4sync.cli, e4sync.sync.run, e4sync.sources.e4connect.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from e4sync.errors import (
     TransientError,
     VersionChanged,
 )
-from e4sync.source import RemoteItem, Source
+from e4sync.sources import Item, Source
 from e4sync.state.models import (
     NEW,
     REMOTE_DELETED,
@@ -49,7 +49,7 @@ class DeletionSteps:
     """The deletion half of ``AccountPass``."""
 
     def _delete_qualifying(
-        self, source: Source, listed: dict[str, RemoteItem], listing_ok: bool
+        self, source: Source, listed: dict[str, Item], listing_ok: bool
     ) -> None:
         rules = Rules(
             **{
@@ -72,7 +72,7 @@ class DeletionSteps:
                 select(SessionRow).where(
                     SessionRow.account_id == self.account_id,
                     SessionRow.state == VERIFIED,
-                    SessionRow.start_time <= now - rules.delete_min_age,
+                    SessionRow.recorded_at <= now - rules.delete_min_age,
                     SessionRow.verified_at <= now - rules.delete_grace,
                 )
             ).all()
@@ -97,24 +97,25 @@ class DeletionSteps:
             if self.stop.is_set() or self.lease_lost.is_set():
                 break
             row = by_id[decision.remote_id]
+            item = listed[row.remote_id]  # the plan chose only listed items
             if self.dry_run:
                 # The same proofs as the real pass (read-only: a re-hash and a one-byte
                 # GET), so a dry run never promises a deletion the pass would refuse.
-                if self._proven(source, row):
+                if self._proven(source, row, item):
                     self.report.would_delete.append(row.remote_id)
                     log.info("dry run: would delete remote session %s", row.remote_id)
                 continue
-            ledger_id = self._delete_one(source, row)
+            ledger_id = self._delete_one(source, row, item)
             if ledger_id is not None:
                 requested[row.remote_id] = ledger_id
         if requested:
             self._confirm_deletions(source, requested)
 
-    def _proven(self, source: Source, row: SessionRow) -> bool:
+    def _proven(self, source: Source, row: SessionRow, item: Item) -> bool:
         """Both proofs a deletion needs, checked just before it: the local copy re-hashes
         to the recorded sha256, and the platform's copy is still the archived version."""
         sha256 = self._rehash(row)
-        return sha256 is not None and self._same_remote_version(source, row)
+        return sha256 is not None and self._same_remote_version(source, row, item)
 
     def _rehash(self, row: SessionRow) -> str | None:
         """The local copy's sha256 if it is whole; None (reported) if not."""
@@ -148,13 +149,13 @@ class DeletionSteps:
             return None
         return sha256
 
-    def _same_remote_version(self, source: Source, row: SessionRow) -> bool:
+    def _same_remote_version(self, source: Source, row: SessionRow, item: Item) -> bool:
         """Whether the platform still holds the bytes that were archived: the same size,
         and the same ETag and Last-Modified where they were recorded at download. A
         platform that does not say the size cannot prove it, so nothing is deleted; a
         different version is downloaded again (the archived one is kept aside)."""
         try:
-            now = source.remote_version(row.remote_id)
+            now = source.remote_version(item)
         except SessionNotFound:
             return False  # gone already: the listing will say so
         except (AuthError, TransientError, Interrupted):
@@ -210,9 +211,9 @@ class DeletionSteps:
             )
         self.requeued.add(row.remote_id)
 
-    def _delete_one(self, source: Source, row: SessionRow) -> int | None:
+    def _delete_one(self, source: Source, row: SessionRow, item: Item) -> int | None:
         sha256 = self._rehash(row)
-        if sha256 is None or not self._same_remote_version(source, row):
+        if sha256 is None or not self._same_remote_version(source, row, item):
             return None
         with self.sessions() as db, db.begin():
             entry = Deletion(
@@ -229,7 +230,7 @@ class DeletionSteps:
             ledger_id = entry.id
         crashpoint("after-ledger")
         try:
-            source.delete(row.remote_id, if_match=row.remote_etag)
+            source.delete(item, if_match=row.remote_etag)
             crashpoint("after-delete")
         except SessionNotFound:
             pass  # gone already (a retried DELETE whose first answer was lost)
@@ -253,7 +254,7 @@ class DeletionSteps:
 
     def _confirm_deletions(self, source: Source, requested: dict[str, int]) -> None:
         try:
-            still_listed = {i.id for i in source.list_items()}
+            still_listed = {i.id for i in source.list_items().items}
         except E4SyncError as exc:
             log.warning(
                 "account %s: could not re-list to confirm deletions (%s); they are "
@@ -319,11 +320,11 @@ def _candidate(row: SessionRow, listed: bool) -> Candidate:
     return Candidate(
         remote_id=row.remote_id,
         state=row.state,
-        start_time=row.start_time,
+        recorded_at=row.recorded_at,
         verified_at=row.verified_at,
         local_path=row.local_path,
         sha256=row.sha256,
-        metadata_hash=row.metadata_hash,
-        downloaded_metadata_hash=row.downloaded_metadata_hash,
+        version=row.version,
+        downloaded_version=row.downloaded_version,
         listed=listed,
     )

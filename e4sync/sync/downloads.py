@@ -11,7 +11,7 @@ Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``se
 ``archive``, ``stop``, ``lease_lost``, ``disk_full``, ``report``, ``report_lock``,
 ``user_id``, ``dry_run``, ``on_progress``, ``on_bytes``, ``claimed_paths``, ``dry_new``).
 
-Must not import cli or ``e4sync.sync.run``.
+Must not import: e4sync.cli, e4sync.sync.run, e4sync.sources.e4connect.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from e4sync.errors import (
     StateDamaged,
     StorageError,
 )
-from e4sync.source import RemoteItem, Source, parse_item
+from e4sync.sources import Item, Source, kind
 from e4sync.state import problems as local_problems
 from e4sync.state.models import (
     DOWNLOADING,
@@ -66,9 +66,9 @@ class _Fetched:
     sha256: str
     started: float
     adopted: bool = False  # a whole file a killed pass had already committed
-    # The remote metadata the file was downloaded under, when not the current listing's
-    # (an adopted file: its sidecar says), so a change since still blocks remote deletion.
-    metadata_hash: str | None = None
+    # The version the file was downloaded under, when not the current listing's (an
+    # adopted file: its sidecar says), so a change since still blocks remote deletion.
+    version: str | None = None
     etag: str | None = None  # the validators the platform sent with the bytes
     last_modified: str | None = None
 
@@ -77,7 +77,7 @@ class DownloadSteps:
     """The download half of ``AccountPass``."""
 
     def _download_due(
-        self, source: Source, listed: dict[str, RemoteItem], only: set[str] | None = None
+        self, source: Source, listed: dict[str, Item], only: set[str] | None = None
     ) -> None:
         """Download what is due and listed (of ``only``, when given)."""
         now = time.time()
@@ -89,7 +89,7 @@ class DownloadSteps:
                     SessionRow.state.in_(DUE_STATES),
                     (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
                 )
-                .order_by(SessionRow.start_time, SessionRow.id)
+                .order_by(SessionRow.recorded_at, SessionRow.id)
             ).all()
         due = [(pk, rid) for pk, rid in due if rid in listed and (only is None or rid in only)]
         if self.dry_run:
@@ -146,7 +146,7 @@ class DownloadSteps:
         self,
         source: Source,
         pk: int,
-        item: RemoteItem,
+        item: Item,
         relpath: PurePosixPath,
         known_sha256: str | None,
     ) -> None:
@@ -177,7 +177,7 @@ class DownloadSteps:
     def _fetch(
         self,
         pk: int,
-        item: RemoteItem,
+        item: Item,
         source: Source,
         relpath: PurePosixPath,
         known_sha256: str | None,
@@ -193,7 +193,7 @@ class DownloadSteps:
             # Inside the try: a folder that cannot be made is this session's failure (counted,
             # backed off), never the account's whole pass.
             self.archive.part_path(relpath)
-            adopted = self._adopt_existing(relpath, item, known_sha256)
+            adopted = self._adopt_existing(source, relpath, item, known_sha256)
             if adopted is not None:
                 return adopted
             fetched = source.fetch(item, part, cancel=self.stop, progress=self.on_bytes)
@@ -225,7 +225,7 @@ class DownloadSteps:
             self._failed(pk, item, part, exc)
         return None
 
-    def _finish(self, pk: int, item: RemoteItem, source: Source, got: _Fetched) -> None:
+    def _finish(self, pk: int, item: Item, source: Source, got: _Fetched) -> None:
         try:
             if not got.adopted:
                 verdict = source.verify(got.part, item)
@@ -257,7 +257,7 @@ class DownloadSteps:
         finally:
             self.on_progress(item.id)
 
-    def _failed(self, pk: int, item: RemoteItem, part: Path, exc: BaseException) -> None:
+    def _failed(self, pk: int, item: Item, part: Path, exc: BaseException) -> None:
         if isinstance(exc, StorageError) or not isinstance(exc, E4SyncError):
             # A local write failed (disk full, read-only): free the space, start over later.
             with contextlib.suppress(OSError):
@@ -289,14 +289,14 @@ class DownloadSteps:
             reason,
         )
 
-    def _record_verified(self, pk: int, item: RemoteItem, got: _Fetched) -> None:
+    def _record_verified(self, pk: int, item: Item, got: _Fetched) -> None:
         with self.sessions() as db, db.begin():
             row = db.get(SessionRow, pk)
             row.state = VERIFIED
             row.local_path = str(got.relpath)
             row.size = got.size
             row.sha256 = got.sha256
-            row.downloaded_metadata_hash = got.metadata_hash or item.metadata_hash
+            row.downloaded_version = got.version or item.version
             row.downloaded_at = got.started
             row.verified_at = time.time()
             row.remote_etag = (got.etag or "")[:200] or None
@@ -317,8 +317,8 @@ class DownloadSteps:
         )
 
     def _with_paths(
-        self, due: list[tuple[int, str]], listed: dict[str, RemoteItem], batch: int
-    ) -> Iterator[tuple[int, RemoteItem, PurePosixPath, str | None]]:
+        self, due: list[tuple[int, str]], listed: dict[str, Item], batch: int
+    ) -> Iterator[tuple[int, Item, PurePosixPath, str | None]]:
         """The due sessions with their archive paths, recorded (state ``downloading``) one
         transaction per batch before their downloads start: a crash then still knows which
         ``.part`` belongs to whom, and the download threads make no database write of their
@@ -327,7 +327,7 @@ class DownloadSteps:
             if self._paused():
                 return
             chosen = []
-            unplaced: list[tuple[int, RemoteItem, BaseException]] = []
+            unplaced: list[tuple[int, Item, BaseException]] = []
             with self.sessions() as db, db.begin():
                 # One SELECT per batch, not one per session (round trips on PostgreSQL).
                 rows = db.scalars(
@@ -351,7 +351,7 @@ class DownloadSteps:
                 self.on_progress(item.id)
             yield from chosen
 
-    def _choose_path(self, row: SessionRow, item: RemoteItem) -> PurePosixPath:
+    def _choose_path(self, row: SessionRow, item: Item) -> PurePosixPath:
         if row.local_path and (row.state == DOWNLOADING or row.sha256):
             # A download taken up again keeps the path it was given (a whole file a killed
             # pass committed there is adopted, not downloaded twice), and so does a copy
@@ -359,16 +359,7 @@ class DownloadSteps:
             # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
         layout = self.account.layout or self.cfg.archive.layout
-        fields = LayoutFields(
-            account=self.account.name,
-            user_id=self.user_id,
-            session_id=item.id,
-            device_id=item.device_id,
-            label=item.label,
-            device=item.device,
-            start_time=item.start_time,
-            duration=item.duration,
-        )
+        fields = LayoutFields(account=self.account.name, user_id=self.user_id, **item.fields)
         wanted = render_relpath(layout, fields, self.cfg.archive.timezone)
         chosen = self.archive.choose_path(
             wanted, self._session_key(item), lambda p: str(p) in self.claimed_paths
@@ -376,11 +367,11 @@ class DownloadSteps:
         self.claimed_paths.add(str(chosen))
         return chosen
 
-    def _session_key(self, item: RemoteItem) -> str:
+    def _session_key(self, item: Item) -> str:
         return f"{self.account.name}/{item.id}"
 
     def _adopt_existing(
-        self, relpath: PurePosixPath, item: RemoteItem, known_sha256: str | None
+        self, source: Source, relpath: PurePosixPath, item: Item, known_sha256: str | None
     ) -> _Fetched | None:
         """A crash after the rename but before the database commit leaves a whole file and
         its sidecar: take it if it still hashes to what the sidecar says, and is not the
@@ -398,13 +389,13 @@ class DownloadSteps:
 
         started = time.time()
         size, sha256 = sha256_file(final)
-        if sha256 != sidecar.get("sha256") or _content_problems(final, item):
+        if sha256 != sidecar.get("sha256") or not source.verify(final, item).ok:
             return None
         log.info("session %s: adopting the archived file left by an interrupted pass", item.id)
         # A kill between link(part, final) and unlink(part) leaves the part as a second name.
         with contextlib.suppress(FileNotFoundError):
             part_of(final).unlink()
-        then = parse_item(sidecar.get("remote"))
+        then = kind(self.account.source).item_from_raw(sidecar.get("remote"))
         validators = sidecar.get("validators")
         validators = validators if isinstance(validators, dict) else {}
         return _Fetched(
@@ -414,14 +405,14 @@ class DownloadSteps:
             sha256,
             started,
             adopted=True,
-            metadata_hash=then.metadata_hash if then is not None else None,
+            version=then.version if then is not None else None,
             etag=validators.get("etag"),
             last_modified=validators.get("last_modified"),
         )
 
     def _sidecar(
         self,
-        item: RemoteItem,
+        item: Item,
         got: _Fetched,
         verified_at: float,
         warnings: tuple[str, ...] = (),
@@ -441,7 +432,7 @@ class DownloadSteps:
             warnings=list(warnings),
         )
 
-    def _record_failure(self, pk: int, item: RemoteItem, exc: BaseException) -> None:
+    def _record_failure(self, pk: int, item: Item, exc: BaseException) -> None:
         message = describe(exc)
         now = time.time()
         with self.sessions() as db, db.begin():
@@ -496,13 +487,6 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _content_problems(path: Path, item: RemoteItem) -> list[str]:
-    from e4sync.verify import check_zip
-
-    check = check_zip(path, start_time=item.start_time or None)
-    return list(check.problems)
 
 
 def backoff_delay(attempts: int, base: float, cap: float) -> float:

@@ -8,14 +8,14 @@ their back-off and reported in the ``PassReport``; only ``cli`` turns that into 
 A damaged state database is none of these: it stops the pass and is raised
 (``StateDamaged``, exit 65), even where a per-session handler caught it first.
 
-Must not import cli. Talks to the platform only through ``source.Source``.
+Talks to the platform only through ``e4sync.sources.Source``, built by ``make_source``.
+Must not import: e4sync.cli, e4sync.sources.e4connect.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -43,8 +43,9 @@ from e4sync.errors import (
     StateDamaged,
     TransientError,
 )
-from e4sync.source import DryRunSource, RemoteItem, Source
+from e4sync.sources import DryRunSource, Item, Listing, Source, kind, make_source
 from e4sync.state import db as statedb
+from e4sync.state import rows
 from e4sync.state.models import (
     NEW,
     REMOTE_DELETED,
@@ -131,24 +132,11 @@ def pass_lock(state_dir: Path) -> Iterator[None]:
 
 
 def default_source_factory(cfg: Config, stop: threading.Event | None = None) -> SourceFactory:
-    """E4 Connect clients for ``cfg``'s accounts; ``stop`` ends their waits (a Retry-After,
-    a backoff) with ``Interrupted`` so a stopping process is not held by one."""
+    """Sources for ``cfg``'s accounts from the one factory; ``stop`` ends their waits (a
+    Retry-After, a backoff) with ``Interrupted`` so a stopping process is not held by one."""
 
     def make(account: AccountConfig) -> Source:
-        from e4sync.client import E4Connect
-        from e4sync.credentials import password_provider
-        from e4sync.source import E4Source
-
-        client = E4Connect(
-            account.username,
-            base_url=account.base_url,
-            password_provider=password_provider(account),
-            timeout=cfg.download.timeout,
-            connect_timeout=cfg.download.connect_timeout,
-            pool_size=max(8, cfg.download.concurrency * 2),
-            cancel=stop,
-        )
-        return E4Source(client)
+        return make_source(account, cfg, cancel=stop)
 
     return make
 
@@ -326,7 +314,10 @@ class AccountPass(DownloadSteps, DeletionSteps):
         started = time.time()
         with self.sessions() as db, db.begin():
             row = statedb.ensure_account(
-                db, self.account.name, self.account.username, self.account.base_url
+                db,
+                self.account.name,
+                self.account.source,
+                kind(self.account.source).endpoint(self.account),
             )
             self.account_id = row.id
         if self.min_gap and self._served_recently():
@@ -388,9 +379,10 @@ class AccountPass(DownloadSteps, DeletionSteps):
         log.error("account %s: %s", self.account.name, message)
 
     def _serve(self, source: Source) -> None:
-        self.user_id = source.user_id()
-        items = source.list_items()
-        listing_ok = self._record_listing(items)
+        self.user_id = source.identity()
+        listing = source.list_items()
+        items = listing.items
+        listing_ok = self._record_listing(listing)
         copies = check_archived_copies(
             self.sessions, self.archive, self.account_id, self.account.name, dry_run=self.dry_run
         )
@@ -411,11 +403,12 @@ class AccountPass(DownloadSteps, DeletionSteps):
 
     # -- listing -----------------------------------------------------------------------
 
-    def _record_listing(self, items: list[RemoteItem]) -> bool:
+    def _record_listing(self, listing: Listing) -> bool:
         """Record new sessions and metadata changes with a constant number of queries,
         holding plain tuples, not ORM objects, for the sessions that did not change (an
         account can list 100,000). Returns whether the listing can be trusted for deletions."""
         now = time.time()
+        items = listing.items
         self.report.listed = len(items)
         listed = {i.id: i for i in items}
         with self.sessions() as db, db.begin():
@@ -429,12 +422,14 @@ class AccountPass(DownloadSteps, DeletionSteps):
                         SessionRow.remote_id,
                         SessionRow.id,
                         SessionRow.state,
-                        SessionRow.metadata_hash,
+                        SessionRow.version,
                     ).where(SessionRow.account_id == self.account_id)
                 )
             }
             present_before = sum(
-                1 for _, state, _ in known.values() if state not in (REMOTE_GONE, REMOTE_DELETED)
+                1
+                for rid, (_, state, _) in known.items()
+                if state not in (REMOTE_GONE, REMOTE_DELETED) and listing.covered(rid)
             )
             if not items and present_before:
                 # An empty list where sessions existed is a platform fault, never "all deleted".
@@ -456,18 +451,18 @@ class AccountPass(DownloadSteps, DeletionSteps):
             for chunk in chunks(new_ids, 1000):
                 db.execute(
                     insert(SessionRow),
-                    [_new_row_values(self.account_id, listed[r], now) for r in chunk],
+                    [rows.new_values(self.account_id, listed[r], now) for r in chunk],
                 )
             self.report.new = len(new_ids)
             for rid, (pk, state, mhash) in known.items():
                 item = listed.get(rid)
                 back = state in (REMOTE_GONE, REMOTE_DELETED)
-                if item is None or (mhash == item.metadata_hash and not back):
+                if item is None or (mhash == item.version and not back):
                     continue
                 row = db.get(SessionRow, pk)
-                if mhash != item.metadata_hash:
+                if mhash != item.version:
                     self.report.changed += 1
-                    _apply_metadata(row, item)
+                    rows.apply_metadata(row, item)
                     log.info("session %s: remote metadata changed", rid)
                 if state == REMOTE_GONE:
                     # Back on the platform: a whole copy stays verified; a lost or damaged
@@ -490,7 +485,9 @@ class AccountPass(DownloadSteps, DeletionSteps):
             vanished = [
                 (rid, pk)
                 for rid, (pk, state, _) in known.items()
-                if rid not in listed and state not in (REMOTE_GONE, REMOTE_DELETED)
+                if rid not in listed
+                and state not in (REMOTE_GONE, REMOTE_DELETED)
+                and listing.covered(rid)
             ]
             if vanished:
                 self._record_vanished(db, vanished, now)
@@ -566,41 +563,6 @@ class AccountPass(DownloadSteps, DeletionSteps):
             pass  # remembered by the engine; run_pass raises it
         except Exception:  # the pass's own outcome matters more than its summary row
             log.exception("account %s: could not write the pass summary", self.account.name)
-
-
-def new_row(account_id: int, item: RemoteItem, now: float) -> SessionRow:
-    return SessionRow(**_new_row_values(account_id, item, now))
-
-
-def _new_row_values(account_id: int, item: RemoteItem, now: float) -> dict:
-    values = dict(
-        account_id=account_id,
-        remote_id=item.id,
-        state=NEW,
-        first_seen_at=now,
-        last_seen_at=now,
-        attempts=0,
-        next_attempt_at=now,
-    )
-    values.update(_metadata_values(item))
-    return values
-
-
-def _metadata_values(item: RemoteItem) -> dict:
-    return dict(
-        start_time=item.start_time,
-        duration=item.duration,
-        device_id=item.device_id[:64],
-        label=item.label[:200],
-        device=item.device[:200],
-        remote_json=json.dumps(item.raw, sort_keys=True),
-        metadata_hash=item.metadata_hash,
-    )
-
-
-def _apply_metadata(row: SessionRow, item: RemoteItem) -> None:
-    for key, value in _metadata_values(item).items():
-        setattr(row, key, value)
 
 
 class _LeaseKeeper:

@@ -269,7 +269,7 @@ def test_remove_is_written_to_the_ledger_and_confirmed_by_the_next_pass(sim, env
 def test_a_forced_removal_without_a_proven_copy_is_not_counted_as_archived(sim, envcli, home):
     import sqlite3
 
-    from e4sync.simulator import Faults
+    from e4sync.sources.e4connect.simulator import Faults
 
     url = ("--base-url", sim.base_url)
     sid = sim.sessions()[0]["id"]
@@ -472,7 +472,7 @@ def test_config_typo_names_the_file_and_key_with_a_suggestion(setup, run_cli):
 
 
 def test_simulate_prints_its_address_answers_a_login_and_stops_on_sigterm(home):
-    from e4sync.client import E4Connect
+    from e4sync.sources.e4connect.client import E4Connect
 
     full = {k: v for k, v in os.environ.items() if k not in LEAKY}
     full.update(home.env)
@@ -546,8 +546,8 @@ def test_demo_takes_a_relative_folder_with_a_quote_in_its_name(home, tmp_path):
 
 
 def test_status_and_retry_bring_a_failed_session_back(setup, run_cli):
-    from e4sync.simulator import Simulator
-    from e4sync.simulator.faults import Faults
+    from e4sync.sources.e4connect.simulator import Simulator
+    from e4sync.sources.e4connect.simulator.faults import Faults
 
     with Simulator(port=0, seed=2, sessions=2, faults=Faults(missing_session=1.0)) as sim:
         # `extra` lands inside setup's [download] table: one attempt, then 'failed'.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import Faults, Simulator
+from e4sync.sources.e4connect.simulator import Faults, Simulator
 from tests.conftest import write_secret
 
 RANDOM_KILLS = int(os.environ.get("E4SYNC_SOAK_KILLS", "12"))

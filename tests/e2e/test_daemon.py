@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import Simulator
+from e4sync.sources.e4connect.simulator import Simulator
 
 
 class NotifySocket:

@@ -33,7 +33,7 @@ import pytest
 
 from e4sync import cli
 from e4sync.errors import EXIT_DATAERR
-from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
 from tests.conftest import e4sync_cmd, write_secret
 
 SESSIONS = 60

@@ -12,7 +12,7 @@ import zipfile
 import pytest
 from e4client import E4Connect
 
-from e4sync.simulator import Faults, Simulator
+from e4sync.sources.e4connect.simulator import Faults, Simulator
 
 REAL_BASE = "https://www.empatica.com/connect"
 

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import sqlite3
 
-from e4sync.simulator import Simulator
+from e4sync.sources.e4connect.simulator import Simulator
 from tests.conftest import write_secret
 from tests.e2e.test_network_faults import STORM
 from tests.e2e.test_run_once import archived_zips, downloads, expected_relpath

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from e4sync.simulator import Faults, Simulator
+from e4sync.sources.e4connect.simulator import Faults, Simulator
 from e4sync.state import db as statedb
 from e4sync.state.models import VERIFIED, Account, Pass, Worker
 from e4sync.state.models import Session as SessionRow

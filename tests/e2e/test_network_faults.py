@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.client import E4Connect
-from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator
+from e4sync.sources.e4connect.client import E4Connect
+from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator
 from tests.conftest import write_secret
 
 STORM = Faults(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import Faults, Simulator
+from e4sync.sources.e4connect.simulator import Faults, Simulator
 
 DELETE_AT_ONCE = (
     '[account.remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "0s"\n'
@@ -111,7 +111,7 @@ def test_a_platform_that_never_says_the_size_gets_no_deletion(setup, run_cli):
 
 
 def test_if_match_stops_a_delete_of_bytes_changed_since_the_probe(sim):
-    from e4sync.client import E4Connect
+    from e4sync.sources.e4connect.client import E4Connect
     from e4sync.errors import VersionChanged
 
     sid = sim.sessions()[0]["id"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator, zipgen
+from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator, zipgen
 from tests.conftest import write_secret
 
 HOSTILE_TEXT = [

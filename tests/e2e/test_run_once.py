@@ -23,7 +23,7 @@ def remove_remotely(
     sim, session_id: str, user: str = "demo@example.org", password: str = "demo"
 ) -> None:
     """Someone else deletes a session (a browser, E4 manager): the platform's own DELETE."""
-    from e4sync.client import E4Connect
+    from e4sync.sources.e4connect.client import E4Connect
 
     with E4Connect(user, password, base_url=sim.base_url) as client:
         client.remove_session(session_id)
@@ -154,7 +154,7 @@ def test_the_ledger_entry_is_committed_before_each_delete_is_sent(sim, setup, ru
     """SPEC section 6. A spy, not a mock: the real DELETE still goes to the simulator, but
     first the state database is read from another connection, as a process started after a
     kill at that instant would read it."""
-    from e4sync.client import E4Connect
+    from e4sync.sources.e4connect.client import E4Connect
 
     config = setup.write(sim.base_url, account_extra=DELETE_AT_ONCE)
     real_remove = E4Connect.remove_session

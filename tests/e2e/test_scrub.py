@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
 from tests.conftest import write_secret
 
 SESSIONS = 3

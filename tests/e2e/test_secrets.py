@@ -22,9 +22,9 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from e4sync.client import E4Connect
+from e4sync.sources.e4connect.client import E4Connect
 from e4sync.errors import E4SyncError
-from e4sync.simulator import Faults, Simulator
+from e4sync.sources.e4connect.simulator import Faults, Simulator
 from tests.conftest import write_secret
 
 USER = "lab@example.org"

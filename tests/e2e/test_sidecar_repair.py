@@ -33,7 +33,7 @@ def test_verify_rewrites_damaged_sidecars_and_reindex_then_recovers_them(sim, se
     # holds the listing the file was downloaded under, and that is the one kept.
     with sqlite3.connect(setup.state / "state.db") as db:
         db.execute(
-            "UPDATE sessions SET remote_json = ?, metadata_hash = ? WHERE remote_id = ?",
+            "UPDATE sessions SET remote_json = ?, version = ? WHERE remote_id = ?",
             (
                 json.dumps({**fresh[wrong_sha_id]["remote"], "label": "9999"}),
                 "x" * 64,

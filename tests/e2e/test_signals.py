@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import Faults, Simulator
+from e4sync.sources.e4connect.simulator import Faults, Simulator
 from tests.conftest import Setup
 
 SECOND_USER = "second@example.org"

@@ -13,7 +13,7 @@ import time
 import sqlalchemy as sa
 
 from e4sync.config import load_config
-from e4sync.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER
+from e4sync.sources.e4connect.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER
 from e4sync.state import db as statedb
 from e4sync.state.models import Account, Worker
 from e4sync.status import build_report, quick_report, sqlite_file, sqlite_rows, status_report

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
+from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
 from tests.conftest import write_secret
 
 MB = 1 << 20

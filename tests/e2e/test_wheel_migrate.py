@@ -84,5 +84,5 @@ def test_installed_wheel_migrates_a_new_database(tmp_path: Path) -> None:
     assert Path(out["migrations"]).resolve().is_relative_to(site)  # from the wheel
     assert {"accounts", "sessions", "passes", "deletions", "workers"} <= set(out["tables"])
     assert "alembic_version" in out["tables"]
-    assert out["versions"] == [out["head"]] == ["0002"]
+    assert out["versions"] == [out["head"]] == ["0003"]
     assert db_file.is_file()

@@ -1,4 +1,4 @@
-"""Tests for e4sync.client against the real simulator over real HTTP on 127.0.0.1.
+"""Tests for e4sync.sources.e4connect.client against the real simulator over real HTTP on 127.0.0.1.
 
 Nothing is mocked: every fault is injected by the simulator on the wire (5xx, 429 with
 Retry-After, resets, short bodies, HTML pages, expired cookies, slow first bytes, latency,
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.client import (
+from e4sync.sources.e4connect.client import (
     DEFAULT_BASE_URL,
     E4Connect,
     FetchResult,
@@ -32,8 +32,8 @@ from e4sync.errors import (
     TransientError,
     UsageError,
 )
-from e4sync.simulator import Faults, Simulator
-from e4sync.verify import check_zip
+from e4sync.sources.e4connect.simulator import Faults, Simulator
+from e4sync.sources.e4connect.checks import check_zip
 
 USER = "demo@example.org"
 PASSWORD = "demo-s3cret-pa55"
@@ -295,7 +295,7 @@ def test_resume_with_range_after_a_cut(sim, tmp_path, caplog):
         have = part.stat().st_size
         assert 0 < have < len(expected)
         sim.set_faults(Faults())
-        caplog.set_level(logging.INFO, logger="e4sync.client")
+        caplog.set_level(logging.INFO, logger="e4sync.sources.e4connect.client")
         sent_before = sim.stats()["bytes_sent"]
         result = c.fetch(sid, part)
     assert result.path.read_bytes() == expected
@@ -527,7 +527,7 @@ def test_four_threads_download_with_one_login(sim, client, tmp_path):
 
 
 def test_no_login_storm_when_four_threads_see_an_expired_cookie(sim, client, caplog):
-    caplog.set_level(logging.DEBUG, logger="e4sync.client")
+    caplog.set_level(logging.DEBUG, logger="e4sync.sources.e4connect.client")
     assert sim.login_count() == 1
     # Latency keeps all four requests in flight with the old cookie, so all four see it die.
     sim.set_faults(Faults(latency=0.2))

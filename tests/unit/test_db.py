@@ -74,7 +74,7 @@ def test_new_file_migrates_to_head(url: str, tmp_path: Path) -> None:
     engine = db.open_db(url)
     try:
         assert set(sa.inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
-        assert db.current_revision(engine) == db.head_revision() == "0002"
+        assert db.current_revision(engine) == db.head_revision() == "0003"
         idx = {i["name"] for i in sa.inspect(engine).get_indexes("sessions")}
         assert "ix_sessions_account_state" in idx
     finally:
@@ -154,7 +154,7 @@ def test_upgrade_twice_is_a_noop(engine: sa.Engine) -> None:
     db.upgrade(engine)
     db.upgrade(engine)
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0002",)]
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0003",)]
         assert c.execute(sa.text("SELECT name FROM accounts")).all() == [("a",)]
 
 
@@ -190,7 +190,7 @@ def test_a_0001_database_upgrades_to_0002_keeping_its_rows(engine: sa.Engine) ->
             )
         )
     db.upgrade(engine)
-    assert db.current_revision(engine) == "0002"
+    assert db.current_revision(engine) == db.head_revision()
     with engine.connect() as c:
         row = c.execute(
             sa.text(
@@ -205,13 +205,13 @@ def test_a_0001_database_upgrades_to_0002_keeping_its_rows(engine: sa.Engine) ->
 def test_ensure_account_creates_then_updates(engine: sa.Engine) -> None:
     make = db.sessionmaker_for(engine)
     with make() as s:
-        a = db.ensure_account(s, "lab", "u1", "http://one")
+        a = db.ensure_account(s, "lab", "e4connect", "u1 at http://one")
         s.commit()
         first_id = a.id
     with make() as s:
-        a = db.ensure_account(s, "lab", "u2", "http://two")
+        a = db.ensure_account(s, "lab", "other", "u2 at http://two")
         s.commit()
-    assert a.id == first_id and (a.username, a.base_url) == ("u2", "http://two")  # no expiry
+    assert a.id == first_id and (a.source, a.endpoint) == ("other", "u2 at http://two")  # no expiry
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM accounts")).scalar() == 1
 

@@ -20,12 +20,12 @@ def candidate(**kw) -> Candidate:
     base = dict(
         remote_id="1",
         state=VERIFIED,
-        start_time=int(NOW - 30 * DAY),
+        recorded_at=int(NOW - 30 * DAY),
         verified_at=NOW - 2 * DAY,
         local_path="lab/x.zip",
         sha256="ab" * 32,
-        metadata_hash="m1",
-        downloaded_metadata_hash="m1",
+        version="m1",
+        downloaded_version="m1",
         listed=True,
     )
     base.update(kw)
@@ -44,13 +44,13 @@ def test_a_session_meeting_every_rule_is_deleted():
 @pytest.mark.parametrize(
     "change, words",
     [
-        (dict(start_time=int(NOW - 6 * DAY)), "delete_min_age"),
-        (dict(start_time=0), "delete_min_age"),
+        (dict(recorded_at=int(NOW - 6 * DAY)), "delete_min_age"),
+        (dict(recorded_at=0), "delete_min_age"),
         (dict(verified_at=NOW - 0.5 * DAY), "delete_grace"),
         (dict(verified_at=None), "no verified local copy"),
         (dict(local_path=None), "no verified local copy"),
         (dict(sha256=None), "no verified local copy"),
-        (dict(downloaded_metadata_hash="m0"), "metadata changed"),
+        (dict(downloaded_version="m0"), "metadata changed"),
         (dict(listed=False), "not in this pass's listing"),
     ],
 )
@@ -72,7 +72,7 @@ def test_no_deletion_after_a_failed_listing():
 
 def test_grace_counts_from_verification_not_recording():
     # Recorded long ago, but only just verified: it must wait out the grace period.
-    old_recording_new_copy = candidate(start_time=int(NOW - 365 * DAY), verified_at=NOW - 60)
+    old_recording_new_copy = candidate(recorded_at=int(NOW - 365 * DAY), verified_at=NOW - 60)
     assert not decide(old_recording_new_copy).delete
 
 
@@ -87,7 +87,7 @@ def test_only_verified_sessions_are_considered():
 
 
 def test_per_pass_cap_takes_the_oldest_and_reports_the_rest():
-    sessions = [candidate(remote_id=str(i), start_time=int(NOW - (40 - i) * DAY)) for i in range(5)]
+    sessions = [candidate(remote_id=str(i), recorded_at=int(NOW - (40 - i) * DAY)) for i in range(5)]
     rules = dataclasses.replace(RULES, max_deletes_per_pass=2)
     decisions = plan_deletions(reversed(sessions), now=NOW, rules=rules, listing_ok=True)
     assert [d.remote_id for d in decisions if d.delete] == ["0", "1"]

@@ -1,4 +1,4 @@
-"""Tests for e4sync.simulator: the ZIP format against real E4 files, every endpoint, every fault.
+"""Tests for e4sync.sources.e4connect.simulator: the ZIP format against real E4 files, every endpoint, every fault.
 
 Everything runs over real HTTP on 127.0.0.1 with plain ``requests`` or ``http.client``; the ZIPs
 are compared with the real recordings in shared/realdata. Nothing is mocked.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from e4sync.simulator import Faults, Simulator, zipgen
+from e4sync.sources.e4connect.simulator import Faults, Simulator, zipgen
 
 REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata"
 NOW = 1_700_000_000
@@ -592,7 +592,7 @@ def test_admin_http_hooks(server):
 
 RUN = """
 import argparse, sys
-from e4sync.simulator import cli
+from e4sync.sources.e4connect.simulator import cli
 parser = argparse.ArgumentParser()
 cli.add_arguments(parser)
 sys.exit(cli.run(parser.parse_args(sys.argv[1:])))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.verify import (
+from e4sync.sources.e4connect.checks import (
     E4_MEMBERS,
     RATIO_FLOOR,
     check_zip,

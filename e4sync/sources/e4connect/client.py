@@ -1,4 +1,4 @@
-"""e4sync.client: the E4 Connect client (SPEC section 1, GUIDE section 3).
+"""e4sync.sources.e4connect.client: the E4 Connect client (SPEC section 1, GUIDE section 3).
 
 Owns: login and the one shared cookie per account, re-login when the cookie dies (once,
 under a lock), the thread-local ``requests.Session`` objects with urllib3 retries, the
@@ -51,7 +51,9 @@ from e4sync.errors import (
     UsageError,
     VersionChanged,
 )
-from e4sync.verify import ZIP_MAGIC, check_zip, looks_like_html
+from e4sync.sources import RemoteVersion
+from e4sync.sources.e4connect.checks import ZIP_MAGIC, check_zip
+from e4sync.verify import looks_like_html
 
 DEFAULT_BASE_URL = "https://www.empatica.com/connect"
 ALL_FROM = 0
@@ -60,7 +62,7 @@ CHUNK = 1 << 18  # 256 KiB: as fast as 1 MiB here, and a smaller resident peak
 _HTML_PEEK = 1 << 16
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-log = logging.getLogger("e4sync.client")
+log = logging.getLogger("e4sync.sources.e4connect.client")
 
 _USER_ID = re.compile(r"""\buserId\s*=\s*["']?(\d+)["']?\s*;""")
 _SESSION_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
@@ -99,16 +101,6 @@ class FetchResult:
     filename: str | None
     etag: str | None = None  # the validators the platform sent with these bytes
     last_modified: str | None = None
-
-
-@dataclass(frozen=True)
-class RemoteVersion:
-    """What the platform says of a session's ZIP now, without sending it: its size (None
-    when the platform does not say) and its validators."""
-
-    size: int | None
-    etag: str | None
-    last_modified: str | None
 
 
 @dataclass(frozen=True)

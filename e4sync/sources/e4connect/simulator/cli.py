@@ -1,10 +1,10 @@
-"""e4sync.simulator.cli: the options and body of ``e4sync simulate``.
+"""e4sync.sources.e4connect.simulator.cli: the options and body of ``e4sync simulate``.
 
 Owns the command-line face of the simulator: :func:`add_arguments` fills the subcommand's parser
 (``e4sync.cli`` wires it in), :func:`run` starts the simulator, prints where it listens and the
 credentials, and blocks until SIGINT or SIGTERM. Only loopback addresses are accepted.
 
-Must not import e4sync.state, e4sync.sync or e4sync.client.
+Must not import e4sync.state, e4sync.sync or e4sync.sources.e4connect.client.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from e4sync.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, RATE_FIELDS, Faults
+from e4sync.sources.e4connect.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, RATE_FIELDS, Faults
 
 _FAULT_HELP = {
     "error_5xx": "rate of 500/502/503 answers",
@@ -126,7 +126,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; print the base URL and credentials first. Returns 0."""
     stop = threading.Event()
-    from e4sync.simulator.server import Simulator
+    from e4sync.sources.e4connect.simulator.server import Simulator
 
     sim = Simulator(
         port=args.port,

@@ -1,9 +1,9 @@
-"""e4sync.simulator.handler: the HTTP side of the E4 Connect look-alike.
+"""e4sync.sources.e4connect.simulator.handler: the HTTP side of the E4 Connect look-alike.
 
 Owns the platform's wire behaviour (``shared/e4connect-protocol.md``): the routes, the HTML
 pages, redirects, cookies, JSON, ranges, fault injection at request time, the admin endpoints, and
 the threaded loopback server (``_Server``, ``_Handler``) that
-:class:`~e4sync.simulator.server.Simulator` starts. The state it reads and changes (accounts,
+:class:`~e4sync.sources.e4connect.simulator.server.Simulator` starts. The state it reads and changes (accounts,
 sessions, ZIPs, counters) belongs to the simulator; the handler reaches it through
 ``self.server.sim``.
 
@@ -34,9 +34,9 @@ Admin endpoints (JSON in, JSON out; never faulted, never counted in ``stats()["r
     PUT  /_admin/faults                 {field: value ...} replaces them (missing = default)
     GET  /_admin/zip/{id}               the session's ZIP exactly as served (X-SHA256 header)
 
-Standard library only. Must not import e4sync.simulator.server at run time (the server imports
+Standard library only. Must not import e4sync.sources.e4connect.simulator.server at run time (the server imports
 this module; the ``TYPE_CHECKING`` import is for type hints only), nor e4sync.state, e4sync.sync
-or e4sync.client.
+or e4sync.sources.e4connect.client.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from e4sync.simulator import zipgen
-from e4sync.simulator.faults import Faults
+from e4sync.sources.e4connect.simulator import zipgen
+from e4sync.sources.e4connect.simulator.faults import Faults
 
 if TYPE_CHECKING:
-    from e4sync.simulator.server import Simulator, _Account
+    from e4sync.sources.e4connect.simulator.server import Simulator, _Account
 
-log = logging.getLogger("e4sync.simulator")
+log = logging.getLogger("e4sync.sources.e4connect.simulator")
 
 _LOGIN_FLOW = frozenset({"authenticate", "login_page", "dashboard", "sessions_page", "index"})
 _ROUTES = [

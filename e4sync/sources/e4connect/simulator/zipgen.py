@@ -1,4 +1,4 @@
-"""e4sync.simulator.zipgen: deterministic session ZIPs in the exact E4 Connect format.
+"""e4sync.sources.e4connect.simulator.zipgen: deterministic session ZIPs in the exact E4 Connect format.
 
 Owns the bytes of a simulated session download: eight flat, deflated members (ACC, BVP, EDA, HR,
 IBI, TEMP as CSV, the real ``info.txt``, ``tags.csv``) whose headers, rates and number formats copy
@@ -14,7 +14,7 @@ by a per-session random sequence, a freshly generated tail, and a final empty bl
 CRC-32 and sha256 touch every byte, so output runs at hundreds of MB/s and is written sequentially,
 never held in memory unless the caller asks for bytes.
 
-Standard library only; must not import any e4sync module outside ``e4sync.simulator``.
+Standard library only; must not import any e4sync module outside ``e4sync.sources.e4connect.simulator``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ _EDA_STEP = 0.0012815  # the E4's EDA resolution, seen in realdata/flirt/EDA.csv
 @functools.cache
 def info_txt() -> bytes:
     """The real 1,544-byte ``info.txt`` shipped in every E4 session (package data)."""
-    return resources.files("e4sync.simulator").joinpath("info.txt").read_bytes()
+    return resources.files("e4sync.sources.e4connect.simulator").joinpath("info.txt").read_bytes()
 
 
 def device_serial(label: str | int | None) -> str:

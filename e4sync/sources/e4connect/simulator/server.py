@@ -1,13 +1,13 @@
-"""e4sync.simulator.server: the E4 Connect look-alike itself, on a loopback HTTP server.
+"""e4sync.sources.e4connect.simulator.server: the E4 Connect look-alike itself, on a loopback HTTP server.
 
 Owns :class:`Simulator`: accounts, cookies, sessions and devices in memory; session ZIPs from
-:mod:`e4sync.simulator.zipgen` (small ones cached in memory, big ones built once into a temporary
+:mod:`e4sync.sources.e4connect.simulator.zipgen` (small ones cached in memory, big ones built once into a temporary
 file and streamed from disk; a session named by the ``extra_member_sessions`` fault gets its own
-cached ZIP with one more member); fault settings from :mod:`e4sync.simulator.faults`; counters and
+cached ZIP with one more member); fault settings from :mod:`e4sync.sources.e4connect.simulator.faults`; counters and
 the request log; admin hooks as methods; and the lifecycle (start/stop) of the HTTP server. The wire
 side (paths, redirects, cookies, JSON, the ``/_admin/`` JSON endpoints so another process can
 drive ``e4sync simulate``, and the choices where the real platform is unknown) lives in
-:mod:`e4sync.simulator.handler`, which this module imports.
+:mod:`e4sync.sources.e4connect.simulator.handler`, which this module imports.
 
 Test hooks (methods only, off by default so the simulator stays faithful): ``request_log()``
 and ``wait_requests()`` (when each request arrived and how it was answered, to measure
@@ -15,7 +15,7 @@ Retry-After and to wait for an event instead of sleeping), ``set_listing_hook()`
 hostile listing rows: numbers, duplicates, NUL bytes, huge strings), ``replace_zip()`` (serve
 other bytes for a session: foreign members, a ZIP bomb), ``issued_cookies()``.
 
-Standard library only; must not import e4sync.state, e4sync.sync or e4sync.client. The HTTP
+Standard library only; must not import e4sync.state, e4sync.sync or e4sync.sources.e4connect.client. The HTTP
 module must not import this one at run time (it would be a cycle).
 """
 
@@ -36,11 +36,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from e4sync.simulator import zipgen
-from e4sync.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, FaultDice, Faults
-from e4sync.simulator.handler import _Handler, _Server
+from e4sync.sources.e4connect.simulator import zipgen
+from e4sync.sources.e4connect.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, FaultDice, Faults
+from e4sync.sources.e4connect.simulator.handler import _Handler, _Server
 
-log = logging.getLogger("e4sync.simulator")
+log = logging.getLogger("e4sync.sources.e4connect.simulator")
 
 MODELS = ("E4 2.1", "E4 2.2", "E4 3.3")
 MEMORY_ZIP_LIMIT = 16 * 1024 * 1024
@@ -79,7 +79,7 @@ class _Meta:
 
 
 class Simulator:
-    """An E4 Connect look-alike on loopback; see :mod:`e4sync.simulator.handler` for its choices.
+    """An E4 Connect look-alike on loopback; see :mod:`e4sync.sources.e4connect.simulator.handler` for its choices.
 
     :param port: TCP port on ``host``; 0 picks a free one.
     :param seed: makes session lists, ZIP bytes and fault decisions reproducible.
@@ -581,7 +581,7 @@ class Simulator:
             )
         return self._tmpdir
 
-    # --- used by the request handler (e4sync.simulator.handler) -----------------------------------
+    # --- used by the request handler (e4sync.sources.e4connect.simulator.handler) -----------------------------------
 
     def _login(self, user: str, password: str) -> str | None:
         with self._lock:
