@@ -6,7 +6,7 @@ on the rows by ``state.problems``' rule, rewrite damaged sidecars from the rows)
 (clear back-off). None of them talks to the platform. The ``status`` report lives in
 ``e4sync.status``; the sidecar's fields in ``e4sync.sidecar``.
 
-Must not import client, sync or cli.
+Must not import: e4sync.client, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations

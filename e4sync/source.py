@@ -7,7 +7,7 @@ fetch and delete cannot change anything, whatever the caller forgets. The archiv
 scheduling and deletion rules see only ``RemoteItem`` and this protocol, so a second source
 (Empatica's S3 delivery for EmbracePlus) can be added without touching them.
 
-Must not import state, archive or sync.
+Must not import: e4sync.state, e4sync.archive, e4sync.sync.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ the E4 content check (a data CSV present, CSV headers, start times), the warning
 members that are not E4 files, sha256 of a file, and the "is this an HTML page" sniff.
 It returns results and never raises for a bad file.
 
-Must not import: any other e4sync module, or anything outside the standard library.
+Must not import: e4sync, requests, urllib3, sqlalchemy, alembic, apscheduler, platformdirs, keyring.
+No other e4sync module, nothing outside the standard library.
 It never writes to disk: members are streamed through ``zipfile`` in chunks and the
 data is thrown away, so a ZIP bomb costs at most CPU time, never disk or memory.
 """

@@ -3,6 +3,7 @@
 Owns the platform's wire behaviour (paths, cookies, redirects, JSON), seeded session ZIPs in the
 exact E4 format, fault injection and admin hooks. Only ``e4sync.cli`` and the tests use it; it
 must not import e4sync.state, e4sync.sync or e4sync.client, and needs only the standard library.
+Must not import: e4sync.state, e4sync.sync, e4sync.client, e4sync.cli, requests, sqlalchemy.
 
 Usage::
 

@@ -4,7 +4,7 @@ Owns the command-line face of the simulator: :func:`add_arguments` fills the sub
 (``e4sync.cli`` wires it in), :func:`run` starts the simulator, prints where it listens and the
 credentials, and blocks until SIGINT or SIGTERM. Only loopback addresses are accepted.
 
-Must not import e4sync.state, e4sync.sync or e4sync.client.
+Must not import: e4sync.state, e4sync.sync, e4sync.client.
 """
 
 from __future__ import annotations

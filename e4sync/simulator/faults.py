@@ -7,6 +7,7 @@ for different sessions interleave across threads (each request key has its own a
 and a fault with a rate below 1 never sticks to one request forever, so retries eventually succeed.
 
 Standard library only; must not import any e4sync module outside ``e4sync.simulator``.
+Must not import: e4sync.state, e4sync.sync, e4sync.client, e4sync.cli, requests, sqlalchemy.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ Admin endpoints (JSON in, JSON out; never faulted, never counted in ``stats()["r
 Standard library only. Must not import e4sync.simulator.server at run time (the server imports
 this module; the ``TYPE_CHECKING`` import is for type hints only), nor e4sync.state, e4sync.sync
 or e4sync.client.
+Must not import: e4sync.state, e4sync.sync, e4sync.client, e4sync.cli, requests, sqlalchemy.
 """
 
 from __future__ import annotations

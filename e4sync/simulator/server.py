@@ -17,6 +17,7 @@ other bytes for a session: foreign members, a ZIP bomb), ``issued_cookies()``.
 
 Standard library only; must not import e4sync.state, e4sync.sync or e4sync.client. The HTTP
 module must not import this one at run time (it would be a cycle).
+Must not import: e4sync.state, e4sync.sync, e4sync.client, e4sync.cli, requests, sqlalchemy.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ CRC-32 and sha256 touch every byte, so output runs at hundreds of MB/s and is wr
 never held in memory unless the caller asks for bytes.
 
 Standard library only; must not import any e4sync module outside ``e4sync.simulator``.
+Must not import: e4sync.state, e4sync.sync, e4sync.client, e4sync.cli, requests, sqlalchemy.
 """
 
 from __future__ import annotations

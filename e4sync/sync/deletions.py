@@ -9,7 +9,7 @@ queued again (``requeued``) and never deleted. A dry run makes the same two proo
 Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``account_id``,
 ``sessions``, ``archive``, ``stop``, ``lease_lost``, ``report``, ``dry_run``, ``requeued``).
 
-Must not import cli or ``e4sync.sync.run``.
+Must not import: e4sync.cli, e4sync.sync.run.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``se
 ``archive``, ``stop``, ``lease_lost``, ``disk_full``, ``report``, ``report_lock``,
 ``user_id``, ``dry_run``, ``on_progress``, ``on_bytes``, ``claimed_paths``, ``dry_new``).
 
-Must not import cli or ``e4sync.sync.run``.
+Must not import: e4sync.cli, e4sync.sync.run.
 """
 
 from __future__ import annotations

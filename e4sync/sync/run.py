@@ -8,7 +8,8 @@ their back-off and reported in the ``PassReport``; only ``cli`` turns that into 
 A damaged state database is none of these: it stops the pass and is raised
 (``StateDamaged``, exit 65), even where a per-session handler caught it first.
 
-Must not import cli. Talks to the platform only through ``source.Source``.
+Must not import: e4sync.cli, e4sync.client.
+Talks to the platform only through ``source.Source``.
 """
 
 from __future__ import annotations
