@@ -4,6 +4,8 @@ Each ``cmd_<name>(args) -> int`` builds objects, calls one core function and ren
 it returns. ``main`` holds the single ``try``: an ``E4SyncError`` becomes its ``exit_code``
 (decided in ``errors.py``) and a one-line message, never a traceback. Only this module
 prints to stdout. Imports are made inside the commands so ``e4sync --help`` stays fast.
+
+Must not import: nothing.
 """
 
 from __future__ import annotations
@@ -224,8 +226,8 @@ def raise_if_damaged(engine) -> None:
 
 
 def make_client(cfg: Config, account: AccountConfig):
-    from e4sync.sources.e4connect.client import E4Connect
     from e4sync.credentials import password_provider
+    from e4sync.sources.e4connect.client import E4Connect
 
     return E4Connect(
         account.username,

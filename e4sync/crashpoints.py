@@ -5,6 +5,8 @@ in which case the process sends itself a real SIGKILL right there: no ``finally`
 no flush, exactly like ``kill -9`` or a power cut at that line. It lets the crash suite hit
 the narrow windows (between the ledger entry and the delete request, between the rename
 and the database commit) every time instead of by luck. Standard library only.
+
+Must not import: e4sync, requests, urllib3, sqlalchemy, alembic, apscheduler, platformdirs, keyring.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ Also ``import_users_file``: turns an e4client-style ``email:password`` list into
 password files and ``[[account]]`` blocks.
 
 Imports only the standard library, ``e4sync.errors`` and ``e4sync.config`` (and
-``keyring`` lazily). It must not import client, state, sync or cli.
+``keyring`` lazily).
+Must not import: e4sync.sources.e4connect.client, e4sync.state, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations

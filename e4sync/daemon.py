@@ -14,7 +14,8 @@ Each pass reads the configuration once at its start, so none runs on a mixture.
 A damaged state database, met by a pass or the scrub, is logged and stops the daemon with
 exit 65: every later pass would only meet it again.
 
-Calls ``sync.run_pass``; must not import cli.
+Calls ``sync.run_pass``.
+Must not import: e4sync.cli.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ can cover every rule without a server. The checks that need the disk (the file i
 there and re-hashes to the recorded sha256) are made by the caller just before each delete.
 
 Imports nothing from e4sync but the state names (``e4sync.state.states``, no SQLAlchemy).
-Must not import: sqlalchemy, e4sync.state.models, e4sync.state.db, e4sync.sources, e4sync.archive, e4sync.sync, e4sync.cli.
+Must not import: sqlalchemy, e4sync.state.models, e4sync.state.db, e4sync.sources, e4sync.sync.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 It goes through the same doors a user does: a configuration file and a 0600 password file
 written into the demo folder, the normal loader, one ``run_pass`` and the status report.
+
+Must not import: e4sync.cli.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ a SQLite state database is whole (``PRAGMA quick_check``).
 
 Never prints a secret: only the kind and place of each source. Never creates or migrates
 the state database.
+
+Must not import: e4sync.cli.
 """
 
 from __future__ import annotations

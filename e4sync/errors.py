@@ -2,8 +2,9 @@
 
 Exit codes are decided here and nowhere else (sysexits, so systemd's
 ``RestartPreventExitStatus=`` and cron wrappers can tell them apart). ``cli.main``
-turns an uncaught ``E4SyncError`` into ``exc.exit_code``. This module imports no
-other e4sync module.
+turns an uncaught ``E4SyncError`` into ``exc.exit_code``.
+
+Must not import: e4sync.
 """
 
 from __future__ import annotations

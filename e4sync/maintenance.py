@@ -21,9 +21,9 @@ from sqlalchemy import Engine, case, select, update
 
 from e4sync.archive import Archive, UnsafePathError
 from e4sync.errors import StorageError
-from e4sync.sources import DEFAULT_SOURCE, Item, kind
 from e4sync.sidecar import build as build_sidecar
 from e4sync.sidecar import disagreements
+from e4sync.sources import DEFAULT_SOURCE, Item, kind
 from e4sync.state import db as statedb
 from e4sync.state import problems, rows
 from e4sync.state.models import (

@@ -9,6 +9,8 @@ An archived copy that is missing or damaged (``sessions.local_problem``) makes t
 failure and shows in the ``e4sync_local_problems`` gauge until it is whole again, whatever
 the pass itself did: a pass that downloaded nothing is not a healthy archive. The daemon's
 scrub reports what it marks the same way (``report_local_problems``).
+
+Must not import: e4sync.cli.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ swallowed. The only exceptions are deliberate config-time checks (``check_metric
 
 Standard library only. Must not import any e4sync module (in particular never ``sync`` or
 ``state``): the daemon and the CLI call into this module, never the other way round.
+Must not import: e4sync, requests, urllib3, sqlalchemy, alembic, apscheduler, platformdirs, keyring.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ back to the SQLAlchemy way, which migrates and maps errors as every other comman
 the shortcut can change how fast the answer comes, never what it says. The one exception is
 a damaged file: both ways raise the same ``StateDamaged`` (``e4sync.state.damage``) at once.
 
-Must not import SQLAlchemy at module level, nor client, sync or cli.
+Must not import SQLAlchemy at module level.
+Must not import: e4sync.sources.e4connect.client, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations

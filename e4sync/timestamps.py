@@ -1,5 +1,8 @@
 """e4sync.timestamps: how e4sync writes a moment (status, sidecars, logs). Standard library
-only, so that anything may import it without loading the rest of e4sync."""
+only, so that anything may import it without loading the rest of e4sync.
+
+Must not import: e4sync, requests, urllib3, sqlalchemy, alembic, apscheduler, platformdirs, keyring.
+"""
 
 from __future__ import annotations
 

@@ -6,12 +6,17 @@ database a real SQLite file, the archive a real folder.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -72,22 +77,20 @@ class Setup:
         base_url: str,
         *,
         extra: str = "",
-        accounts: list[tuple[str, str, str]] | None = None,
+        accounts: Sequence[tuple[str, str, str | None]] | None = None,
         account_extra: str = "",
     ) -> Path:
-        accounts = accounts or [("lab", "demo@example.org", "demo")]
-        text = (
-            f'[archive]\nroot = "{self.archive}"\n\n[state]\ndir = "{self.state}"\n\n'
-            f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n{extra}\n'
+        """``write_config`` in ``dir``, with this setup's archive and state folders."""
+        assert self.config == self.dir / "config.toml", "write_config writes dir/config.toml"
+        return write_config(
+            self.dir,
+            base_url,
+            accounts=accounts or ACCOUNTS,
+            archive={"root": self.archive},
+            state={"dir": self.state},
+            extra=extra,
+            account_extra=account_extra,
         )
-        for name, user, password in accounts:
-            pw = write_secret(self.dir / f"{name}.password", password)
-            text += (
-                f'[[account]]\nname = "{name}"\nusername = "{user}"\n'
-                f'password_file = "{pw}"\nbase_url = "{base_url}"\n{account_extra}\n'
-            )
-        self.config.write_text(text)
-        return self.config
 
 
 @pytest.fixture
@@ -191,3 +194,145 @@ def write_secret(path: Path, text: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(text + "\n")
     return path
+
+
+# -- configuration -----------------------------------------------------------------------
+
+# The simulator's own account (e4sync.sources.e4connect.simulator.DEFAULT_USER / DEFAULT_PASSWORD).
+ACCOUNTS: tuple[tuple[str, str, str | None], ...] = (("lab", "demo@example.org", "demo"),)
+# write_config's default for a section: the section with its usual keys, nothing changed.
+KEEP: Mapping[str, object] = MappingProxyType({})
+# [remote] with deletion on and no minimum age or grace: a verified copy qualifies at once.
+REMOTE_DELETE: Mapping[str, object] = MappingProxyType(
+    {"delete_after_verify": True, "delete_min_age": "0s", "delete_grace": "0s"}
+)
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(str(value))  # a str or a Path; a JSON string is a TOML basic string
+
+
+def toml_keys(keys: Mapping[str, object]) -> str:
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
+
+
+def write_config(
+    dir: Path,
+    base_url: str | None = None,
+    *,
+    accounts: Sequence[tuple[str, str, str | None]] = ACCOUNTS,
+    archive: Mapping[str, object] | None = KEEP,
+    state: Mapping[str, object] | None = KEEP,
+    download: Mapping[str, object] | None = KEEP,
+    schedule: Mapping[str, object] | None = None,
+    remote: Mapping[str, object] | None = None,
+    monitor: Mapping[str, object] | None = None,
+    extra: str = "",
+    account_extra: str = "",
+) -> Path:
+    """Write ``dir/config.toml`` and return its path. Sections, in this order:
+
+    - ``[archive]``: ``root = dir/archive``, then the keys of ``archive`` (which may
+      replace it); ``None`` leaves the section out. ``[state]`` likewise with
+      ``dir = dir/state``, ``[download]`` with ``backoff = "0s"``, ``timeout = "20s"``.
+    - ``extra``, as given: raw TOML right after ``[download]``, so bare keys land in it
+      (``extra="max_attempts = 1"``).
+    - ``[schedule]``, ``[remote]``, ``[monitor]``: only if given, with exactly those keys.
+    - one ``[[account]]`` per ``(name, username, password)``: a password is written to
+      ``dir/<name>.password`` (mode 0600) and named by ``password_file``; ``None`` writes
+      no password line (the test gives one in ``account_extra``, or the password comes
+      from elsewhere). Then ``base_url`` unless ``None``, then ``account_extra``, as given.
+
+    Values are strings, paths, booleans or numbers.
+    """
+    defaults = {
+        "archive": {"root": dir / "archive"},
+        "state": {"dir": dir / "state"},
+        "download": {"backoff": "0s", "timeout": "20s"},
+    }
+    text = ""
+    for name, keys in (("archive", archive), ("state", state), ("download", download)):
+        if keys is not None:
+            text += f"[{name}]\n{toml_keys({**defaults[name], **keys})}\n"
+    text += f"{extra}\n"
+    for name, keys in (("schedule", schedule), ("remote", remote), ("monitor", monitor)):
+        if keys is not None:
+            text += f"[{name}]\n{toml_keys(keys)}\n"
+    for name, user, password in accounts:
+        lines: dict[str, object] = {"name": name, "username": user}
+        if password is not None:
+            lines["password_file"] = write_secret(dir / f"{name}.password", password)
+        if base_url is not None:
+            lines["base_url"] = base_url
+        text += f"[[account]]\n{toml_keys(lines)}"
+        text += f"{account_extra}\n"
+    config = dir / "config.toml"
+    config.write_text(text)
+    return config
+
+
+# -- what a pass left behind -----------------------------------------------------------
+
+
+def archived(archive: Path, *, once: bool = False, sidecars: bool = False) -> dict[str, Any]:
+    """session id -> archived ZIP, read from the named sidecars (``*.json``) under
+    ``archive``; a session with several (kept-aside versions) maps to one of them.
+
+    ``once``: assert that no session has two sidecars. ``sidecars``: each value is
+    ``(zip, sidecar as a dict)`` instead of the ZIP alone.
+    """
+    found: dict[str, Any] = {}
+    for sidecar in archive.rglob("*.json"):
+        data = json.loads(sidecar.read_text())
+        sid = data["session_id"]
+        if once:
+            assert sid not in found, f"session {sid} archived twice"
+        zip_path = sidecar.with_suffix(".zip")
+        found[sid] = (zip_path, data) if sidecars else zip_path
+    return found
+
+
+def archived_copies(archive: Path) -> dict[str, set[str]]:
+    """Every whole copy in the archive, by session (sha256 digests): the current one and the
+    older versions kept aside (``*.replaced-*.zip``). A damaged file kept aside is not a
+    copy. Right after a kill a current copy's sidecar may still be staged as ``X.json.tmp``
+    (named after the file, by design: docs/reliability.md); the next start finishes it.
+    Asserts every other ZIP has a sidecar that says what it is and hashes as it says."""
+    copies: dict[str, set[str]] = {}
+    for zip_path in archive.rglob("*.zip"):
+        if ".damaged-" in zip_path.name:
+            assert not zip_path.with_suffix(".json").exists()
+            continue
+        sidecar = zip_path.with_suffix(".json")
+        if not sidecar.exists():
+            sidecar = zip_path.with_suffix(".json.tmp")
+        assert sidecar.exists(), f"{zip_path} has no sidecar, staged or named"
+        meta = json.loads(sidecar.read_text())
+        assert (".replaced-" in zip_path.name) == bool(meta.get("kept_aside")), zip_path
+        digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
+        assert digest == meta["sha256"], f"{zip_path} is damaged"
+        copies.setdefault(meta["session_id"], set()).add(digest)
+    return copies
+
+
+class SessionState(NamedTuple):
+    state: str
+    attempts: int
+    last_error: str | None
+
+
+def states(state: Path) -> dict[str, SessionState]:
+    """remote id -> (state, attempts, last_error), straight from the SQLite file: ``state``
+    is the state database or the state folder that holds ``state.db``."""
+    db = sqlite3.connect(state if state.is_file() else state / "state.db")
+    try:
+        return {
+            r[0]: SessionState(r[1], r[2], r[3])
+            for r in db.execute("select remote_id, state, attempts, last_error from sessions")
+        }
+    finally:
+        db.close()

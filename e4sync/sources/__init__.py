@@ -13,8 +13,8 @@ the package itself, whose ``KIND`` says how to connect, how to rebuild an ``Item
 raw metadata a sidecar or the state database kept, and how to check a file's content
 without logging in (``verify``, ``reindex``, the scrub).
 
-Must not import state, archive, sync or cli; a kind's package is imported only when an
-account of that kind is served.
+A kind's package is imported only when an account of that kind is served.
+Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli, e4sync.sources.e4connect.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ the same line.
 
 Imports only the standard library and ``e4sync.errors``: never SQLAlchemy (``status`` must
 answer without importing it).
+Must not import: sqlalchemy, e4sync.state.db, e4sync.state.models.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ database must keep their clocks in sync (NTP), or leases expire early or late.
 
 Imports only ``e4sync.state.models``, ``e4sync.state.states``, ``e4sync.state.damage`` and
 ``e4sync.errors`` from e4sync; never the client, the archive or sync.
+Must not import: e4sync.sources.e4connect.client, e4sync.archive, e4sync.sync.
 """
 
 from __future__ import annotations
@@ -371,9 +372,7 @@ def sessionmaker_for(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def ensure_account(
-    db: Session, name: str, source: str = "", endpoint: str = ""
-) -> models.Account:
+def ensure_account(db: Session, name: str, source: str = "", endpoint: str = "") -> models.Account:
     """Return the account row called ``name``, creating it if missing (safely when several
     workers do so at once) and bringing a non-empty ``source`` and ``endpoint`` up to
     date. Flushes; the caller commits."""
@@ -384,9 +383,7 @@ def ensure_account(
             # Several workers starting together may all find no row and insert it: the
             # savepoint lets the losers roll back just the insert and read the winner's.
             with db.begin_nested():
-                account = models.Account(
-                    name=name, source=source or "e4connect", endpoint=endpoint
-                )
+                account = models.Account(name=name, source=source or "e4connect", endpoint=endpoint)
                 db.add(account)
         except sa.exc.IntegrityError:
             account = db.scalars(query).one()

@@ -4,6 +4,7 @@
 Times are stored as float unix seconds (UTC): the same on SQLite and PostgreSQL,
 with no time-zone conversions to get wrong. This module imports only SQLAlchemy and ``states``;
 the migrations in the top-level ``migrations/`` import it and nothing else.
+Must not import: e4sync.state.db, e4sync.state.problems, e4sync.sync, e4sync.sources, alembic.
 """
 
 from __future__ import annotations

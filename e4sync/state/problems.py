@@ -9,6 +9,7 @@ the archive's commit, never overwritten. One already deleted remotely, or gone, 
 state: nothing can repair it from here, and it stays reported.
 
 Imports only SQLAlchemy and ``e4sync.state.models``.
+Must not import: e4sync.state.db, e4sync.sync, e4sync.archive, e4sync.sources, e4sync.cli.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Kept apart from ``models`` so that code reading the state database without SQLAlchemy
 (``e4sync.status`` on SQLite) can name them. Imports nothing.
+Must not import: e4sync, requests, urllib3, sqlalchemy, alembic, apscheduler, platformdirs, keyring.
 """
 
 # Session states (SPEC section 6).

@@ -3,6 +3,8 @@
 ``run`` holds the pass (lock, leases, listing, the pass row, the report), ``downloads``
 the download pipeline, ``deletions`` the remote deletions; ``AccountPass`` mixes the two
 step groups in. Callers import from here.
+
+Must not import: e4sync.cli.
 """
 
 from e4sync.sync.common import iso

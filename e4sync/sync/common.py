@@ -1,5 +1,8 @@
 """e4sync.sync.common: small helpers shared by the pass's modules. Standard library,
-e4sync.errors and e4sync.timestamps only."""
+e4sync.errors and e4sync.timestamps only.
+
+Must not import: e4sync.sync, e4sync.state, e4sync.sources, e4sync.cli, sqlalchemy, requests.
+"""
 
 from __future__ import annotations
 

@@ -48,9 +48,7 @@ log = logging.getLogger("e4sync.sync")
 class DeletionSteps:
     """The deletion half of ``AccountPass``."""
 
-    def _delete_qualifying(
-        self, source: Source, listed: dict[str, Item], listing_ok: bool
-    ) -> None:
+    def _delete_qualifying(self, source: Source, listed: dict[str, Item], listing_ok: bool) -> None:
         rules = Rules(
             **{
                 k: getattr(self.account.remote, k)

@@ -43,7 +43,7 @@ from e4sync.errors import (
     StateDamaged,
     TransientError,
 )
-from e4sync.sources import DryRunSource, Item, Listing, Source, kind, make_source
+from e4sync.sources import DryRunSource, Listing, Source, kind, make_source
 from e4sync.state import db as statedb
 from e4sync.state import rows
 from e4sync.state.models import (

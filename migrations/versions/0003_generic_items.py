@@ -69,9 +69,7 @@ def upgrade() -> None:
             type_=sa.String(length=200),
             existing_type=sa.String(length=64),
         )
-        batch.add_column(
-            sa.Column("kind", sa.String(length=40), nullable=False, server_default="")
-        )
+        batch.add_column(sa.Column("kind", sa.String(length=40), nullable=False, server_default=""))
         batch.drop_column("device_id")
         batch.drop_column("label")
         batch.drop_column("device")

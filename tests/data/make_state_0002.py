@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from e4sync.simulator import Simulator
+from e4sync.sources.e4connect.simulator import Simulator
 
 d = Path("/tmp/e4sync-state-0.2")
 pw = d / "pw"

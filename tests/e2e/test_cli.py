@@ -26,6 +26,7 @@ import pytest
 
 from e4sync import __version__
 from e4sync.archive import device_serial
+from tests.conftest import write_config
 
 USER = "demo@example.org"
 PASSWORD = "demo"
@@ -426,23 +427,20 @@ def test_no_configuration_and_no_e4_user_exits_78(home):
 # -- config check / show --------------------------------------------------------------------
 
 
-def write_config(setup, body: str) -> Path:
-    setup.config.write_text(body)
-    return setup.config
-
-
 def test_config_check_and_show_mask_secrets(setup, run_cli):
     secrets = ("op-token-8c1f", "db-pass-77aa", "ping-uuid-5e2d")
     config = str(
         write_config(
-            setup,
-            (
-                f'[state]\ndir = "{setup.state}"\n'
-                f'url = "postgresql+psycopg://e4:{secrets[1]}@127.0.0.1:5432/e4sync"\n'
-                f'[monitor]\nhealthcheck_url = "https://hc-ping.com/{secrets[2]}"\n'
-                '[[account]]\nname = "lab"\nusername = "lab@example.org"\n'
-                f'password_command = "secret-tool lookup token {secrets[0]}"\n'
-            ),
+            setup.dir,
+            archive=None,
+            state={
+                "dir": setup.state,
+                "url": f"postgresql+psycopg://e4:{secrets[1]}@127.0.0.1:5432/e4sync",
+            },
+            download=None,
+            monitor={"healthcheck_url": f"https://hc-ping.com/{secrets[2]}"},
+            accounts=[("lab", "lab@example.org", None)],
+            account_extra=f'password_command = "secret-tool lookup token {secrets[0]}"',
         )
     )
     check = run_cli("config", "check", "--config", config)
@@ -459,7 +457,17 @@ def test_config_check_and_show_mask_secrets(setup, run_cli):
 
 
 def test_config_typo_names_the_file_and_key_with_a_suggestion(setup, run_cli):
-    config = str(write_config(setup, "[download]\nconcurency = 8\n"))
+    # Nothing but the typo: no other section, no account.
+    config = str(
+        write_config(
+            setup.dir,
+            archive=None,
+            state=None,
+            download=None,
+            accounts=(),
+            extra="[download]\nconcurency = 8\n",
+        )
+    )
     for argv in (("config", "check"), ("config", "show"), ("config", "show", "--json")):
         result = run_cli(*argv, "--config", config, exit_code=78)
         assert result.out == ""

@@ -8,8 +8,6 @@ soak (docs/reliability.md).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import signal
@@ -21,23 +19,12 @@ from pathlib import Path
 import pytest
 
 from e4sync.sources.e4connect.simulator import Faults, Simulator
-from tests.conftest import write_secret
+from tests.conftest import REMOTE_DELETE, archived_copies, write_config
 
 RANDOM_KILLS = int(os.environ.get("E4SYNC_SOAK_KILLS", "12"))
+# Remote deletion on, at once: every kill may land around a DELETE.
+CONFIG = {"download": {"concurrency": 3}, "remote": REMOTE_DELETE}
 CRASHPOINTS = ["after-fetch", "before-sidecar", "after-commit", "after-ledger", "after-delete"]
-
-
-def write_config(tmp_path: Path, base_url: str, grace: str = "0s") -> Path:
-    pw = write_secret(tmp_path / "pw", "demo")
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "archive"}"\n[state]\ndir = "{tmp_path / "state"}"\n'
-        '[download]\nbackoff = "0s"\nconcurrency = 3\ntimeout = "20s"\n'
-        f'[remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "{grace}"\n'
-        f'[[account]]\nname = "lab"\nusername = "demo@example.org"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
 
 
 def run_once(config: Path, crashpoint: str = "") -> subprocess.Popen:
@@ -51,28 +38,6 @@ def run_once(config: Path, crashpoint: str = "") -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def archived_copies(archive: Path) -> dict[str, set[str]]:
-    """Every whole copy in the archive, by session: the current one and the older versions
-    kept aside (``*.replaced-*.zip``). A damaged file kept aside is not a copy. Right after
-    a kill a current copy's sidecar may still be staged as ``X.json.tmp`` (named after the
-    file, by design: docs/reliability.md); the next start finishes it."""
-    copies: dict[str, set[str]] = {}
-    for zip_path in archive.rglob("*.zip"):
-        if ".damaged-" in zip_path.name:
-            assert not zip_path.with_suffix(".json").exists()
-            continue
-        sidecar = zip_path.with_suffix(".json")
-        if not sidecar.exists():
-            sidecar = zip_path.with_suffix(".json.tmp")
-        assert sidecar.exists(), f"{zip_path} has no sidecar, staged or named"
-        meta = json.loads(sidecar.read_text())
-        assert (".replaced-" in zip_path.name) == bool(meta.get("kept_aside")), zip_path
-        digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
-        assert digest == meta["sha256"], f"{zip_path} is damaged"
-        copies.setdefault(meta["session_id"], set()).add(digest)
-    return copies
 
 
 def check_invariants(sim: Simulator, archive: Path, all_ids: set[str]) -> None:
@@ -122,7 +87,7 @@ def run_and_kill_at_random(config: Path, rng: random.Random, latest: float) -> i
 def test_kill_9_at_each_named_crash_point(tmp_path, point):
     with Simulator(port=0, seed=11, sessions=4) as sim:
         all_ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, **CONFIG)
         proc = run_once(config, crashpoint=point)
         proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL, f"the crash point {point} was never reached"
@@ -145,7 +110,7 @@ def test_a_file_adopted_after_a_kill_keeps_the_metadata_it_was_downloaded_under(
     remote copy must not be deleted (SPEC section 6: metadata unchanged since download)."""
     with Simulator(port=0, seed=12, sessions=3) as sim:
         all_ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, **CONFIG)
         proc = run_once(config, crashpoint="after-commit")
         proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL
@@ -170,7 +135,7 @@ def test_a_kill_before_the_sidecar_is_named_leaves_no_orphan_and_is_adopted(tmp_
     the pass adopts the file instead of downloading it again."""
     with Simulator(port=0, seed=14, sessions=3) as sim:
         all_ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, **CONFIG)
         proc = run_once(config, crashpoint="before-sidecar")
         proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL
@@ -204,7 +169,7 @@ def test_a_file_damaged_after_a_kill_is_not_adopted(tmp_path):
     session again, and deletes the remote copy only once the local one is whole."""
     with Simulator(port=0, seed=13, sessions=3) as sim:
         all_ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, **CONFIG)
         proc = run_once(config, crashpoint="after-commit")
         proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL
@@ -230,7 +195,7 @@ def test_kill_9_at_random_moments(tmp_path, capsys):
     faults = Faults(bandwidth=3_000_000, latency=0.01)
     with Simulator(port=0, seed=12, sessions=10, faults=faults) as sim:
         all_ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, **CONFIG)
         kills = 0
         for i in range(RANDOM_KILLS):
             if i % 3 == 0:  # new recordings keep arriving, so passes keep having work to kill
@@ -258,7 +223,12 @@ def test_kill_9_with_content_changes_mixed_in(tmp_path, capsys):
         all_ids = {r["id"] for r in sim.sessions()}
         # A grace period, so archived sessions wait a pass or two for their deletion and
         # content changes can land on them in between.
-        config = write_config(tmp_path, sim.base_url, grace="1s")
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            download={"concurrency": 3},
+            remote={**REMOTE_DELETE, "delete_grace": "1s"},
+        )
         kills = changes = 0
         for _ in range(max(6, RANDOM_KILLS * 2 // 3)):
             listed = [r["id"] for r in sim.sessions()]
@@ -268,7 +238,7 @@ def test_kill_9_with_content_changes_mixed_in(tmp_path, capsys):
             kills += run_and_kill_at_random(config, rng, 2.0)
             check_invariants(sim, tmp_path / "archive", all_ids)
         # No waiting out the grace period: the finishing passes run without one.
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, **CONFIG)
         finish_and_check(sim, config, tmp_path / "archive", all_ids)
     with capsys.disabled():
         print(

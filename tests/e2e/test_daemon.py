@@ -15,6 +15,15 @@ from pathlib import Path
 import pytest
 
 from e4sync.sources.e4connect.simulator import Simulator
+from tests.conftest import write_config
+
+# As systemd runs it: no password line (the password is in CREDENTIALS_DIRECTORY), the
+# [download] defaults, one pass an hour.
+CONFIG = {
+    "accounts": [("lab", "demo@example.org", None)],
+    "download": None,
+    "schedule": {"interval": "1h", "jitter": "0s"},
+}
 
 
 class NotifySocket:
@@ -53,16 +62,6 @@ def daemon_env(tmp_path: Path, notify: Path, password: str) -> dict[str, str]:
     return env
 
 
-def write_config(tmp_path: Path, base_url: str, interval: str = "1h") -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "archive"}"\n[state]\ndir = "{tmp_path / "state"}"\n'
-        f'[schedule]\ninterval = "{interval}"\njitter = "0s"\n'
-        f'[[account]]\nname = "lab"\nusername = "demo@example.org"\nbase_url = "{base_url}"\n'
-    )
-    return config
-
-
 def start_daemon(config: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "e4sync", "run", "--config", str(config)],
@@ -77,7 +76,7 @@ def test_run_under_systemd_notifies_fills_the_archive_and_stops_cleanly(tmp_path
     notify = NotifySocket(tmp_path / "notify.sock")
     with Simulator(port=0, seed=3, sessions=4) as sim:
         env = daemon_env(tmp_path, notify.path, "demo")
-        proc = start_daemon(write_config(tmp_path, sim.base_url), env)
+        proc = start_daemon(write_config(tmp_path, sim.base_url, **CONFIG), env)
         try:
             assert notify.wait_for("READY=1", 30), notify.messages
             assert notify.wait_for("WATCHDOG=1", 10), notify.messages
@@ -106,7 +105,7 @@ def test_sighup_tells_systemd_reloading_then_ready(tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     with Simulator(port=0, seed=3, sessions=1) as sim:
         env = daemon_env(tmp_path, notify.path, "demo")
-        proc = start_daemon(write_config(tmp_path, sim.base_url), env)
+        proc = start_daemon(write_config(tmp_path, sim.base_url, **CONFIG), env)
         try:
             assert notify.wait_for("READY=1", 30), notify.messages
             assert notify.wait_for("STATUS=idle", 15), notify.messages
@@ -131,7 +130,7 @@ def test_wrong_password_at_start_exits_77_before_ready(tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     with Simulator(port=0, seed=3, sessions=1) as sim:
         env = daemon_env(tmp_path, notify.path, "wrong")
-        proc = start_daemon(write_config(tmp_path, sim.base_url), env)
+        proc = start_daemon(write_config(tmp_path, sim.base_url, **CONFIG), env)
         try:
             code = proc.wait(timeout=30)
         finally:

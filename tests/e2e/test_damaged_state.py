@@ -33,11 +33,12 @@ import pytest
 
 from e4sync import cli
 from e4sync.errors import EXIT_DATAERR
-from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
-from tests.conftest import e4sync_cmd, write_secret
+from e4sync.sources.e4connect.simulator import Simulator
+from tests.conftest import e4sync_cmd, write_config
 
 SESSIONS = 60
 KINDS = ("garbage", "truncated", "damaged-page")
+SCHEDULE = {"interval": "1h", "jitter": "0s"}
 LEAKY = ("E4SYNC_CONFIG", "E4_USER", "E4_PWD", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET")
 
 
@@ -53,7 +54,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pristine]:
     """One real pass of ``SESSIONS`` small sessions; each test copies its result."""
     base = tmp_path_factory.mktemp("pristine")
     with Simulator(port=0, seed=5, sessions=SESSIONS, session_size=3000) as sim:
-        config = write_config(base, sim.base_url)
+        config = write_config(base, sim.base_url, schedule=SCHEDULE)
         with pytest.MonkeyPatch.context() as mp:
             for var in LEAKY:
                 mp.delenv(var, raising=False)
@@ -61,19 +62,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pristine]:
         ids = sorted(s["id"] for s in sim.sessions())
         assert len(ids) == SESSIONS
         yield Pristine(sim, base, ids)
-
-
-def write_config(base: Path, base_url: str) -> Path:
-    pw = write_secret(base / "lab.password", DEFAULT_PASSWORD)
-    config = base / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{base / "archive"}"\n\n[state]\ndir = "{base / "state"}"\n\n'
-        f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n'
-        f'[schedule]\ninterval = "1h"\njitter = "0s"\n\n'
-        f'[[account]]\nname = "lab"\nusername = "{DEFAULT_USER}"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
 
 
 @dataclass
@@ -91,7 +79,7 @@ def damaged(request: pytest.FixtureRequest, pristine: Pristine, tmp_path: Path) 
     shutil.copytree(pristine.dir / "state", tmp_path / "state")
     # Hard links: fast, and e4sync replaces archive files by rename, never writes into them.
     shutil.copytree(pristine.dir / "archive", tmp_path / "archive", copy_function=os.link)
-    config = write_config(tmp_path, pristine.sim.base_url)
+    config = write_config(tmp_path, pristine.sim.base_url, schedule=SCHEDULE)
     db = (tmp_path / "state" / "state.db").resolve()
     damage(db, request.param)
     return Damaged(config, db, tmp_path / "archive", pristine.sim, pristine.session_ids)

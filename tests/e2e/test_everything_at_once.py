@@ -11,9 +11,9 @@ import json
 import sqlite3
 
 from e4sync.sources.e4connect.simulator import Simulator
-from tests.conftest import write_secret
+from tests.conftest import REMOTE_DELETE, archived, write_config
 from tests.e2e.test_network_faults import STORM
-from tests.e2e.test_run_once import archived_zips, downloads, expected_relpath
+from tests.e2e.test_run_once import downloads, expected_relpath
 
 # The storm of the network-fault suite, plus the faults that only matter with deletion on or
 # with hostile listings: a DELETE that answers 200 while the session stays listed, a listed
@@ -49,30 +49,21 @@ KINDS = {
 }
 
 
-def write_config(tmp_path, base_url: str):
-    pw = write_secret(tmp_path / "lab.password", "demo")
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "archive"}"\n[state]\ndir = "{tmp_path / "state"}"\n'
-        '[download]\nbackoff = "0s"\ntimeout = "5s"\nconnect_timeout = "5s"\n'
-        "max_attempts = 100\n"
-        '[remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "0s"\n'
-        f'[[account]]\nname = "lab"\nusername = "demo@example.org"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
-
-
 def test_every_fault_with_deletion_on_ends_whole_and_deleted_only_after_proof(tmp_path, run_cli):
     with Simulator(port=0, seed=33, sessions=10, session_size=60_000, faults=EVERYTHING) as sim:
         originals = {r["id"]: dict(r) for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            download={"timeout": "5s", "connect_timeout": "5s", "max_attempts": 100},
+            remote=REMOTE_DELETE,
+        )
         for _ in range(60):
             result = run_cli("run-once", "--config", str(config), exit_code=None)
             assert result.code in (0, 1, 75), (result.code, result.out, result.err[-3000:])
             assert "Traceback" not in result.err
             # After every pass: no remote copy gone without a whole local one.
-            zips = archived_zips(tmp_path / "archive")
+            zips = archived(tmp_path / "archive")
             for sid in sim.deleted_ids():
                 assert zips[sid].read_bytes() == sim.zip_bytes(sid), f"{sid} deleted unproven"
             if sim.deleted_ids() == set(originals):
@@ -80,7 +71,7 @@ def test_every_fault_with_deletion_on_ends_whole_and_deleted_only_after_proof(tm
         assert sim.deleted_ids() == set(originals), "every verified session removed remotely"
         injected = sim.stats()["faults"]
         assert KINDS <= {k for k, n in injected.items() if n}, injected
-        zips = archived_zips(tmp_path / "archive")
+        zips = archived(tmp_path / "archive")
         assert set(zips) == set(originals)
         for sid, row in originals.items():
             path = zips[sid]

@@ -10,7 +10,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from tests.e2e.test_run_once import DELETE_AT_ONCE, archived_zips, downloads
+from tests.conftest import archived
+from tests.e2e.test_run_once import DELETE_AT_ONCE, downloads
 
 
 def flip_a_byte(path: Path) -> None:
@@ -37,7 +38,7 @@ def test_verify_marks_a_lost_and_a_changed_copy_until_the_next_pass_downloads_th
 ):
     config = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(config))
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     gone_id, flipped_id = sorted(zips)[:2]
     gone, flipped = zips[gone_id], zips[flipped_id]
     gone.unlink()
@@ -97,7 +98,7 @@ def test_a_lost_copy_the_platform_no_longer_holds_is_reported_until_restored(
     run_cli("run-once", "--config", str(config))  # a fresh listing confirms the deletions
     assert {state for state, _, _ in rows(setup).values()} == {"remote_deleted"}
     assert 'e4sync_local_problems{account="lab"} 0' in prom.read_text()
-    victim_id, victim = sorted(archived_zips(setup.archive).items())[0]
+    victim_id, victim = sorted(archived(setup.archive).items())[0]
     saved = victim.read_bytes()
     victim.unlink()
 

@@ -33,6 +33,7 @@ from e4sync.sources.e4connect.simulator import Faults, Simulator
 from e4sync.state import db as statedb
 from e4sync.state.models import VERIFIED, Account, Pass, Worker
 from e4sync.state.models import Session as SessionRow
+from tests.conftest import archived
 
 LEASE = 6.0
 INTERVAL = 2.0
@@ -237,16 +238,6 @@ def shared_service(passes: list[sa.Row]) -> list[str]:
     return found
 
 
-def archived(archive: Path) -> dict[str, tuple[Path, dict]]:
-    """session id -> (zip, sidecar), asserting one sidecar per session."""
-    found: dict[str, tuple[Path, dict]] = {}
-    for sidecar in archive.rglob("*.json"):
-        data = json.loads(sidecar.read_text())
-        assert data["session_id"] not in found, f"session {data['session_id']} archived twice"
-        found[data["session_id"]] = (sidecar.with_suffix(".zip"), data)
-    return found
-
-
 def add_lab_accounts(sim: Simulator, n: int, sessions: int, size: int) -> list[Acct]:
     accounts = []
     for i in range(n):
@@ -309,7 +300,7 @@ def test_three_workers_archive_every_session_once_and_never_share_an_account(
     # Every session archived exactly once, byte for byte, each with its sidecar.
     downloads = after["requests"]["download"] - before["requests"].get("download", 0)
     assert downloads == 18, "a session was fetched twice"
-    files = archived(lab.archive)
+    files = archived(lab.archive, once=True, sidecars=True)
     expected = {r["id"]: a.name for a in accounts for r in sim.sessions(a.user)}
     assert {sid: data["account"] for sid, (_, data) in files.items()} == expected
     for sid, (zip_path, _) in files.items():
@@ -414,7 +405,7 @@ def test_killed_worker_hands_its_account_over_within_a_lease(pg_url, engine, tmp
     assert codes[pid] == -signal.SIGKILL
     assert sorted(c for p, c in codes.items() if p != pid) == [0, 0], workers.output()[-5000:]
 
-    files = archived(lab.archive)
+    files = archived(lab.archive, once=True, sidecars=True)
     assert len(files) == 5 and not list(lab.archive.rglob("*.part"))
     for sid, (zip_path, _) in files.items():
         assert zip_path.read_bytes() == sim.zip_bytes(sid)
@@ -449,7 +440,7 @@ def test_wrong_password_in_one_account_never_stops_the_others(tmp_path, run_cli)
         result = run_cli("run-once", "--config", config, exit_code=77)
         status = json.loads(run_cli("status", "--json", "--config", config).out)
         text = run_cli("status", "--config", config).out
-    files = archived(lab.archive)
+    files = archived(lab.archive, once=True, sidecars=True)
     assert {data["account"] for _, data in files.values()} == {a.name for a in accounts}
     assert len(files) == 6
     assert "wrong-secret-7" not in result.out + result.err + text + json.dumps(status)
@@ -493,4 +484,4 @@ def test_users_file_import_writes_private_files_and_a_snippet_that_loads(tmp_pat
         assert sorted(a.username for a in cfg.accounts) == ["ana@example.org", "bo@example.org"]
         # The passwords in the written files log in for real.
         run_cli("run-once", "--config", str(config))
-    assert len(archived(tmp_path / "archive")) == 2
+    assert len(archived(tmp_path / "archive", once=True, sidecars=True)) == 2

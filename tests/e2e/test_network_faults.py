@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from e4sync.sources.e4connect.client import E4Connect
 from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator
-from tests.conftest import write_secret
+from tests.conftest import archived, states, write_config
 
 STORM = Faults(
     error_5xx=0.12,
@@ -50,47 +48,14 @@ STORM_KINDS = {
     "slow_first_byte",
 }
 
-
-def write_config(
-    tmp_path: Path, base_url: str, *, max_attempts: int = 10, concurrency: int = 4
-) -> Path:
-    pw = tmp_path / "lab.password"
-    write_secret(pw, DEFAULT_PASSWORD)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "archive"}"\n\n[state]\ndir = "{tmp_path / "state"}"\n\n'
-        f'[download]\nbackoff = "0s"\ntimeout = "5s"\nconnect_timeout = "5s"\n'
-        f"max_attempts = {max_attempts}\nconcurrency = {concurrency}\n\n"
-        f'[[account]]\nname = "lab"\nusername = "{DEFAULT_USER}"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
-
-
-def states(tmp_path: Path) -> dict[str, tuple[str, int, str | None]]:
-    """remote id -> (state, attempts, last_error), straight from the SQLite file."""
-    db = sqlite3.connect(tmp_path / "state" / "state.db")
-    try:
-        return {
-            r[0]: (r[1], r[2], r[3])
-            for r in db.execute("select remote_id, state, attempts, last_error from sessions")
-        }
-    finally:
-        db.close()
-
-
-def archived(archive: Path) -> dict[str, Path]:
-    """session id -> archived ZIP, read from the sidecars."""
-    return {
-        json.loads(p.read_text())["session_id"]: p.with_suffix(".zip")
-        for p in archive.rglob("*.json")
-    }
+# Short timeouts (the storm's slow first bytes stay well inside them).
+DOWNLOAD = {"timeout": "5s", "connect_timeout": "5s", "max_attempts": 10, "concurrency": 4}
 
 
 def test_every_fault_at_once_loses_nothing(tmp_path, run_cli, capsys):
     with Simulator(port=0, seed=21, sessions=8, session_size=80_000, faults=STORM) as sim:
         ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url, max_attempts=100)
+        config = write_config(tmp_path, sim.base_url, download={**DOWNLOAD, "max_attempts": 100})
         codes = []
         for _ in range(25):
             result = run_cli("run-once", "--config", str(config), "--json", exit_code=None)
@@ -100,7 +65,9 @@ def test_every_fault_at_once_loses_nothing(tmp_path, run_cli, capsys):
             # After every pass, faulted or not: nothing under a final name is damaged.
             for sid, path in archived(tmp_path / "archive").items():
                 assert path.read_bytes() == sim.zip_bytes(sid)
-            if {s for s, (state, _, _) in states(tmp_path).items() if state == "verified"} == ids:
+            if {
+                s for s, (state, _, _) in states(tmp_path / "state").items() if state == "verified"
+            } == ids:
                 break
         stats = sim.stats()
         for sid, path in archived(tmp_path / "archive").items():
@@ -129,7 +96,7 @@ def test_every_fault_at_once_loses_nothing(tmp_path, run_cli, capsys):
 def test_429_retry_after_is_waited_out(tmp_path, run_cli):
     faults = Faults(rate_429=0.3, retry_after=1)
     with Simulator(port=0, seed=22, sessions=2, session_size=30_000, faults=faults) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, download=DOWNLOAD)
         run_cli("run-once", "--config", str(config), exit_code=None)
         log = sim.request_log()
     answered_429 = [i for i, e in enumerate(log) if e["status"] == 429]
@@ -154,15 +121,17 @@ def test_attempts_are_capped_then_retry_brings_sessions_back(tmp_path, run_cli):
         port=0, seed=23, sessions=3, session_size=30_000, faults=Faults(html_instead_of_zip=1.0)
     ) as sim:
         ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url, max_attempts=2)
+        config = write_config(tmp_path, sim.base_url, download={**DOWNLOAD, "max_attempts": 2})
         first = run_cli("run-once", "--config", str(config), exit_code=1)
         assert "HTML page instead of a ZIP" in first.out
         # Due again (its path kept), one attempt spent.
-        assert {s: (v[0] in ("new", "downloading"), v[1]) for s, v in states(tmp_path).items()} == {
-            s: (True, 1) for s in ids
-        }
+        assert {
+            s: (v[0] in ("new", "downloading"), v[1]) for s, v in states(tmp_path / "state").items()
+        } == {s: (True, 1) for s in ids}
         run_cli("run-once", "--config", str(config), exit_code=1)
-        assert {s: v[:2] for s, v in states(tmp_path).items()} == {s: ("failed", 2) for s in ids}
+        assert {s: v[:2] for s, v in states(tmp_path / "state").items()} == {
+            s: ("failed", 2) for s in ids
+        }
         downloads = sim.stats()["requests"]["download"]
         # Given up: a third pass asks for nothing, whatever the platform would say now.
         sim.set_faults(Faults())
@@ -176,7 +145,9 @@ def test_attempts_are_capped_then_retry_brings_sessions_back(tmp_path, run_cli):
         # An operator clears the back-off; the next pass fetches them all.
         run_cli("retry", "--all", "--config", str(config))
         run_cli("run-once", "--config", str(config), exit_code=0)
-        assert {s: v[0] for s, v in states(tmp_path).items()} == dict.fromkeys(ids, "verified")
+        assert {s: v[0] for s, v in states(tmp_path / "state").items()} == dict.fromkeys(
+            ids, "verified"
+        )
         for sid, path in archived(tmp_path / "archive").items():
             assert path.read_bytes() == sim.zip_bytes(sid)
 
@@ -188,7 +159,7 @@ def test_a_cookie_killed_by_another_login_costs_one_relogin(tmp_path, run_cli):
         port=0, seed=24, sessions=8, session_size=120_000, faults=Faults(bandwidth=250_000)
     ) as sim:
         ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url, concurrency=4)
+        config = write_config(tmp_path, sim.base_url, download=DOWNLOAD)
         done = threading.Event()
         result: list = []
 
@@ -220,7 +191,7 @@ def test_dead_cookies_never_cause_a_login_storm(tmp_path, run_cli, expire_all):
     faults = Faults() if expire_all else Faults(expire_cookie=0.3)
     with Simulator(port=0, seed=25, sessions=8, session_size=40_000, faults=faults) as sim:
         ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url, concurrency=4)
+        config = write_config(tmp_path, sim.base_url, download=DOWNLOAD)
         if expire_all:
             # Kill the cookie the moment the first download arrives: every thread then
             # meets the login page.
@@ -248,7 +219,7 @@ def test_a_cookie_killed_again_right_after_a_fresh_login_is_temporary(tmp_path, 
     with Simulator(
         port=0, seed=26, sessions=2, session_size=20_000, faults=Faults(expire_cookie=1.0)
     ) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, download=DOWNLOAD)
         result = run_cli("run-once", "--config", str(config), exit_code=None)
         assert 2 <= sim.login_count() <= 3, "logged in, and did not storm"
         assert result.code == 75, (result.code, result.out, result.err)

@@ -111,8 +111,8 @@ def test_a_platform_that_never_says_the_size_gets_no_deletion(setup, run_cli):
 
 
 def test_if_match_stops_a_delete_of_bytes_changed_since_the_probe(sim):
-    from e4sync.sources.e4connect.client import E4Connect
     from e4sync.errors import VersionChanged
+    from e4sync.sources.e4connect.client import E4Connect
 
     sid = sim.sessions()[0]["id"]
     with E4Connect("demo@example.org", "demo", base_url=sim.base_url) as client:

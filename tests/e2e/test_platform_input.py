@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Faults, Simulator, zipgen
-from tests.conftest import write_secret
+from e4sync.sources.e4connect.simulator import Faults, Simulator, zipgen
+from tests.conftest import REMOTE_DELETE, archived, states, write_config
 
 HOSTILE_TEXT = [
     "../../etc",
@@ -37,28 +37,13 @@ HOSTILE_TEXT = [
     "line\nbreak",
     "",
 ]
+# One level down, so a ``../..`` escape from the root lands in tmp_path, where it shows.
+DEEP = Path("deep") / "archive"
 # Every placeholder, so every listed value reaches a path.
 LAYOUT = (
     "{account}/{device}/{device_id}/{label}/{start:%Y}/"
     "{start_time}_{device_serial}_{session_id}_{duration}_{user_id}.zip"
 )
-
-
-def write_config(
-    tmp_path: Path, base_url: str, *, layout: str | None = None, remote: str = ""
-) -> Path:
-    pw = tmp_path / "lab.password"
-    write_secret(pw, DEFAULT_PASSWORD)
-    config = tmp_path / "config.toml"
-    layout_line = f"layout = {json.dumps(layout)}\n" if layout else ""
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "deep" / "archive"}"\n{layout_line}\n'
-        f'[state]\ndir = "{tmp_path / "state"}"\n\n'
-        f'[download]\nbackoff = "0s"\ntimeout = "20s"\n\n{remote}\n'
-        f'[[account]]\nname = "lab"\nusername = "{DEFAULT_USER}"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
 
 
 def tree(root: Path) -> set[Path]:
@@ -79,24 +64,6 @@ def assert_nothing_written_outside(
     assert set(tmp_path.parent.iterdir()) == parent_before
     for p in tree(archive):
         assert p.resolve().is_relative_to(archive.resolve()), f"{p} resolves outside the root"
-
-
-def archived(archive: Path) -> dict[str, Path]:
-    return {
-        json.loads(p.read_text())["session_id"]: p.with_suffix(".zip")
-        for p in archive.rglob("*.json")
-    }
-
-
-def db_states(tmp_path: Path) -> dict[str, tuple[str, int]]:
-    db = sqlite3.connect(tmp_path / "state" / "state.db")
-    try:
-        return {
-            r[0]: (r[1], r[2])
-            for r in db.execute("select remote_id, state, attempts from sessions")
-        }
-    finally:
-        db.close()
 
 
 @pytest.fixture
@@ -156,7 +123,9 @@ def test_hostile_listing_rows_stay_inside_the_archive(tmp_path, run_cli, watched
     ) as sim:
         genuine = [r["id"] for r in sim.sessions()]
         sim.set_listing_hook(hostile_listing(genuine))
-        config = write_config(tmp_path, sim.base_url, layout=LAYOUT)
+        config = write_config(
+            tmp_path, sim.base_url, archive={"root": tmp_path / DEEP, "layout": LAYOUT}
+        )
         result = run_cli("run-once", "--config", str(config))
         assert "Traceback" not in result.err
         archive = tmp_path / "deep" / "archive"
@@ -166,7 +135,7 @@ def test_hostile_listing_rows_stay_inside_the_archive(tmp_path, run_cli, watched
             assert path.read_bytes() == sim.zip_bytes(sid)
             assert path.resolve().is_relative_to(archive.resolve())
             assert all(len(part.encode()) <= 255 for part in path.parts)
-        assert set(db_states(tmp_path)) == set(genuine), "a hostile id became a session row"
+        assert set(states(tmp_path / "state")) == set(genuine), "a hostile id became a session row"
         # A second pass with the same hostile list is quiet: nothing new, nothing changed.
         again = json.loads(run_cli("run-once", "--config", str(config), "--json").out)
         (account,) = again["accounts"]
@@ -212,14 +181,16 @@ def run_with_extra_rows(tmp_path: Path, run_cli, extra: list[dict]) -> None:
     with Simulator(port=0, seed=42, sessions=2, session_size=20_000) as sim:
         genuine = [r["id"] for r in sim.sessions()]
         sim.set_listing_hook(lambda _user, rows: rows + extra)
-        config = write_config(tmp_path, sim.base_url, layout=LAYOUT)
+        config = write_config(
+            tmp_path, sim.base_url, archive={"root": tmp_path / DEEP, "layout": LAYOUT}
+        )
         # Those sessions do not exist on the platform (404 on download): failed, retried.
         result = run_cli("run-once", "--config", str(config), exit_code=1)
         assert "Traceback" not in result.err
         assert set(archived(tmp_path / "deep" / "archive")) == set(genuine)
-        states = db_states(tmp_path)
-        assert {s for s, (st, _) in states.items() if st == "verified"} == set(genuine)
-        assert {str(r["id"]) for r in extra} <= set(states)
+        rows = states(tmp_path / "state")
+        assert {s for s, row in rows.items() if row.state == "verified"} == set(genuine)
+        assert {str(r["id"]) for r in extra} <= set(rows)
         run_cli("sessions", "--config", str(config), "--json")
         run_cli("status", "--config", str(config), "--json")
 
@@ -237,19 +208,26 @@ def test_a_start_time_beyond_any_date_is_coerced_not_fatal(tmp_path, run_cli, wa
 def test_an_empty_list_where_sessions_existed_is_never_everything_deleted(
     tmp_path, run_cli, watched
 ):
-    remote = '[remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "1d"\n'
+    remote = {**REMOTE_DELETE, "delete_grace": "1d"}
     with Simulator(port=0, seed=43, sessions=3, session_size=20_000) as sim:
         ids = {r["id"] for r in sim.sessions()}
-        config = write_config(tmp_path, sim.base_url, remote=remote)
+        config = write_config(
+            tmp_path, sim.base_url, archive={"root": tmp_path / DEEP}, remote=remote
+        )
         run_cli("run-once", "--config", str(config))
         before = {sid: p.read_bytes() for sid, p in archived(tmp_path / "deep" / "archive").items()}
         assert set(before) == ids
         sim.set_listing_hook(lambda _user, _rows: [])  # a platform glitch: nothing listed
         # Even with the grace period over, an untrusted listing deletes nothing.
-        write_config(tmp_path, sim.base_url, remote=remote.replace('"1d"', '"0s"'))
+        write_config(
+            tmp_path,
+            sim.base_url,
+            archive={"root": tmp_path / DEEP},
+            remote={**remote, "delete_grace": "0s"},
+        )
         result = run_cli("run-once", "--config", str(config), exit_code=1)
         assert "empty session list" in result.out
-        assert {s: st for s, (st, _) in db_states(tmp_path).items()} == dict.fromkeys(
+        assert {s: row.state for s, row in states(tmp_path / "state").items()} == dict.fromkeys(
             ids, "verified"
         )
         assert sim.deleted_ids() == set()
@@ -260,15 +238,12 @@ def test_an_empty_list_where_sessions_existed_is_never_everything_deleted(
 
 
 def test_an_empty_re_listing_never_confirms_a_deletion(tmp_path, run_cli, watched):
-    remote = (
-        '[remote]\ndelete_after_verify = true\ndelete_min_age = "0s"\ndelete_grace = "0s"\n'
-        "max_deletes_per_pass = 1\n"
-    )
+    remote = {**REMOTE_DELETE, "max_deletes_per_pass": 1}
     # The DELETE is answered 200 but the session stays (a fault the protocol file lists).
     with Simulator(port=0, seed=44, sessions=3, faults=Faults(delete_lingers=1.0)) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, archive={"root": tmp_path / DEEP})
         run_cli("run-once", "--config", str(config))
-        write_config(tmp_path, sim.base_url, remote=remote)
+        write_config(tmp_path, sim.base_url, archive={"root": tmp_path / DEEP}, remote=remote)
         listings = []
 
         def glitch_after_the_first(_user, rows):
@@ -278,10 +253,10 @@ def test_an_empty_re_listing_never_confirms_a_deletion(tmp_path, run_cli, watche
         sim.set_listing_hook(glitch_after_the_first)
         run_cli("run-once", "--config", str(config), exit_code=None)
         assert len(listings) == 2, "the pass re-lists to confirm its deletion"
-        states = {sid: st for sid, (st, _) in db_states(tmp_path).items()}
+        by_id = {sid: row.state for sid, row in states(tmp_path / "state").items()}
         # Still on the platform, so never remote_deleted on the word of an empty list.
-        assert "remote_deleted" not in states.values()
-        assert set(states.values()) == {"verified"}
+        assert "remote_deleted" not in by_id.values()
+        assert set(by_id.values()) == {"verified"}
         db = sqlite3.connect(tmp_path / "state" / "state.db")
         try:
             ledger = db.execute("select result, confirmed_at from deletions").fetchall()
@@ -328,7 +303,7 @@ def test_a_zip_that_is_not_an_e4_session_is_refused_then_retried(
         genuine = sim.zip_bytes(victim)
         bad = zip_bomb() if member == "bomb" else with_member(genuine, member)
         sim.replace_zip(victim, bad)
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, archive={"root": tmp_path / DEEP})
         result = run_cli("run-once", "--config", str(config), exit_code=1)
         expected = "ZIP bomb" if member == "bomb" else repr(member)
         assert expected in result.out, result.out
@@ -338,11 +313,11 @@ def test_a_zip_that_is_not_an_e4_session_is_refused_then_retried(
         # Never unpacked anywhere: no file in the whole tmp tree is anywhere near its size.
         biggest = max(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
         assert biggest < 2 * max(len(bad), len(genuine), 1 << 20)
-        assert db_states(tmp_path)[victim][0] != "verified"
+        assert states(tmp_path / "state")[victim][0] != "verified"
         downloads = sim.stats()["requests"]["download"]
         run_cli("run-once", "--config", str(config), exit_code=1)  # refused again, not stuck
         assert sim.stats()["requests"]["download"] == downloads + 1
-        assert db_states(tmp_path)[victim][1] == 2
+        assert states(tmp_path / "state")[victim][1] == 2
         sim.replace_zip(victim, None)
         run_cli("run-once", "--config", str(config))
         zips = archived(archive)
@@ -357,7 +332,7 @@ def test_a_zip_with_an_extra_member_is_archived_at_once_with_a_warning(tmp_path,
     with Simulator(port=0, seed=45, sessions=2, session_size=20_000) as sim:
         victim, other = (r["id"] for r in sim.sessions())
         sim.set_faults(Faults(extra_member_sessions=[victim]))
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, archive={"root": tmp_path / DEEP})
         result = run_cli("run-once", "--config", str(config))
         archive = tmp_path / "deep" / "archive"
         zips = archived(archive)
@@ -366,7 +341,10 @@ def test_a_zip_with_an_extra_member_is_archived_at_once_with_a_warning(tmp_path,
         assert zips[victim].read_bytes() == sim.zip_bytes(victim)
         assert zipgen.EXTRA_MEMBER in zipfile.ZipFile(zips[victim]).namelist()
         assert sim.stats()["requests"]["download"] == 2
-        assert db_states(tmp_path) == {victim: ("verified", 0), other: ("verified", 0)}
+        assert {s: row[:2] for s, row in states(tmp_path / "state").items()} == {
+            victim: ("verified", 0),
+            other: ("verified", 0),
+        }
         (warning,) = sidecar_of(zips[victim])["warnings"]
         assert repr(zipgen.EXTRA_MEMBER) in warning and "not an E4 file" in warning
         assert "warnings" not in sidecar_of(zips[other])
@@ -384,7 +362,7 @@ def test_download_of_a_zip_with_an_extra_member_succeeds_and_warns(tmp_path, run
     with Simulator(port=0, seed=46, sessions=1, session_size=20_000) as sim:
         (sid,) = (r["id"] for r in sim.sessions())
         sim.set_faults(Faults(extra_member_sessions=[sid]))
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, archive={"root": tmp_path / DEEP})
         target = tmp_path / "one.zip"
         result = run_cli("download", sid, "-o", str(target), "--config", str(config))
         assert result.out.strip() == str(target)
@@ -401,11 +379,11 @@ def test_a_zip_with_no_e4_file_at_all_is_still_refused(tmp_path, run_cli, watche
             zf.writestr("notes.txt", b"nothing recorded\n")
             zf.writestr("info.txt", b"e4 session\n")
         sim.replace_zip(victim, out.getvalue())
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, archive={"root": tmp_path / DEEP})
         result = run_cli("run-once", "--config", str(config), exit_code=1)
         assert "no E4 data CSV" in result.out, result.out
         assert set(archived(tmp_path / "deep" / "archive")) == {other}
-        assert db_states(tmp_path)[victim][0] != "verified"
+        assert states(tmp_path / "state")[victim][0] != "verified"
 
 
 @pytest.mark.parametrize(
@@ -415,9 +393,9 @@ def test_a_listing_that_is_not_a_list_is_a_platform_problem(tmp_path, run_cli, w
     """A JSON object (or any other shape) where the session list belongs is the platform's
     fault, not a failed session: 75, said once, and nothing taken for vanished."""
     with Simulator(port=0, seed=48, sessions=3, session_size=20_000) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, archive={"root": tmp_path / DEEP})
         run_cli("run-once", "--config", str(config))
-        before = db_states(tmp_path)
+        before = {s: row[:2] for s, row in states(tmp_path / "state").items()}
         assert {st for st, _ in before.values()} == {"verified"}
         sim.set_listing_hook(lambda _user, _rows: listing)
         result = run_cli("run-once", "--config", str(config), exit_code=75)
@@ -427,7 +405,8 @@ def test_a_listing_that_is_not_a_list_is_a_platform_problem(tmp_path, run_cli, w
         assert len([line for line in result.err.splitlines() if " ERROR " in line]) == 1
         if isinstance(listing, dict) and listing.get("error"):
             assert "Service temporarily unavailable" in said[0]
-        assert db_states(tmp_path) == before, "nothing recorded as vanished or gone"
+        after = {s: row[:2] for s, row in states(tmp_path / "state").items()}
+        assert after == before, "nothing recorded as vanished or gone"
         assert "vanished" not in result.err
         status = json.loads(run_cli("status", "--config", str(config), "--json").out)
         assert status["accounts"][0]["counts"]["remote_gone"] == 0

@@ -7,11 +7,11 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from e4sync.archive import device_serial
+from tests.conftest import archived
 
 # Remote deletion on, with no minimum age and no grace period: a verified copy qualifies at once.
 DELETE_AT_ONCE = (
@@ -33,15 +33,6 @@ def downloads(sim) -> int:
     return sim.stats()["requests"].get("download", 0)
 
 
-def archived_zips(archive: Path) -> dict[str, Path]:
-    """session id -> archived file, read from the sidecars."""
-    found = {}
-    for sidecar in archive.rglob("*.json"):
-        data = json.loads(sidecar.read_text())
-        found[data["session_id"]] = sidecar.with_suffix(".zip")
-    return found
-
-
 def expected_relpath(account: str, row: dict) -> str:
     start = dt.datetime.fromtimestamp(int(row["start_time"]), dt.UTC)
     return (
@@ -55,7 +46,7 @@ def test_first_pass_archives_every_session_byte_for_byte(sim, setup, run_cli):
     result = run_cli("run-once", "--config", str(config))
     rows = sim.sessions()
     assert f"{len(rows)} downloaded" in result.out
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     assert set(zips) == {r["id"] for r in rows}
     for row in rows:
         path = zips[row["id"]]
@@ -97,7 +88,7 @@ def test_late_published_session_with_an_old_start_time_is_archived(sim, setup, r
     run_cli("run-once", "--config", str(config))
     late = sim.publish_late(days_ago=400)
     run_cli("run-once", "--config", str(config))
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     assert zips[late["id"]].read_bytes() == sim.zip_bytes(late["id"])
 
 
@@ -136,7 +127,7 @@ def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_c
     )
     before = {r["id"] for r in sim.sessions()}
     run_cli("run-once", "--config", str(config))
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     assert set(zips) == before
     # Every deleted session has a whole local copy that hashes as recorded.
     assert sim.deleted_ids() == before
@@ -201,7 +192,7 @@ def test_deletion_never_happens_when_the_local_copy_changed(sim, setup, run_cli)
     config = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(config))
     everything = {r["id"] for r in sim.sessions()}
-    victim = sorted(archived_zips(setup.archive).items())[0]
+    victim = sorted(archived(setup.archive).items())[0]
     data = bytearray(victim[1].read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim[1].write_bytes(bytes(data))
@@ -219,14 +210,14 @@ def test_verify_names_a_flipped_byte(sim, setup, run_cli):
     config = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(config))
     assert "match" in run_cli("verify", "--config", str(config)).out
-    path = sorted(archived_zips(setup.archive).values())[-1]
+    path = sorted(archived(setup.archive).values())[-1]
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.write_bytes(bytes(data))
     result = run_cli("verify", "--config", str(config), "--json", exit_code=1)
     report = json.loads(result.out)
     assert report["changed"] == [str(path)] and not report["clean"]
-    other = sorted(archived_zips(setup.archive).values())[0]
+    other = sorted(archived(setup.archive).values())[0]
     other.unlink()
     result = run_cli("verify", "--config", str(config), exit_code=1)
     assert f"missing: {other}" in result.out
@@ -250,7 +241,7 @@ def test_a_session_that_vanishes_is_remote_gone_and_its_copy_kept(sim, setup, ru
     config = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(config))
     victim = sim.sessions()[0]["id"]
-    path = archived_zips(setup.archive)[victim]
+    path = archived(setup.archive)[victim]
     remove_remotely(sim, victim)
     run_cli("run-once", "--config", str(config))
     status = json.loads(run_cli("status", "--config", str(config), "--json").out)
@@ -283,7 +274,7 @@ def test_one_failing_account_does_not_stop_the_others(sim, setup, run_cli):
         accounts=[("bad", "demo@example.org", "wrong"), ("good", "second@example.org", "pw2")],
     )
     run_cli("run-once", "--config", str(config), exit_code=77)
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     assert {r["id"] for r in sim.sessions("second@example.org")} == set(zips)
 
 
@@ -296,7 +287,7 @@ def test_hostile_labels_stay_inside_the_archive(sim, setup, run_cli, tmp_path):
     config = setup.write(sim.base_url, account_extra=layout)
     before = set(tmp_path.iterdir())
     run_cli("run-once", "--config", str(config))
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     assert len(zips) == len(sim.sessions())
     for path in zips.values():
         assert path.resolve().is_relative_to(setup.archive.resolve())
@@ -309,7 +300,7 @@ def test_two_sessions_on_one_path_never_overwrite(sim, setup, run_cli, caplog):
     b = sim.add_session(start_time=1541950248, label="2588")
     config = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(config))
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     assert zips[a["id"]] != zips[b["id"]]
     assert zips[a["id"]].read_bytes() == sim.zip_bytes(a["id"])
     assert zips[b["id"]].read_bytes() == sim.zip_bytes(b["id"])

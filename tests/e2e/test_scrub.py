@@ -17,27 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
-from tests.conftest import write_secret
+from e4sync.sources.e4connect.simulator import Simulator
+from tests.conftest import archived, write_config
 
 SESSIONS = 3
-
-
-def write_config(tmp_path: Path, base_url: str) -> Path:
-    pw = tmp_path / "lab.password"
-    write_secret(pw, DEFAULT_PASSWORD)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "archive"}"\nscrub_interval = "1s"\n\n'
-        f'[state]\ndir = "{tmp_path / "state"}"\n\n'
-        '[schedule]\ninterval = "1h"\njitter = "0s"\n\n'
-        f'[monitor]\nmetrics_textfile = "{tmp_path / "e4sync.prom"}"\n\n'
-        f'[[account]]\nname = "lab"\nusername = "{DEFAULT_USER}"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
 
 
 class Lines:
@@ -79,7 +63,14 @@ def test_the_scrub_names_a_flipped_byte_without_asking_the_platform(tmp_path):
         and k not in ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "JOURNAL_STREAM")
     }
     with Simulator(port=0, seed=61, sessions=SESSIONS, session_size=30_000) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            archive={"scrub_interval": "1s"},
+            download=None,
+            schedule={"interval": "1h", "jitter": "0s"},
+            monitor={"metrics_textfile": tmp_path / "e4sync.prom"},
+        )
         proc = subprocess.Popen(
             [sys.executable, "-m", "e4sync", "run", "--config", str(config)],
             env=env,
@@ -92,10 +83,7 @@ def test_the_scrub_names_a_flipped_byte_without_asking_the_platform(tmp_path):
             # The first pass archives every session; a later scrub finds them all whole.
             lines.wait_for(rf"scrub: {SESSIONS} archived files re-hashed, all match")
             requests = sim.stats()["requests"]
-            zips = {
-                json.loads(p.read_text())["session_id"]: p.with_suffix(".zip")
-                for p in (tmp_path / "archive").rglob("*.json")
-            }
+            zips = archived(tmp_path / "archive")
             victim = sorted(zips.values())[0]
             data = bytearray(victim.read_bytes())
             data[len(data) // 3] ^= 0x01

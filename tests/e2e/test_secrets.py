@@ -22,14 +22,16 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from e4sync.sources.e4connect.client import E4Connect
 from e4sync.errors import E4SyncError
+from e4sync.sources.e4connect.client import E4Connect
 from e4sync.sources.e4connect.simulator import Faults, Simulator
-from tests.conftest import write_secret
+from tests.conftest import write_config, write_secret
 
 USER = "lab@example.org"
 SECRET = "Quokka-Zebra-7731/S3cr3t!"
 TOKEN = "TOKEN-f00dfacecafe-4711"
+# The password line is each test's own (account_extra).
+ACCOUNTS = [("lab", USER, None)]
 
 
 def forms(secret: str) -> list[bytes]:
@@ -75,17 +77,6 @@ def e4sync(*argv: str) -> subprocess.CompletedProcess:
     )
 
 
-def write_config(tmp_path: Path, base_url: str, password_line: str) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "archive"}"\n\n[state]\ndir = "{tmp_path / "state"}"\n\n'
-        '[download]\nbackoff = "0s"\ntimeout = "20s"\n\n'
-        f'[[account]]\nname = "lab"\nusername = "{USER}"\n{password_line}\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
-
-
 def password_file(tmp_path: Path, secret: str = SECRET) -> Path:
     pw = tmp_path / "lab.password"
     write_secret(pw, secret)
@@ -115,7 +106,9 @@ def kill_cookie_at_first_download(sim: Simulator) -> threading.Thread:
 
 def test_a_debug_pass_and_its_files_never_show_the_password(tmp_path, sim):
     pw = password_file(tmp_path)
-    config = write_config(tmp_path, sim.base_url, f'password_file = "{pw}"')
+    config = write_config(
+        tmp_path, sim.base_url, accounts=ACCOUNTS, account_extra=f'password_file = "{pw}"'
+    )
     killer = kill_cookie_at_first_download(sim)
     run = e4sync("run-once", "-vv", "--config", str(config))
     killer.join(timeout=10)
@@ -151,7 +144,9 @@ def test_a_debug_pass_and_its_files_never_show_the_password(tmp_path, sim):
 def test_a_refused_login_never_shows_the_password_it_tried(tmp_path, sim):
     wrong = "Wombat-Wrong-9932/Pa$$!"
     pw = password_file(tmp_path, wrong)
-    config = write_config(tmp_path, sim.base_url, f'password_file = "{pw}"')
+    config = write_config(
+        tmp_path, sim.base_url, accounts=ACCOUNTS, account_extra=f'password_file = "{pw}"'
+    )
     run = e4sync("run-once", "-vv", "--config", str(config))
     assert run.returncode == 77
     assert b"wrong username or password" in run.stdout + run.stderr
@@ -176,7 +171,12 @@ def test_a_password_command_token_never_shows(tmp_path, sim):
     script = tmp_path / "get-password"
     script.write_text(f'#!/bin/sh\n[ "$2" = "{TOKEN}" ] || exit 3\necho "{SECRET}"\n')
     script.chmod(0o700)
-    config = write_config(tmp_path, sim.base_url, f'password_command = "{script} --token {TOKEN}"')
+    config = write_config(
+        tmp_path,
+        sim.base_url,
+        accounts=ACCOUNTS,
+        account_extra=f'password_command = "{script} --token {TOKEN}"',
+    )
     run = e4sync("run-once", "-vv", "--config", str(config))
     assert run.returncode == 0, run.stderr.decode()[-3000:]
     output = run.stdout + run.stderr
@@ -215,7 +215,9 @@ STRAY_WHITESPACE = [
 def test_a_password_file_with_stray_whitespace_is_refused_with_a_hint(tmp_path, content, hint):
     with Simulator(port=0, seed=52, sessions=1) as demo:  # its password is "demo"
         pw = exact_password_file(tmp_path, content.format(demo.password))
-        config = write_config(tmp_path, demo.base_url, f'password_file = "{pw}"')
+        config = write_config(
+            tmp_path, demo.base_url, accounts=ACCOUNTS, account_extra=f'password_file = "{pw}"'
+        )
         config.write_text(config.read_text().replace(USER, demo.user))
         for argv in (["run-once"], ["whoami"]):
             run = e4sync(*argv, "--config", str(config))
@@ -231,7 +233,9 @@ def test_a_password_file_with_stray_whitespace_is_refused_with_a_hint(tmp_path, 
 @pytest.mark.parametrize("content, hint", STRAY_WHITESPACE)
 def test_the_whitespace_hint_never_shows_the_password(tmp_path, sim, content, hint):
     pw = exact_password_file(tmp_path, content.format(SECRET))
-    config = write_config(tmp_path, sim.base_url, f'password_file = "{pw}"')
+    config = write_config(
+        tmp_path, sim.base_url, accounts=ACCOUNTS, account_extra=f'password_file = "{pw}"'
+    )
     output = b""
     for argv in (["run-once", "-vv"], ["whoami", "-vv"], ["doctor"]):
         run = e4sync(*argv, "--config", str(config))
@@ -246,7 +250,9 @@ def test_the_whitespace_hint_never_shows_the_password(tmp_path, sim, content, hi
 
 def test_a_wrong_password_without_stray_whitespace_gets_no_such_hint(tmp_path, sim):
     pw = exact_password_file(tmp_path, "not the password\n")
-    config = write_config(tmp_path, sim.base_url, f'password_file = "{pw}"')
+    config = write_config(
+        tmp_path, sim.base_url, accounts=ACCOUNTS, account_extra=f'password_file = "{pw}"'
+    )
     run = e4sync("whoami", "--config", str(config))
     assert run.returncode == 77
     assert b"wrong username or password" in run.stderr and b"whitespace" not in run.stderr

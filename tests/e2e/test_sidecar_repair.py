@@ -9,7 +9,8 @@ import datetime as dt
 import json
 import sqlite3
 
-from tests.e2e.test_run_once import archived_zips, downloads
+from tests.conftest import archived
+from tests.e2e.test_run_once import downloads
 
 
 def seconds(text: str) -> float:
@@ -19,7 +20,7 @@ def seconds(text: str) -> float:
 def test_verify_rewrites_damaged_sidecars_and_reindex_then_recovers_them(sim, setup, run_cli):
     config = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(config))
-    zips = archived_zips(setup.archive)
+    zips = archived(setup.archive)
     garbage_id, wrong_sha_id, deleted_id = sorted(zips)[:3]
     side = {sid: zips[sid].with_suffix(".json") for sid in (garbage_id, wrong_sha_id, deleted_id)}
     # What the download itself wrote, to compare the repairs with.
@@ -86,7 +87,7 @@ def test_verify_rewrites_damaged_sidecars_and_reindex_then_recovers_them(sim, se
 def test_verify_human_output_names_each_repaired_sidecar(sim, setup, run_cli):
     config = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(config))
-    victim = sorted(archived_zips(setup.archive).values())[0].with_suffix(".json")
+    victim = sorted(archived(setup.archive).values())[0].with_suffix(".json")
     victim.write_text("[]")
     result = run_cli("verify", "--config", str(config))
     assert f"repaired sidecar: {victim} (not a JSON object)" in result.out

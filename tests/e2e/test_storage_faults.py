@@ -25,23 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.sources.e4connect.simulator import DEFAULT_PASSWORD, DEFAULT_USER, Simulator
-from tests.conftest import write_secret
+from e4sync.sources.e4connect.simulator import Simulator
+from tests.conftest import write_config
 
 MB = 1 << 20
-
-
-def write_config(tmp_path: Path, base_url: str, concurrency: int = 2) -> Path:
-    pw = tmp_path / "lab.password"
-    write_secret(pw, DEFAULT_PASSWORD)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[archive]\nroot = "{tmp_path / "archive"}"\n\n[state]\ndir = "{tmp_path / "state"}"\n\n'
-        f'[download]\nbackoff = "0s"\ntimeout = "20s"\nconcurrency = {concurrency}\n\n'
-        f'[[account]]\nname = "lab"\nusername = "{DEFAULT_USER}"\npassword_file = "{pw}"\n'
-        f'base_url = "{base_url}"\n'
-    )
-    return config
 
 
 def run_once_child(config: Path, fsize_limit: int | None = None) -> subprocess.CompletedProcess:
@@ -144,7 +131,7 @@ def remount(mountpoint: Path, options: str) -> None:
 
 def test_a_file_size_limit_fails_the_big_sessions_cleanly_and_the_next_pass_recovers(tmp_path):
     with Simulator(port=0, seed=31, sessions=2, session_size=100_000) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, download={"concurrency": 2})
         assert run_once_child(config).returncode == 0
         before = snapshot(tmp_path / "archive")
         big = {sim.add_session(size_bytes=3 * MB)["id"] for _ in range(2)}
@@ -172,7 +159,7 @@ def test_a_folder_that_cannot_be_made_fails_its_sessions_not_the_account(tmp_pat
     import datetime as dt
 
     with Simulator(port=0, seed=32, sessions=6, session_size=50_000) as sim:
-        config = write_config(tmp_path, sim.base_url, concurrency=1)
+        config = write_config(tmp_path, sim.base_url, download={"concurrency": 1})
 
         def day(row: dict) -> str:
             start = dt.datetime.fromtimestamp(int(row["start_time"]), dt.UTC)
@@ -202,7 +189,7 @@ def test_a_full_filesystem_fails_what_does_not_fit_and_the_next_pass_recovers(
     tmp_path, tmpfs, run_cli
 ):
     with Simulator(port=0, seed=32, sessions=2, session_size=120_000) as sim:
-        config = write_config(tmp_path, sim.base_url, concurrency=1)
+        config = write_config(tmp_path, sim.base_url, download={"concurrency": 1})
         run_cli("run-once", "--config", str(config))
         before = snapshot(tmpfs)
         big = {sim.add_session(size_bytes=700_000)["id"] for _ in range(2)}
@@ -228,10 +215,11 @@ def test_a_weekend_of_a_full_disk_spends_no_attempts_and_says_so_once_per_pass(
     against each due session, and after max_attempts they are all 'failed' until someone
     runs `retry --all`."""
     with Simulator(port=0, seed=34, sessions=0) as sim:
-        config = write_config(tmp_path, sim.base_url, concurrency=1)
-        config.write_text(
-            config.read_text().replace("[download]\n", "[download]\nmax_attempts = 2\n")
-            + f'\n[monitor]\nmetrics_textfile = "{tmp_path / "e4sync.prom"}"\n'
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            download={"concurrency": 1, "max_attempts": 2},
+            monitor={"metrics_textfile": tmp_path / "e4sync.prom"},
         )
         due = {sim.add_session(size_bytes=600_000)["id"] for _ in range(4)}
         for _ in range(4):  # more passes than max_attempts
@@ -262,7 +250,7 @@ def test_a_weekend_of_a_full_disk_spends_no_attempts_and_says_so_once_per_pass(
 
 def test_a_read_only_archive_is_reported_and_changes_nothing(tmp_path, tmpfs, run_cli):
     with Simulator(port=0, seed=33, sessions=2, session_size=60_000) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, download={"concurrency": 2})
         run_cli("run-once", "--config", str(config))
         before, rows_before = snapshot(tmpfs), db_rows(tmp_path / "state")
         new = sim.add_session(size_bytes=60_000)["id"]
@@ -301,7 +289,7 @@ def locked_pass(tmp_path_factory):
     more after the lock is released."""
     tmp_path = tmp_path_factory.mktemp("locked")
     with Simulator(port=0, seed=34, sessions=2, session_size=60_000) as sim:
-        config = write_config(tmp_path, sim.base_url)
+        config = write_config(tmp_path, sim.base_url, download={"concurrency": 2})
         assert run_once_child(config).returncode == 0
         before, rows_before = snapshot(tmp_path / "archive"), db_rows(tmp_path / "state")
         new = sim.add_session(size_bytes=60_000)["id"]

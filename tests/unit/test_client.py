@@ -17,13 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.sources.e4connect.client import (
-    DEFAULT_BASE_URL,
-    E4Connect,
-    FetchResult,
-    check_base_url,
-    check_session_id,
-)
 from e4sync.errors import (
     AuthError,
     Interrupted,
@@ -32,8 +25,15 @@ from e4sync.errors import (
     TransientError,
     UsageError,
 )
-from e4sync.sources.e4connect.simulator import Faults, Simulator
 from e4sync.sources.e4connect.checks import check_zip
+from e4sync.sources.e4connect.client import (
+    DEFAULT_BASE_URL,
+    E4Connect,
+    FetchResult,
+    check_base_url,
+    check_session_id,
+)
+from e4sync.sources.e4connect.simulator import Faults, Simulator
 
 USER = "demo@example.org"
 PASSWORD = "demo-s3cret-pa55"

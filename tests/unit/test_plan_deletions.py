@@ -87,7 +87,9 @@ def test_only_verified_sessions_are_considered():
 
 
 def test_per_pass_cap_takes_the_oldest_and_reports_the_rest():
-    sessions = [candidate(remote_id=str(i), recorded_at=int(NOW - (40 - i) * DAY)) for i in range(5)]
+    sessions = [
+        candidate(remote_id=str(i), recorded_at=int(NOW - (40 - i) * DAY)) for i in range(5)
+    ]
     rules = dataclasses.replace(RULES, max_deletes_per_pass=2)
     decisions = plan_deletions(reversed(sessions), now=NOW, rules=rules, listing_ok=True)
     assert [d.remote_id for d in decisions if d.delete] == ["0", "1"]

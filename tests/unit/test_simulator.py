@@ -1,4 +1,5 @@
-"""Tests for e4sync.sources.e4connect.simulator: the ZIP format against real E4 files, every endpoint, every fault.
+"""Tests for the E4 Connect simulator: the ZIP format against real E4 files, every endpoint,
+every fault.
 
 Everything runs over real HTTP on 127.0.0.1 with plain ``requests`` or ``http.client``; the ZIPs
 are compared with the real recordings in shared/realdata. Nothing is mocked.

@@ -6,6 +6,7 @@ members that are not E4 files.
 It returns results and never raises for a bad file.
 
 Imports only the standard library and ``e4sync.verify``.
+Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli, requests.
 It never writes to disk: members are streamed through ``zipfile`` in chunks and the
 data is thrown away, so a ZIP bomb costs at most CPU time, never disk or memory.
 """

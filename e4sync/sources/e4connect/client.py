@@ -8,8 +8,9 @@ requests/urllib3 exceptions into e4sync errors, which happens here and nowhere e
 speaks the wire protocol of ``e4connect-protocol.md`` and offers every operation of the
 older ``e4client`` package under the same names.
 
-Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli (it knows nothing
-of the archive or the database). It imports e4sync.errors and e4sync.verify only.
+Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli.
+It knows nothing of the archive or the database; it imports e4sync.errors and e4sync.verify
+only.
 
 Secrets: the password is held in a private attribute, sent only in the login POST body,
 and never logged, put in an exception message or shown by ``repr``; cookie values are

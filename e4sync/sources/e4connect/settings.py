@@ -4,6 +4,7 @@ Owns the account keys of ``source = "e4connect"`` (SPEC section 4), the default 
 (the file name E4 Connect gave its own downloads) and the layout placeholders an E4 session
 offers. Read by the configuration, so it stays cheap: it imports only ``e4sync.config.schema``
 and must not import the client, requests or the rest of this package.
+Must not import: e4sync.sources.e4connect.client, requests, e4sync.state, e4sync.sync.
 """
 
 from __future__ import annotations

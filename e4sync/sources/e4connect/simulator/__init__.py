@@ -1,8 +1,10 @@
-"""e4sync.sources.e4connect.simulator: an E4 Connect look-alike on loopback, for tests, demos and benchmarks.
+"""e4sync.sources.e4connect.simulator: an E4 Connect look-alike on loopback, for tests, demos
+and benchmarks.
 
 Owns the platform's wire behaviour (paths, cookies, redirects, JSON), seeded session ZIPs in the
 exact E4 format, fault injection and admin hooks. Only ``e4sync.cli`` and the tests use it; it
-must not import e4sync.state, e4sync.sync or e4sync.sources.e4connect.client, and needs only the standard library.
+must not import e4sync.state, e4sync.sync or the E4 client, and needs only the standard library.
+Must not import: e4sync.state, e4sync.sync, e4sync.sources.e4connect.client, e4sync.cli, requests.
 
 Usage::
 

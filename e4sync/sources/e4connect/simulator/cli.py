@@ -4,7 +4,7 @@ Owns the command-line face of the simulator: :func:`add_arguments` fills the sub
 (``e4sync.cli`` wires it in), :func:`run` starts the simulator, prints where it listens and the
 credentials, and blocks until SIGINT or SIGTERM. Only loopback addresses are accepted.
 
-Must not import e4sync.state, e4sync.sync or e4sync.sources.e4connect.client.
+Must not import: e4sync.state, e4sync.sync, e4sync.sources.e4connect.client.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ import sys
 import threading
 from typing import Any
 
-from e4sync.sources.e4connect.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, RATE_FIELDS, Faults
+from e4sync.sources.e4connect.simulator.faults import (
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    RATE_FIELDS,
+    Faults,
+)
 
 _FAULT_HELP = {
     "error_5xx": "rate of 500/502/503 answers",

@@ -1,4 +1,5 @@
-"""e4sync.sources.e4connect.simulator.faults: which failures the simulator injects, and the seeded dice deciding when.
+"""e4sync.sources.e4connect.simulator.faults: which failures the simulator injects, and the
+seeded dice deciding when.
 
 Owns the :class:`Faults` settings (rates per request, plus a few magnitudes and switches) and
 :class:`FaultDice`, which decides each fault per request from ``sha256(seed, fault, request,
@@ -6,7 +7,8 @@ attempt number)``. Two properties follow: a run is reproducible under its seed e
 for different sessions interleave across threads (each request key has its own attempt counter),
 and a fault with a rate below 1 never sticks to one request forever, so retries eventually succeed.
 
-Standard library only; must not import any e4sync module outside ``e4sync.sources.e4connect.simulator``.
+Standard library only; must not import any e4sync module outside the simulator package.
+Must not import: e4sync.state, e4sync.sync, e4sync.sources.e4connect.client, e4sync.cli, requests.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Faults:
     """Share of downloads that wait ``slow_first_byte`` (when that is above 0)."""
     extra_member_sessions: tuple[str, ...] = ()
     """Session ids whose ZIP holds one more member that is not an E4 file (``notes.txt``,
-    :data:`~e4sync.sources.e4connect.simulator.zipgen.EXTRA_MEMBER`) after the eight real ones: every download
+    :data:`~.zipgen.EXTRA_MEMBER`) after the eight real ones: every download
     of such a session serves those same bytes (not a per-request dice roll), so its ETag
     and resumes hold."""
 

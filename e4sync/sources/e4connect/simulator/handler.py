@@ -3,7 +3,7 @@
 Owns the platform's wire behaviour (``shared/e4connect-protocol.md``): the routes, the HTML
 pages, redirects, cookies, JSON, ranges, fault injection at request time, the admin endpoints, and
 the threaded loopback server (``_Server``, ``_Handler``) that
-:class:`~e4sync.sources.e4connect.simulator.server.Simulator` starts. The state it reads and changes (accounts,
+:class:`~.server.Simulator` starts. The state it reads and changes (accounts,
 sessions, ZIPs, counters) belongs to the simulator; the handler reaches it through
 ``self.server.sim``.
 
@@ -34,9 +34,10 @@ Admin endpoints (JSON in, JSON out; never faulted, never counted in ``stats()["r
     PUT  /_admin/faults                 {field: value ...} replaces them (missing = default)
     GET  /_admin/zip/{id}               the session's ZIP exactly as served (X-SHA256 header)
 
-Standard library only. Must not import e4sync.sources.e4connect.simulator.server at run time (the server imports
+Standard library only. Must not import the simulator's ``server`` at run time (the server imports
 this module; the ``TYPE_CHECKING`` import is for type hints only), nor e4sync.state, e4sync.sync
 or e4sync.sources.e4connect.client.
+Must not import: e4sync.state, e4sync.sync, e4sync.sources.e4connect.client, e4sync.cli, requests.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""e4sync.sources.e4connect.simulator.server: the E4 Connect look-alike itself, on a loopback HTTP server.
+"""e4sync.sources.e4connect.simulator.server: the E4 Connect look-alike itself, on a loopback
+HTTP server.
 
 Owns :class:`Simulator`: accounts, cookies, sessions and devices in memory; session ZIPs from
-:mod:`e4sync.sources.e4connect.simulator.zipgen` (small ones cached in memory, big ones built once into a temporary
+:mod:`.zipgen` (small ones cached in memory, big ones built once into a temporary
 file and streamed from disk; a session named by the ``extra_member_sessions`` fault gets its own
-cached ZIP with one more member); fault settings from :mod:`e4sync.sources.e4connect.simulator.faults`; counters and
+cached ZIP with one more member); fault settings from :mod:`.faults`; counters and
 the request log; admin hooks as methods; and the lifecycle (start/stop) of the HTTP server. The wire
 side (paths, redirects, cookies, JSON, the ``/_admin/`` JSON endpoints so another process can
 drive ``e4sync simulate``, and the choices where the real platform is unknown) lives in
@@ -15,8 +16,9 @@ Retry-After and to wait for an event instead of sleeping), ``set_listing_hook()`
 hostile listing rows: numbers, duplicates, NUL bytes, huge strings), ``replace_zip()`` (serve
 other bytes for a session: foreign members, a ZIP bomb), ``issued_cookies()``.
 
-Standard library only; must not import e4sync.state, e4sync.sync or e4sync.sources.e4connect.client. The HTTP
+Standard library only; must not import e4sync.state, e4sync.sync or the E4 client. The HTTP
 module must not import this one at run time (it would be a cycle).
+Must not import: e4sync.state, e4sync.sync, e4sync.sources.e4connect.client, e4sync.cli, requests.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from e4sync.sources.e4connect.simulator import zipgen
-from e4sync.sources.e4connect.simulator.faults import DEFAULT_PASSWORD, DEFAULT_USER, FaultDice, Faults
+from e4sync.sources.e4connect.simulator.faults import (
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    FaultDice,
+    Faults,
+)
 from e4sync.sources.e4connect.simulator.handler import _Handler, _Server
 
 log = logging.getLogger("e4sync.sources.e4connect.simulator")
@@ -79,7 +86,7 @@ class _Meta:
 
 
 class Simulator:
-    """An E4 Connect look-alike on loopback; see :mod:`e4sync.sources.e4connect.simulator.handler` for its choices.
+    """An E4 Connect look-alike on loopback; see :mod:`.handler` for its choices.
 
     :param port: TCP port on ``host``; 0 picks a free one.
     :param seed: makes session lists, ZIP bytes and fault decisions reproducible.
@@ -581,7 +588,7 @@ class Simulator:
             )
         return self._tmpdir
 
-    # --- used by the request handler (e4sync.sources.e4connect.simulator.handler) -----------------------------------
+    # --- used by the request handler (simulator.handler) -----------------------------------
 
     def _login(self, user: str, password: str) -> str | None:
         with self._lock:

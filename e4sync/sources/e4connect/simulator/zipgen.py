@@ -1,4 +1,5 @@
-"""e4sync.sources.e4connect.simulator.zipgen: deterministic session ZIPs in the exact E4 Connect format.
+"""e4sync.sources.e4connect.simulator.zipgen: deterministic session ZIPs in the exact E4 Connect
+format.
 
 Owns the bytes of a simulated session download: eight flat, deflated members (ACC, BVP, EDA, HR,
 IBI, TEMP as CSV, the real ``info.txt``, ``tags.csv``) whose headers, rates and number formats copy
@@ -14,7 +15,8 @@ by a per-session random sequence, a freshly generated tail, and a final empty bl
 CRC-32 and sha256 touch every byte, so output runs at hundreds of MB/s and is written sequentially,
 never held in memory unless the caller asks for bytes.
 
-Standard library only; must not import any e4sync module outside ``e4sync.sources.e4connect.simulator``.
+Standard library only; must not import any e4sync module outside the simulator package.
+Must not import: e4sync.state, e4sync.sync, e4sync.sources.e4connect.client, e4sync.cli, requests.
 """
 
 from __future__ import annotations
