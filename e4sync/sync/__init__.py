@@ -15,6 +15,7 @@ from e4sync.sync.run import (
     PassReport,
     SourceFactory,
     default_source_factory,
+    lock_path,
     pass_lock,
     run_pass,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "backoff_delay",
     "default_source_factory",
     "iso",
+    "lock_path",
     "pass_lock",
     "run_pass",
 ]

@@ -113,11 +113,11 @@ class PassReport:
 
 
 @contextlib.contextmanager
-def pass_lock(state_dir: Path) -> Iterator[None]:
-    """One pass at a time per state directory (a cron ``run-once`` beside the daemon):
-    ``flock`` is released by the kernel when the holder dies, so it is never stale."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state_dir / "e4sync.lock"
+def pass_lock(path: Path) -> Iterator[None]:
+    """One pass at a time per state database (a cron ``run-once`` beside the daemon), held
+    on the lock file ``path`` (see ``lock_path``): ``flock`` is released by the kernel when
+    the holder dies, so it is never stale."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -129,6 +129,18 @@ def pass_lock(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def lock_path(engine: Engine, state_dir: Path) -> Path:
+    """The lock of the state database itself: ``<file>.lock`` beside a SQLite file, so two
+    configurations with separate databases (two studies on one host) never wait for each
+    other while two passes over one database always do. An in-memory database has no file:
+    its lock is in the state directory."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        db_file = Path(database).expanduser().resolve()
+        return db_file.with_name(db_file.name + ".lock")
+    return state_dir / "e4sync.lock"
 
 
 def default_source_factory(cfg: Config, stop: threading.Event | None = None) -> SourceFactory:
@@ -197,7 +209,7 @@ def _run_pass(
         # A file lock is per host; with a shared PostgreSQL database the account leases
         # keep workers apart instead.
         use_lock = engine.dialect.name == "sqlite"
-    lock = pass_lock(cfg.state.dir) if use_lock else contextlib.nullcontext()
+    lock = pass_lock(lock_path(engine, cfg.state.dir)) if use_lock else contextlib.nullcontext()
     with lock:
         if not dry_run:
             archive.check_writable()

@@ -7,11 +7,13 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from e4sync.archive import device_serial
-from tests.conftest import archived
+from tests.conftest import archived, write_config
 
 # Remote deletion on, with no minimum age and no grace period: a verified copy qualifies at once.
 DELETE_AT_ONCE = (
@@ -315,13 +317,51 @@ def test_second_process_gets_the_lock_busy_code(sim, setup, run_cli):
 
     config = setup.write(sim.base_url)
     setup.state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(setup.state / "e4sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(setup.state / "state.db.lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         result = run_cli("run-once", "--config", str(config), exit_code=75)
         assert "lock" in result.err
     finally:
         os.close(fd)
+
+
+def test_two_configurations_with_separate_state_databases_run_at_once(sim, setup, tmp_path):
+    """Two studies on one host share the default state folder but not a database: one
+    pass over study A (holding its lock, as a running pass does) never stops a pass over
+    study B, while a second pass over A waits its turn (exit 75)."""
+    import fcntl
+    import os
+
+    configs = {}
+    for study in ("a", "b"):
+        (tmp_path / study).mkdir()
+        configs[study] = write_config(
+            tmp_path / study,
+            sim.base_url,
+            state={"dir": str(setup.state), "url": f"sqlite:///{tmp_path / study / 'state.db'}"},
+        )
+    holder = os.open(tmp_path / "a" / "state.db.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        b = subprocess.run(
+            [sys.executable, "-m", "e4sync", "--config", str(configs["b"]), "run-once"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert b.returncode == 0, b.stderr
+        assert len(archived(tmp_path / "b" / "archive")) == len(sim.sessions())
+        a = subprocess.run(
+            [sys.executable, "-m", "e4sync", "--config", str(configs["a"]), "run-once"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert a.returncode == 75 and "state.db.lock" in a.stderr, a.stderr
+    finally:
+        os.close(holder)
+    assert not (setup.state / "e4sync.lock").exists()  # the folder holds no lock of its own
 
 
 @pytest.mark.parametrize("bad_id", ["12a", "../1", "-5"])

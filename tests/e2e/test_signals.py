@@ -141,7 +141,7 @@ def test_sighup_reloads_a_changed_config_new_account_and_interval(setup: Setup):
             )
             # The same process ran the new pass (the pass lock holds its PID): no restart.
             assert daemon.proc.poll() is None
-            assert (setup.state / "e4sync.lock").read_text().strip() == str(pid)
+            assert (setup.state / "state.db.lock").read_text().strip() == str(pid)
             # The new interval took effect: passes keep coming every 2 s.
             daemon.wait_log(r"account second: 2 sessions listed", count=1)
             sim.add_session()
