@@ -424,7 +424,8 @@ def check_logins(
     skipped = 0
     for account in cfg.accounts:
         with sessionmaker_for(engine)() as db, db.begin():
-            ensure_account(db, account.name, account.username, account.base_url)
+            opts = account.options
+            ensure_account(db, account.name, opts["username"], opts["base_url"])
         if not claim_accounts(engine, worker_id, [account.name], cfg.state.lease):
             log.info("account %s: served by another worker; not checking its login", account.name)
             skipped += 1

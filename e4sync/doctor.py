@@ -102,10 +102,10 @@ def run_checks(cfg: Config) -> tuple[list[dict], StateDamaged | None]:
         )
         try:
             with E4Connect(
-                account.username,
+                account.options["username"],
                 # A provider, not the bare password: a refused login then gets its hint.
                 password_provider=password_provider(account, interactive=False),
-                base_url=account.base_url,
+                base_url=account.options["base_url"],
                 timeout=cfg.download.timeout,
                 connect_timeout=cfg.download.connect_timeout,
             ) as client:
@@ -114,7 +114,7 @@ def run_checks(cfg: Config) -> tuple[list[dict], StateDamaged | None]:
                 {
                     "what": f"account {account.name} login",
                     "ok": True,
-                    "detail": f"logged in to {account.base_url} as user {user_id}",
+                    "detail": f"logged in to {account.options['base_url']} as user {user_id}",
                 }
             )
         except E4SyncError as exc:

@@ -140,8 +140,8 @@ def default_source_factory(cfg: Config, stop: threading.Event | None = None) -> 
         from e4sync.source import E4Source
 
         client = E4Connect(
-            account.username,
-            base_url=account.base_url,
+            account.options["username"],
+            base_url=account.options["base_url"],
             password_provider=password_provider(account),
             timeout=cfg.download.timeout,
             connect_timeout=cfg.download.connect_timeout,
@@ -326,7 +326,10 @@ class AccountPass(DownloadSteps, DeletionSteps):
         started = time.time()
         with self.sessions() as db, db.begin():
             row = statedb.ensure_account(
-                db, self.account.name, self.account.username, self.account.base_url
+                db,
+                self.account.name,
+                self.account.options["username"],
+                self.account.options["base_url"],
             )
             self.account_id = row.id
         if self.min_gap and self._served_recently():
