@@ -58,7 +58,6 @@ SCHEMA: dict[str, dict[str, Key]] = {name: _keys(cls) for name, cls in SECTIONS.
 # The keys every account has, whatever its source; the source's own keys come between
 # ``source`` and ``layout`` (where AccountConfig has ``options``).
 ACCOUNT_SCHEMA: dict[str, Key] = _keys(AccountConfig)
-_OPTIONS_AFTER = "source"
 # Keys no account may use for itself: its sub-table, and the word a secret would be.
 RESERVED = ("remote", "password")
 
@@ -153,10 +152,11 @@ def account_schema(name: str) -> dict[str, Key]:
     """Every key of an account of the kind ``name``, in the order they are documented:
     ``name``, ``source``, the kind's keys, ``layout``."""
     out: dict[str, Key] = {}
-    for key, spec in ACCOUNT_SCHEMA.items():
-        out[key] = spec
-        if key == _OPTIONS_AFTER:
+    for f in dataclasses.fields(AccountConfig):
+        if f.name == "options":
             out.update(kind_keys(name))
+        elif KEY in f.metadata:
+            out[f.name] = f.metadata[KEY]
     return out
 
 
