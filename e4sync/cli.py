@@ -184,7 +184,8 @@ def load(args: argparse.Namespace) -> Config:
     if args.base_url:
         # The client validates the URL (http(s) only, plain http only on loopback).
         accounts = tuple(
-            dataclasses.replace(a, base_url=args.base_url.rstrip("/")) for a in cfg.accounts
+            dataclasses.replace(a, options={**a.options, "base_url": args.base_url.rstrip("/")})
+            for a in cfg.accounts
         )
         cfg = dataclasses.replace(cfg, accounts=accounts)
     if args.account:
@@ -230,8 +231,8 @@ def make_client(cfg: Config, account: AccountConfig):
     from e4sync.sources.e4connect.client import E4Connect
 
     return E4Connect(
-        account.username,
-        base_url=account.base_url,
+        account.options["username"],
+        base_url=account.options["base_url"],
         password_provider=password_provider(account),
         timeout=cfg.download.timeout,
         connect_timeout=cfg.download.connect_timeout,
@@ -705,7 +706,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from e4sync.config import effective_config
+    from e4sync.config import effective_config, render_toml
 
     cfg = load(args)
     if args.action == "check":
@@ -719,39 +720,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.json:
         print_json(shown)
     else:
-        out(_to_toml(shown))
+        out(render_toml(shown).rstrip("\n"))
     return EXIT_OK
-
-
-def _to_toml(data: dict) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return str(v)
-        if v is None:
-            return '""'
-        return json.dumps(str(v))
-
-    lines: list[str] = []
-    for section, body in data.items():
-        if isinstance(body, list):
-            for entry in body:
-                lines.append(f"[[{section}]]")
-                for k, v in entry.items():
-                    if isinstance(v, dict):
-                        continue
-                    lines.append(f"{k} = {value(v)}")
-                for k, v in entry.items():
-                    if isinstance(v, dict):
-                        lines.append(f"[{section}.{k}]")
-                        lines.extend(f"{kk} = {value(vv)}" for kk, vv in v.items())
-                lines.append("")
-        elif isinstance(body, dict):
-            lines.append(f"[{section}]")
-            lines.extend(f"{k} = {value(v)}" for k, v in body.items())
-            lines.append("")
-    return "\n".join(lines).rstrip()
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

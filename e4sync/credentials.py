@@ -1,29 +1,35 @@
-"""e4sync.credentials: where an account's password comes from, and reading it.
+"""e4sync.credentials: where an account's secret comes from, and reading it.
 
-Owns the password sources and their order (first hit wins):
+Generic over "a secret": a source kind's settings module declares ``SECRET``, a
+``SecretKeys`` naming the account keys that say where its secret is (E4 Connect:
+``password_file``, ``password_env``, ``password_command``, ``keyring``, the systemd
+credential ``e4sync-password``), and this module reads any kind's secret with the same
+code. The sources and their order (first hit wins), with E4 Connect's names:
 
 1. ``$CREDENTIALS_DIRECTORY/e4sync-password-<account>``, then
    ``$CREDENTIALS_DIRECTORY/e4sync-password`` (systemd ``LoadCredential=``);
 2. ``password_file`` (refused when group/others can read it, or owned by someone else);
 3. ``password_command`` (no shell, with a timeout);
-4. ``password_env`` (``E4_PWD`` for the ``default`` account);
-5. ``keyring = true`` (the optional ``keyring`` package);
+4. ``password_env`` (``E4_PWD`` for the ``default`` account: the kind's ``env_default``);
+5. ``keyring = true`` (the optional ``keyring`` package; its user is ``username``);
 6. an interactive prompt, only when stdin is a terminal.
 
 Nothing found raises AuthError (exit 77) listing the options; a source that is set up
-wrongly (an unsafe or missing password file) raises ConfigError (exit 78). The secret
+wrongly (an unsafe or missing secret file) raises ConfigError (exit 78). The secret
 itself never appears in any message, repr or log, and never on a child's command line.
-Exactly one final newline is removed; a password refused by the platform that still has
-leading or trailing whitespace gets a hint (``PasswordProvider.whitespace_hint``: counts and
+Exactly one final newline is removed; a secret refused by the platform that still has
+leading or trailing whitespace gets a hint (``SecretProvider.whitespace_hint``: counts and
 the source only), which the client adds to its AuthError.
-The password is re-read at every call of ``password_provider()``'s function, so a
-rotated password is picked up at the next login without a restart.
+The secret is re-read at every call of ``secret_provider()``'s function, so a rotated
+secret is picked up at the next login without a restart. ``password_provider``,
+``password_source``, ``resolve_password`` and ``PasswordProvider`` are the same functions
+under the names the E4 Connect client and ``doctor`` use.
 
 Also ``import_users_file``: turns an e4client-style ``email:password`` list into 0600
 password files and ``[[account]]`` blocks.
 
-Imports only the standard library, ``e4sync.errors`` and ``e4sync.config`` (and
-``keyring`` lazily).
+Imports only the standard library, ``e4sync.errors``, ``e4sync.sources`` and
+``e4sync.config`` (and ``keyring`` lazily).
 Must not import: e4sync.sources.e4connect.client, e4sync.state, e4sync.sync, e4sync.cli.
 """
 
@@ -39,13 +45,14 @@ import stat
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from e4sync.config import DEFAULT_ACCOUNT_NAME, ENV_PASSWORD, AccountConfig
+from e4sync.config import AccountConfig, SecretKeys
+from e4sync.config.schema import kind_settings
 from e4sync.errors import AuthError, ConfigError, TransientError
+from e4sync.sources import DEFAULT_SOURCE
 
-CREDENTIAL_NAME = "e4sync-password"
 KEYRING_SERVICE = "e4sync"
 # Long enough for `op read` or a vault login, short enough not to stall a pass.
 PASSWORD_COMMAND_TIMEOUT = 30.0
@@ -57,30 +64,87 @@ KIND_ENV = "environment"
 KIND_KEYRING = "keyring"
 KIND_PROMPT = "prompt"
 
+__all__ = [
+    "KEYRING_SERVICE",
+    "PasswordProvider",
+    "PasswordSource",
+    "SecretKeys",
+    "SecretProvider",
+    "SecretSource",
+    "check_password_file_stat",
+    "import_users_file",
+    "password_provider",
+    "password_source",
+    "read_password_file",
+    "read_secret_file",
+    "resolve_password",
+    "resolve_secret",
+    "run_password_command",
+    "run_secret_command",
+    "secret_keys",
+    "secret_provider",
+    "secret_source",
+    "whitespace_hint",
+]
+
 
 @dataclass(frozen=True)
-class PasswordSource:
-    """Where a password would be read from. ``detail`` names the file, program or
-    variable; it never holds the secret."""
+class SecretSource:
+    """Where a secret would be read from. ``detail`` names the file, program or
+    variable; it never holds the secret. ``keys`` names the secret in messages."""
 
     kind: str
     detail: str
+    keys: SecretKeys | None = field(default=None, compare=False, repr=False)
 
 
-def _options_text(account: AccountConfig) -> str:
+PasswordSource = SecretSource
+
+
+def secret_keys(account: AccountConfig) -> SecretKeys:
+    """The ``SECRET`` the kind of ``account`` declares; ConfigError if it has none."""
+    try:
+        keys = getattr(kind_settings(account.source), "SECRET", None)
+    except ValueError as exc:
+        raise ConfigError(f"account {account.name!r}: {exc}") from None
+    if keys is None:
+        raise ConfigError(f"account {account.name!r}: source {account.source!r} has no secret")
+    return keys
+
+
+def _default_keys() -> SecretKeys | None:
+    """The default kind's secret: how the functions called without an account name it."""
+    try:
+        return getattr(kind_settings(DEFAULT_SOURCE), "SECRET", None)
+    except ValueError:  # pragma: no cover - the default kind ships with e4sync
+        return None
+
+
+def _what(keys: SecretKeys | None) -> str:
+    return keys.what if keys is not None else "secret"
+
+
+def _options_text(account: AccountConfig, keys: SecretKeys) -> str:
+    user = account.options.get(keys.keyring_user) if keys.keyring_user else None
+    env_note = f" ({keys.env_note})" if keys.env_note else ""
+    prompt = "; or run on a terminal to be asked" if keys.platform else ""
     return (
-        f"no password found for account {account.name!r} ({account.username}). Give it one "
-        f"of: a systemd credential {CREDENTIAL_NAME}-{account.name} or {CREDENTIAL_NAME} "
-        "(LoadCredential=); password_file = PATH (chmod 600); password_command = COMMAND; "
-        "password_env = VARIABLE (E4_PWD for the E4_USER account); keyring = true "
-        "(pip install 'e4sync[keyring]'); or run on a terminal to be asked"
+        f"no {keys.what} found for account {account.name!r}"
+        + (f" ({user})" if user else "")
+        + f". Give it one of: a systemd credential {keys.credential}-{account.name} or "
+        f"{keys.credential} (LoadCredential=); {keys.file} = PATH (chmod 600); "
+        f"{keys.command} = COMMAND; {keys.env} = VARIABLE{env_note}; {keys.keyring} = true "
+        f"(pip install 'e4sync[keyring]'){prompt}"
     )
 
 
-def _env_var(account: AccountConfig) -> str | None:
-    if account.password_env:
-        return account.password_env
-    return ENV_PASSWORD if account.name == DEFAULT_ACCOUNT_NAME else None
+def _env_var(account: AccountConfig, keys: SecretKeys) -> str | None:
+    named = account.options.get(keys.env)
+    if named:
+        return named
+    if keys.env_default is not None and account.name == keys.env_default[0]:
+        return keys.env_default[1]
+    return None
 
 
 def _is_interactive(interactive: bool | None) -> bool:
@@ -94,64 +158,66 @@ def _is_interactive(interactive: bool | None) -> bool:
 
 def _candidates(
     account: AccountConfig, env: Mapping[str, str], interactive: bool | None
-) -> list[PasswordSource]:
+) -> list[SecretSource]:
     """The sources that apply to ``account`` now, in order. Presence only: nothing is
     read, so this is also what ``doctor`` shows."""
-    found: list[PasswordSource] = []
+    keys = secret_keys(account)
+    options = account.options
+    found: list[SecretSource] = []
     creds_dir = env.get("CREDENTIALS_DIRECTORY")
     if creds_dir:
-        for name in (f"{CREDENTIAL_NAME}-{account.name}", CREDENTIAL_NAME):
+        for name in (f"{keys.credential}-{account.name}", keys.credential):
             path = Path(creds_dir) / name
             if path.is_file():
-                found.append(PasswordSource(KIND_CREDENTIALS, str(path)))
+                found.append(SecretSource(KIND_CREDENTIALS, str(path), keys))
                 break
-    if account.password_file is not None:
-        found.append(PasswordSource(KIND_FILE, str(account.password_file)))
-    if account.password_command:
-        found.append(PasswordSource(KIND_COMMAND, _program(account.password_command)))
-    var = _env_var(account)
+    if options.get(keys.file) is not None:
+        found.append(SecretSource(KIND_FILE, str(options[keys.file]), keys))
+    if options.get(keys.command):
+        found.append(SecretSource(KIND_COMMAND, _program(options[keys.command], keys), keys))
+    var = _env_var(account, keys)
     if var and env.get(var):
-        found.append(PasswordSource(KIND_ENV, f"${var}"))
-    if account.keyring:
-        found.append(
-            PasswordSource(KIND_KEYRING, f"service {KEYRING_SERVICE!r}, user {account.username!r}")
-        )
-    if _is_interactive(interactive):
-        found.append(PasswordSource(KIND_PROMPT, "terminal"))
+        found.append(SecretSource(KIND_ENV, f"${var}", keys))
+    if options.get(keys.keyring):
+        user = options.get(keys.keyring_user)
+        detail = f"service {KEYRING_SERVICE!r}, user {user!r}"
+        found.append(SecretSource(KIND_KEYRING, detail, keys))
+    if keys.platform and _is_interactive(interactive):
+        found.append(SecretSource(KIND_PROMPT, "terminal", keys))
     return found
 
 
-def password_source(
+def secret_source(
     account: AccountConfig, env: Mapping[str, str] = os.environ, interactive: bool | None = None
-) -> PasswordSource | None:
-    """Return the source ``resolve_password`` would try first, or None if there is none.
+) -> SecretSource | None:
+    """Return the source ``resolve_secret`` would try first, or None if there is none.
     (A keyring with no entry falls through to the next source when resolving.)"""
     found = _candidates(account, env, interactive)
     return found[0] if found else None
 
 
-def resolve_password(
+def resolve_secret(
     account: AccountConfig,
     env: Mapping[str, str] = os.environ,
     interactive: bool | None = None,
     *,
     command_timeout: float | None = None,
 ) -> str:
-    """Return the account's password from the first source that has one.
+    """Return the account's secret from the first source that has one.
 
-    Raise AuthError (77) if no source has one or a password command fails, ConfigError
-    (78) if a password file is unsafe, missing or empty, or keyring is asked for but not
+    Raise AuthError (77) if no source has one or a secret command fails, ConfigError
+    (78) if a secret file is unsafe, missing or empty, or keyring is asked for but not
     installed. ``interactive=None`` prompts only when stdin is a terminal.
     """
     for source in _candidates(account, env, interactive):
         secret = _read(source, account, env, command_timeout)
         if secret:
             return secret
-    raise AuthError(_options_text(account))
+    raise AuthError(_options_text(account, secret_keys(account)))
 
 
-class PasswordProvider:
-    """The password, resolved afresh at each call (see :func:`password_provider`), plus
+class SecretProvider:
+    """The secret, resolved afresh at each call (see :func:`secret_provider`), plus
     :meth:`whitespace_hint` for the client to add to a refused login's message."""
 
     def __init__(
@@ -161,7 +227,7 @@ class PasswordProvider:
         self._env = env
         self._interactive = interactive
         self._typed: list[str] = []
-        self._source: PasswordSource | None = None  # where the last password came from
+        self._source: SecretSource | None = None  # where the last secret came from
 
     def __call__(self) -> str:
         if self._typed:
@@ -173,31 +239,39 @@ class PasswordProvider:
                     self._typed.append(secret)
                 self._source = source
                 return secret
-        raise AuthError(_options_text(self._account))
+        raise AuthError(_options_text(self._account, secret_keys(self._account)))
 
     def whitespace_hint(self, secret: str) -> str | None:
         """Why a refused ``secret`` (the last one this gave) may be wrong: leading or
         trailing whitespace, counted, with where it came from. None when it has none."""
         return whitespace_hint(secret, self._source)
 
-    def __repr__(self) -> str:  # never the typed password
-        return f"PasswordProvider(account={self._account.name!r})"
+    def __repr__(self) -> str:  # never the typed secret
+        return f"{type(self).__name__}(account={self._account.name!r})"
 
 
-def password_provider(
+PasswordProvider = SecretProvider  # the name the E4 Connect client knows
+
+
+def secret_provider(
     account: AccountConfig, env: Mapping[str, str] = os.environ, interactive: bool | None = None
-) -> PasswordProvider:
-    """Return a callable that resolves the password afresh at each call, so a rotated
-    password file or credential is used at the next login. A password typed at the
+) -> SecretProvider:
+    """Return a callable that resolves the secret afresh at each call, so a rotated
+    secret file or credential is used at the next login. A secret typed at the
     prompt is kept for the life of the callable, so a re-login does not ask again."""
-    return PasswordProvider(account, env, interactive)
+    return SecretProvider(account, env, interactive)
 
 
-def whitespace_hint(secret: str, source: PasswordSource | None = None) -> str | None:
-    """A sentence for a refused login whose password starts or ends with whitespace
+password_provider = secret_provider
+password_source = secret_source
+resolve_password = resolve_secret
+
+
+def whitespace_hint(secret: str, source: SecretSource | None = None) -> str | None:
+    """A sentence for a refused login whose secret starts or ends with whitespace
     (spaces, tabs, newlines beyond the one final newline that is removed): how many such
-    characters, where the password came from and what to check. It never holds the
-    password or any character of it, only counts. None when there is no such whitespace."""
+    characters, where the secret came from and what to check. It never holds the
+    secret or any character of it, only counts. None when there is no such whitespace."""
     leading = len(secret) - len(secret.lstrip())
     trailing = len(secret) - len(secret.rstrip())
     if leading == len(secret):  # all whitespace: count it once, as trailing
@@ -213,53 +287,55 @@ def whitespace_hint(secret: str, source: PasswordSource | None = None) -> str | 
     return f"{where} has {' and '.join(parts)}; {check}"
 
 
-def _where(source: PasswordSource | None) -> tuple[str, str]:
-    """How to name a password's source in a hint, and what to check there."""
+def _where(source: SecretSource | None) -> tuple[str, str]:
+    """How to name a secret's source in a hint, and what to check there."""
+    keys = source.keys if source is not None and source.keys is not None else _default_keys()
+    the = f"the {_what(keys)}"
     if source is None:
-        return "the password", "check where it comes from"
+        return the, "check where it comes from"
     one_newline = "(only one final newline is removed)"
+    command = keys.command if keys is not None else "the command"
     named = {
-        KIND_FILE: (f"the password from {source.detail}", f"check the file {one_newline}"),
+        KIND_FILE: (f"{the} from {source.detail}", f"check the file {one_newline}"),
         KIND_CREDENTIALS: (
-            f"the password from the systemd credential {source.detail}",
+            f"{the} from the systemd credential {source.detail}",
             f"check the file {one_newline}",
         ),
         KIND_COMMAND: (
-            f"the password printed by password_command {source.detail!r}",
+            f"{the} printed by {command} {source.detail!r}",
             f"check what it prints {one_newline}",
         ),
-        KIND_ENV: (f"the password in {source.detail}", "check the variable"),
-        KIND_KEYRING: ("the password from the keyring", "check the keyring entry"),
-        KIND_PROMPT: ("the password typed", "type it again"),
+        KIND_ENV: (f"{the} in {source.detail}", "check the variable"),
+        KIND_KEYRING: (f"{the} from the keyring", "check the keyring entry"),
+        KIND_PROMPT: (f"{the} typed", "type it again"),
     }
-    return named.get(source.kind, ("the password", "check where it comes from"))
+    return named.get(source.kind, (the, "check where it comes from"))
 
 
 # ---------------------------------------------------------------------------- readers
 
 
 def _read(
-    source: PasswordSource,
+    source: SecretSource,
     account: AccountConfig,
     env: Mapping[str, str],
     command_timeout: float | None,
 ) -> str | None:
+    keys = secret_keys(account)
     if source.kind == KIND_CREDENTIALS:
         # systemd made this file for us (0400, our user); no permission policing.
-        return _strip_newline(_read_text(Path(source.detail)))
+        return _strip_newline(_read_text(Path(source.detail), keys.what))
     if source.kind == KIND_FILE:
-        assert account.password_file is not None
-        return read_password_file(account.password_file)
+        return read_secret_file(account.options[keys.file], keys)
     if source.kind == KIND_COMMAND:
-        assert account.password_command is not None
-        return run_password_command(account.password_command, timeout=command_timeout)
+        return run_secret_command(account.options[keys.command], command_timeout, keys)
     if source.kind == KIND_ENV:
-        var = _env_var(account)
+        var = _env_var(account, keys)
         return env.get(var) if var else None
     if source.kind == KIND_KEYRING:
-        return _read_keyring(account)
+        return _read_keyring(account, keys)
     if source.kind == KIND_PROMPT:
-        return _prompt(account)
+        return _prompt(account, keys)
     return None  # pragma: no cover - kinds are fixed above
 
 
@@ -272,90 +348,107 @@ def _strip_newline(text: str) -> str:
     return text
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, what: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the password: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the password is not UTF-8 text") from None
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text") from None
 
 
-def check_password_file_stat(path: Path, st: os.stat_result, euid: int | None = None) -> None:
-    """Raise ConfigError if a password file with status ``st`` is unsafe to use: readable
+def check_password_file_stat(
+    path: Path, st: os.stat_result, euid: int | None = None, what: str = "password"
+) -> None:
+    """Raise ConfigError if a secret file with status ``st`` is unsafe to use: readable
     or writable by group or others, or (unless we are root) owned by another user, as
-    ssh does with keys. ``euid`` defaults to the process's effective user id."""
+    ssh does with keys. ``euid`` defaults to the process's effective user id; ``what``
+    names the secret ("password")."""
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path}: the password file is not a regular file")
+        raise ConfigError(f"{path}: the {what} file is not a regular file")
     if st.st_mode & 0o077:
         mode = stat.S_IMODE(st.st_mode)
         raise ConfigError(
-            f"{path}: the password file can be read by others (mode {mode:04o}); "
+            f"{path}: the {what} file can be read by others (mode {mode:04o}); "
             f"run: chmod 600 {shlex.quote(str(path))}"
         )
     if euid is None:
         euid = os.geteuid() if hasattr(os, "geteuid") else None
     if euid is not None and euid != 0 and st.st_uid != euid:
         raise ConfigError(
-            f"{path}: the password file belongs to user id {st.st_uid}, not to the user "
+            f"{path}: the {what} file belongs to user id {st.st_uid}, not to the user "
             f"running e4sync ({euid}); run: chown {euid} {shlex.quote(str(path))}"
         )
 
 
-def read_password_file(path: Path) -> str:
-    """Return the password in ``path`` without its one trailing newline.
+def read_secret_file(path: Path, keys: SecretKeys | None = None) -> str:
+    """Return the secret in ``path`` without its one trailing newline. ``keys`` names it
+    in messages (default: the default source's, "password" and ``password_file``).
     Raise ConfigError if the file is missing, unsafe (see check_password_file_stat) or
     empty."""
+    keys = keys or _default_keys()
+    what = _what(keys)
+    key = keys.file if keys is not None else "file"
     try:
         # O_NONBLOCK: a FIFO must be refused by the check below, not hang the open.
         flags = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: the password file does not exist (password_file)") from None
+        raise ConfigError(f"{path}: the {what} file does not exist ({key})") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot open the password file: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot open the {what} file: {exc.strerror}") from None
     try:
         # fstat the open file, not the path, so the file checked is the file read.
-        check_password_file_stat(path, os.fstat(fd))
+        check_password_file_stat(path, os.fstat(fd), what=what)
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(1 << 16)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the password file: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read the {what} file: {exc.strerror}") from None
     finally:
         os.close(fd)
     try:
         secret = _strip_newline(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the password file is not UTF-8 text") from None
+        raise ConfigError(f"{path}: the {what} file is not UTF-8 text") from None
     if not secret:
-        raise ConfigError(f"{path}: the password file is empty")
+        raise ConfigError(f"{path}: the {what} file is empty")
     return secret
 
 
-def _program(command: str) -> str:
-    """The program of a password command: the only part of it ever shown (its
+read_password_file = read_secret_file
+
+
+def _program(command: str, keys: SecretKeys | None = None) -> str:
+    """The program of a secret command: the only part of it ever shown (its
     arguments may carry a token)."""
+    fallback = keys.command if keys is not None else "command"
     try:
         words = shlex.split(command)
     except ValueError:
-        return "password_command"
-    return words[0] if words else "password_command"
+        return fallback
+    return words[0] if words else fallback
 
 
-def run_password_command(command: str, timeout: float | None = None) -> str:
+def run_secret_command(
+    command: str, timeout: float | None = None, keys: SecretKeys | None = None
+) -> str:
     """Run ``command`` (split with shlex, no shell) and return its stdout without one
     trailing newline. Raise AuthError naming only the program if it cannot start, exits
     non-zero, runs longer than ``timeout`` (default PASSWORD_COMMAND_TIMEOUT) or prints
-    nothing. Its arguments, output and error output are never shown."""
+    nothing. Its arguments, output and error output are never shown. ``keys`` names the
+    key and the secret in messages (default: the default source's, ``password_command``)."""
+    keys = keys or _default_keys()
+    key = keys.command if keys is not None else "command"
+    what = _what(keys)
     limit = PASSWORD_COMMAND_TIMEOUT if timeout is None else timeout
     try:
         argv = shlex.split(command)
     except ValueError:
-        raise ConfigError("password_command: cannot be split into words") from None
+        raise ConfigError(f"{key}: cannot be split into words") from None
     if not argv:
-        raise ConfigError("password_command: is empty")
+        raise ConfigError(f"{key}: is empty")
     program = argv[0]
     try:
         # Its own session, so a timeout kills the whole process group (a shell script's
@@ -370,7 +463,7 @@ def run_password_command(command: str, timeout: float | None = None) -> str:
     except OSError as exc:
         # The configuration names a program that is not there: fix the file (78).
         raise ConfigError(
-            f"password_command: cannot run {program!r}: {exc.strerror or type(exc).__name__}"
+            f"{key}: cannot run {program!r}: {exc.strerror or type(exc).__name__}"
         ) from None
     try:
         out, _ = proc.communicate(timeout=limit)
@@ -379,17 +472,22 @@ def run_password_command(command: str, timeout: float | None = None) -> str:
         # A vault not reachable yet (at boot, say) is temporary (75), not a refused login:
         # 77 would keep a systemd service down for good (RestartPreventExitStatus).
         raise TransientError(
-            f"password_command: {program!r} did not finish within {limit:g} seconds"
+            f"{key}: {program!r} did not finish within {limit:g} seconds"
         ) from None
     if proc.returncode != 0:
-        raise AuthError(f"password_command: {program!r} failed with exit status {proc.returncode}")
+        raise AuthError(f"{key}: {program!r} failed with exit status {proc.returncode}")
     try:
         secret = _strip_newline(out.decode("utf-8"))
     except UnicodeDecodeError:
-        raise AuthError(f"password_command: {program!r} printed something not UTF-8") from None
+        raise AuthError(f"{key}: {program!r} printed something not UTF-8") from None
     if not secret:
-        raise AuthError(f"password_command: {program!r} printed no password")
+        raise AuthError(f"{key}: {program!r} printed no {what}")
     return secret
+
+
+def run_password_command(command: str, timeout: float | None = None) -> str:
+    """``run_secret_command`` for the default source's secret (``password_command``)."""
+    return run_secret_command(command, timeout)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -403,16 +501,16 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.communicate()
 
 
-def _read_keyring(account: AccountConfig) -> str | None:
+def _read_keyring(account: AccountConfig, keys: SecretKeys) -> str | None:
     try:
         import keyring  # type: ignore[import-not-found]
     except ImportError:
         raise ConfigError(
-            f"account {account.name!r} has keyring = true but the keyring package is not "
-            "installed: pip install 'e4sync[keyring]'"
+            f"account {account.name!r} has {keys.keyring} = true but the keyring package is "
+            "not installed: pip install 'e4sync[keyring]'"
         ) from None
     try:
-        secret = keyring.get_password(KEYRING_SERVICE, account.username)
+        secret = keyring.get_password(KEYRING_SERVICE, account.options.get(keys.keyring_user))
     except Exception as exc:  # backends raise their own types (NoKeyringError, DBus, …)
         # A keyring daemon not up yet is temporary, like an unreachable platform.
         raise TransientError(
@@ -421,9 +519,11 @@ def _read_keyring(account: AccountConfig) -> str | None:
     return secret or None
 
 
-def _prompt(account: AccountConfig) -> str | None:
+def _prompt(account: AccountConfig, keys: SecretKeys) -> str | None:
+    user = account.options.get(keys.keyring_user)
+    whom = f"{user} ({account.name})" if user else account.name
     try:
-        return getpass.getpass(f"E4 Connect password for {account.username} ({account.name}): ")
+        return getpass.getpass(f"{keys.platform} {keys.what} for {whom}: ")
     except EOFError:
         return None
 

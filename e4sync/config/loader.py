@@ -1,14 +1,22 @@
 """e4sync.config.loader: find, read and validate the configuration into a ``Config``.
 
 Owns: where the file is looked for (``config_search_path``), TOML reading, the
-``E4SYNC_<SECTION>__<KEY>`` environment overrides, the ``E4_USER``/``E4_PWD`` fallback
-account, every validation rule and message, and ``load_config``. Every problem found is
-reported at once in one ``ConfigError`` (exit 78) that names the file (or the environment
-variable) and the key; no input, however malformed, gives a traceback.
+``E4SYNC_<SECTION>__<KEY>`` environment overrides, every validation rule and message, and
+``load_config``. Every problem found is reported at once in one ``ConfigError`` (exit 78)
+that names the file (or the environment variable) and the key; no input, however
+malformed, gives a traceback.
 
-Imports the standard library, platformdirs, ``e4sync.errors``, ``e4sync.config.model``,
-``e4sync.config.schema`` and ``e4sync.archive`` (which validates layouts). It must not
-import ``e4sync.config.show``, client, state, sync or cli.
+It validates against ``e4sync.config.schema``: an account's keys are the common ones plus
+those of its ``source`` kind; its default layout and layout placeholders, the account its
+kind's variables define when none is written (E4 Connect: ``E4_USER``/``E4_PWD``) and
+whether two accounts may share a login all come from the kind's settings module. This
+module names no source's keys.
+
+Imports the standard library, platformdirs, ``e4sync.errors``, ``e4sync.sources`` (the
+default kind's name), ``e4sync.config.model``, ``e4sync.config.schema`` and
+``e4sync.archive`` (which validates layouts). It must not import ``e4sync.config.show``,
+client, state, sync or cli.
+Must not import: e4sync.config.show, e4sync.state, e4sync.sync, e4sync.cli, requests.
 """
 
 from __future__ import annotations
@@ -18,10 +26,12 @@ import ipaddress
 import os
 import re
 import shlex
+import string
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,34 +39,73 @@ import platformdirs
 
 from e4sync.archive import validate_layout
 from e4sync.config.model import (
+    _D,
     APP_NAME,
     CONFIG_FILENAME,
-    DEFAULT_ACCOUNT_NAME,
-    DEFAULT_BASE_URL,
     ENV_CONFIG,
-    ENV_PASSWORD,
     ENV_PREFIX,
-    ENV_USER,
     AccountConfig,
-    ArchiveConfig,
     Config,
-    DownloadConfig,
-    MonitorConfig,
+    Key,
+    Options,
     RemoteConfig,
-    ScheduleConfig,
-    StateConfig,
     _show,
     format_duration,
     parse_duration,
 )
-from e4sync.config.schema import _D, ACCOUNT_SCHEMA, SCHEMA, _Key
-from e4sync.errors import ConfigError
-
-PASSWORD_HELP = (
-    "passwords never go in the configuration file; use one of: password_file = PATH "
-    "(chmod 600), password_command = COMMAND, password_env = VARIABLE, keyring = true, "
-    "or systemd LoadCredential=e4sync-password"
+from e4sync.config.schema import (
+    ACCOUNT_SCHEMA,
+    SCHEMA,
+    SECTIONS,
+    SecretKeys,
+    account_schema,
+    kind_settings,
+    other_kinds_keys,
 )
+from e4sync.errors import ConfigError
+from e4sync.sources import DEFAULT_SOURCE
+
+
+def secret_help(secret: SecretKeys | None) -> str:
+    """What to say of a secret written into the file: where it goes instead."""
+    if secret is None:
+        return "secrets never go in the configuration file"
+    return (
+        f"{secret.what}s never go in the configuration file; use one of: {secret.file} = PATH "
+        f"(chmod 600), {secret.command} = COMMAND, {secret.env} = VARIABLE, "
+        f"{secret.keyring} = true, or systemd LoadCredential={secret.credential}"
+    )
+
+
+def _secret_of(kind: ModuleType | None) -> SecretKeys | None:
+    return getattr(kind, "SECRET", None) if kind is not None else None
+
+
+def _inline_keys(secret: SecretKeys | None) -> set[str]:
+    """The keys that would hold a secret itself: refused wherever they are written."""
+    return {"password", *([secret.key] if secret is not None and secret.key else [])}
+
+
+def _placeholders(layout: str) -> list[str]:
+    """The placeholder names in ``layout`` ([] when it does not parse: the archive's
+    validation names that problem)."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(layout) if name is not None]
+    except ValueError:
+        return []
+
+
+def check_placeholders(layout: str, placeholders: Sequence[str], source: str) -> None:
+    """Raise ValueError if ``layout`` names a placeholder the kind ``source`` does not offer."""
+    for name in _placeholders(layout):
+        if name not in placeholders:
+            hint = difflib.get_close_matches(name.strip().lower(), list(placeholders), n=1)
+            shown = "{" + name + "}" if name else "{}"
+            raise ValueError(
+                f"unknown placeholder {shown} for source {source!r}"
+                + (f"; did you mean {{{hint[0]}}}?" if hint else "")
+                + f" Known: {', '.join(placeholders)}"
+            )
 
 
 # ---------------------------------------------------------------------------- lookup
@@ -173,6 +222,10 @@ class _Loader:
         self.problems = _Problems()
         # (section, key) -> env var name, for values that came from an override
         self.origin: dict[tuple[str, str], str] = {}
+        # The default kind: its secret's keys name where a password goes instead of the
+        # file, and its variables may define an account when none is written.
+        self.default_kind = self._kind_or_none(DEFAULT_SOURCE)
+        self.secret = _secret_of(self.default_kind)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -185,8 +238,9 @@ class _Loader:
             path = base / path
         return path
 
-    def convert(self, key: _Key, value: Any, base: Path | None) -> Any:
-        """Convert one raw value; raise ValueError(message) if it is wrong."""
+    def convert(self, key: Key, value: Any, base: Path | None, source: str | None = None) -> Any:
+        """Convert one raw value; raise ValueError(message) if it is wrong. ``source`` is
+        the kind of the account the value belongs to (its layout placeholders)."""
         kind = key.kind
         if kind in (_D, "duration_off"):
             if kind == "duration_off" and value == "":
@@ -214,6 +268,8 @@ class _Loader:
         if not isinstance(value, str):
             shown = "" if key.sensitive else f"{_show(value)} "
             raise ValueError(f"expected a string, got {shown}({_type_name(value)})")
+        if kind in ("layout", "layout_opt"):
+            return self._layout(value, source) if value or kind == "layout" else ""
         return getattr(self, "_kind_" + kind)(value, base)
 
     # -- string kinds: each returns the converted value or raises ValueError -----------
@@ -228,11 +284,17 @@ class _Loader:
             raise ValueError("must end in .prom (node_exporter reads only those files)")
         return self._path(value, base)
 
-    def _kind_layout(self, value: str, base: Path | None) -> str:
+    def _layout(self, value: str, source: str | None) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
         _no_control(value)
+        if source is not None:
+            # The placeholders are the kind's: an S3 object offers others than an E4 session.
+            check_placeholders(value, kind_settings(source).PLACEHOLDERS, source)
         try:
+            # TODO(archive): pass the kind's placeholders to e4sync.archive.validate_layout
+            # once it takes them. Until then it also checks its own list (E4 Connect's), so a
+            # layout using only another kind's placeholders is refused there.
             validate_layout(value)
         except ValueError as exc:
             raise ValueError(str(exc) or "is not a valid layout") from None
@@ -240,8 +302,9 @@ class _Loader:
             raise ValueError(f"is not a valid layout ({type(exc).__name__})") from None
         return value
 
-    def _kind_layout_opt(self, value: str, base: Path | None) -> str:
-        return self._kind_layout(value, base) if value else ""
+    def _kind_source(self, value: str, base: Path | None) -> str:
+        kind_settings(value)  # ValueError: unknown source 'x' (known: ...)
+        return value
 
     def _kind_timezone(self, value: str, base: Path | None) -> str:
         try:
@@ -307,33 +370,57 @@ class _Loader:
 
     def table(
         self,
-        schema: dict[str, _Key],
+        schema: Mapping[str, Key],
         raw: Any,
         where: str,
         base: Path | None,
+        *,
         section: str | None = None,
+        origin: Mapping[str, str] | None = None,
+        source: str | None = None,
+        secret: SecretKeys | None = None,
+        subtables: tuple[str, ...] = (),
+        foreign: Mapping[str, str] | None = None,
+        only_known: bool = False,
     ) -> dict[str, Any]:
         """Validate one table against ``schema``; return key -> converted value for the
         keys present (the caller fills in defaults). ``section`` is set for the top-level
-        sections, whose values may come from environment overrides."""
+        sections, whose values may come from environment overrides; ``origin`` names the
+        variable a key's value came from (an account defined by the environment).
+        ``source`` is the kind of the account the table belongs to, ``secret`` its secret's
+        keys (a key that would hold the secret itself is refused with where it goes),
+        ``subtables`` the keys the caller checks itself, ``foreign`` the keys of other kinds
+        (named as such), and ``only_known`` ignores unknown keys (an account whose source is
+        wrong: its keys cannot be judged)."""
         out: dict[str, Any] = {}
         if not isinstance(raw, dict):
             self.problems.add(where, "", f"expected a table, got {_type_name(raw)}")
             return out
+        inline = _inline_keys(secret)
         for key, value in raw.items():
-            if key.lower() == "password":
-                self.problems.add(where, key, PASSWORD_HELP)
+            if key.lower() in inline:
+                self.problems.add(where, key, secret_help(secret))
                 continue
             spec = schema.get(key)
             if spec is None:
-                if key == "remote" and schema is ACCOUNT_SCHEMA:
-                    continue  # the account's own [account.remote] table, checked by the caller
+                if key in subtables or only_known:
+                    continue
+                if foreign and key in foreign:
+                    self.problems.add(
+                        where,
+                        key,
+                        f"a key of source {foreign[key]!r} accounts; this account's source "
+                        f"is {source!r}",
+                    )
+                    continue
                 self.problems.add(where, key, "unknown key" + _suggest(key, list(schema)))
                 continue
-            env_var = self.origin.get((section, key)) if section else None
+            env_var = (origin or {}).get(key) or (
+                self.origin.get((section, key)) if section else None
+            )
             try:
                 # An override's relative path is relative to the working directory.
-                out[key] = self.convert(spec, value, None if env_var else base)
+                out[key] = self.convert(spec, value, None if env_var else base, source)
             except ValueError as exc:
                 if env_var:
                     self.problems.add(env_var, "", str(exc))
@@ -344,7 +431,9 @@ class _Loader:
     def section(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         schema = SCHEMA[name]
         where = f"{self.label}: [{name}]"
-        got = self.table(schema, raw.get(name, {}), where, self.base, section=name)
+        got = self.table(
+            schema, raw.get(name, {}), where, self.base, section=name, secret=self.secret
+        )
         return {
             key: got[key] if key in got else self.convert(spec, spec.default, None)
             for key, spec in schema.items()
@@ -376,16 +465,16 @@ class _Loader:
 
     def build(self, raw: dict[str, Any]) -> Config:
         self.apply_env_overrides(raw)
+        inline = _inline_keys(self.secret)
         for key in raw:
-            if key.lower() == "password":
-                self.problems.add(f"{self.label}:", key, PASSWORD_HELP)
+            if key.lower() in inline:
+                self.problems.add(f"{self.label}:", key, secret_help(self.secret))
             elif key not in SCHEMA and key != "account":
                 hint = _suggest(key, [*SCHEMA, "account"])
                 self.problems.add(f"{self.label}:", f"[{key}]", "unknown section" + hint)
 
         sections = {name: self.section(name, raw) for name in SCHEMA}
-        archive, state, remote = sections["archive"], sections["state"], sections["remote"]
-        dl = sections["download"]
+        archive, state, dl = sections["archive"], sections["state"], sections["download"]
         if dl["backoff"] > dl["max_backoff"]:
             self.problems.add(
                 f"{self.label}: [download]", "max_backoff", "must not be less than backoff"
@@ -394,59 +483,51 @@ class _Loader:
         # Under systemd (StateDirectory=, DynamicUser=) the user data dir is read-only:
         # the archive then defaults to the state directory systemd made for us.
         systemd_state = _first_dir(self.env.get("STATE_DIRECTORY"))
-        root = archive["root"] or (
+        archive["root"] = archive["root"] or (
             Path(systemd_state) / "archive"
             if systemd_state
             else platformdirs.user_data_path(APP_NAME, appauthor=False) / "archive"
         )
-        state_dir = state["dir"]
-        if state_dir is None:
-            from_systemd = _first_dir(self.env.get("STATE_DIRECTORY"))
-            state_dir = (
-                Path(from_systemd)
-                if from_systemd
+        if state["dir"] is None:
+            state["dir"] = (
+                Path(systemd_state)
+                if systemd_state
                 else platformdirs.user_state_path(APP_NAME, appauthor=False)
             )
-        url = state["url"] or "sqlite:///" + (state_dir / "state.db").as_posix()
+        state["url"] = state["url"] or "sqlite:///" + (state["dir"] / "state.db").as_posix()
 
-        global_remote = RemoteConfig(**remote)
-        accounts = self.accounts(raw.get("account"), archive["layout"], remote)
+        accounts = self.accounts(raw.get("account"), archive["layout"], sections["remote"])
 
         if self.problems.items:
             raise _config_error(self.problems.items)
-        return Config(
-            path=self.path,
-            archive=ArchiveConfig(
-                root=root,
-                layout=archive["layout"],
-                timezone=archive["timezone"],
-                scrub_interval=archive["scrub_interval"],
-            ),
-            schedule=ScheduleConfig(**sections["schedule"]),
-            download=DownloadConfig(**dl),
-            remote=global_remote,
-            state=StateConfig(url=url, dir=state_dir, lease=state["lease"]),
-            monitor=MonitorConfig(**sections["monitor"]),
-            accounts=accounts,
-        )
+        built = {name: SECTIONS[name](**values) for name, values in sections.items()}
+        return Config(path=self.path, **built, accounts=accounts)
+
+    # -- accounts -------------------------------------------------------------------------
 
     def accounts(self, raw: Any, layout: str, remote: dict[str, Any]) -> tuple[AccountConfig, ...]:
         if raw is None or raw == []:
-            user = self.env.get(ENV_USER, "")
-            if user.strip():
-                return (self.default_account(user, layout, remote),)
+            default = self.default_kind
+            help_text = getattr(default, "ENV_ACCOUNT_HELP", "")
+            made = getattr(default, "env_account", None)
+            found = made(self.env) if made is not None else None
+            if found is not None:
+                where = f"{self.label}: [account from the environment]"
+                account = self.account(found.keys, where, layout, remote, origin=found.origin)
+                return (account[0],) if account is not None else ()
             if self.path is None:
+                user_file = platformdirs.user_config_path(APP_NAME, appauthor=False)
                 self.problems.items.append(
-                    "no configuration file found and E4_USER is not set. Either write "
-                    f"{platformdirs.user_config_path(APP_NAME, appauthor=False) / CONFIG_FILENAME}"
-                    " (see config.example.toml), pass --config PATH, set E4SYNC_CONFIG=PATH, "
-                    "or set E4_USER and E4_PWD for one account"
+                    "no configuration file found and no account in the environment. Either "
+                    f"write {user_file / CONFIG_FILENAME}"
+                    " (see config.example.toml), pass --config PATH, set E4SYNC_CONFIG=PATH"
+                    + (f", or {help_text}" if help_text else "")
                 )
                 return ()
             self.problems.add(
                 self.label,
                 "",
-                "no [[account]] table (add one, or set E4_USER and E4_PWD for one account)",
+                "no [[account]] table (add one" + (f", or {help_text}" if help_text else "") + ")",
             )
             return ()
         if isinstance(raw, dict):
@@ -462,7 +543,7 @@ class _Loader:
 
         out: list[AccountConfig] = []
         seen_names: dict[str, int] = {}
-        seen_logins: dict[tuple[str, str], str] = {}
+        seen_logins: dict[tuple[str, Any], str] = {}
         for index, item in enumerate(raw, start=1):
             name = item.get("name") if isinstance(item, dict) else None
             where = (
@@ -470,71 +551,116 @@ class _Loader:
                 if isinstance(name, str) and name
                 else f"{self.label}: [[account]] #{index}"
             )
-            got = self.table(ACCOUNT_SCHEMA, item, where, self.base)
-            if not isinstance(item, dict):
+            made = self.account(item, where, layout, remote)
+            if made is None:
                 continue
-            for key, spec in ACCOUNT_SCHEMA.items():
-                if spec.default is None and key not in item:
-                    self.problems.add(where, key, "required key is missing")
-            acct_remote = dict(remote)
-            if "remote" in item:
-                acct_remote.update(
-                    self.table(SCHEMA["remote"], item["remote"], where + ".remote", None)
-                )
-            if "name" not in got or "username" not in got:
-                continue
-            if got["name"] in seen_names:
-                self.problems.add(
-                    where, "name", f"duplicate: also used by [[account]] #{seen_names[got['name']]}"
-                )
-            seen_names.setdefault(got["name"], index)
-            defaults = {
-                k: self.convert(s, s.default, None)
-                for k, s in ACCOUNT_SCHEMA.items()
-                if s.default is not None and k not in got
-            }
-            values = {**defaults, **got}
-            login = (values["base_url"], values["username"].lower())
-            if login in seen_logins and seen_logins[login] != values["name"]:
-                self.problems.add(
-                    where,
-                    "username",
-                    f"same login as account {seen_logins[login]!r}; the platform allows one "
-                    "live login per account, so two accounts would log each other out",
-                )
-            seen_logins.setdefault(login, values["name"])
-            out.append(
-                AccountConfig(
-                    name=values["name"],
-                    username=values["username"],
-                    base_url=values["base_url"],
-                    password_file=values["password_file"],
-                    password_env=values["password_env"],
-                    password_command=values["password_command"],
-                    keyring=values["keyring"],
-                    layout=values["layout"] or layout,
-                    remote=RemoteConfig(**acct_remote),
-                )
-            )
+            account, kind = made
+            if account.name in seen_names:
+                first = seen_names[account.name]
+                self.problems.add(where, "name", f"duplicate: also used by [[account]] #{first}")
+            seen_names.setdefault(account.name, index)
+            unique = getattr(kind, "UNIQUE_LOGIN", None)
+            if unique is not None:
+                try:
+                    login = (account.source, unique.of(account.options))
+                except Exception:  # a login that cannot be told: nothing to compare
+                    login = None
+                if login is not None:
+                    other = seen_logins.setdefault(login, account.name)
+                    if other != account.name:
+                        self.problems.add(
+                            where, unique.key, f"same login as account {other!r}; {unique.why}"
+                        )
+            out.append(account)
         return tuple(out)
 
-    def default_account(self, user: str, layout: str, remote: dict[str, Any]) -> AccountConfig:
-        try:
-            username = self._kind_username(user, None)
-        except ValueError as exc:
-            self.problems.add(ENV_USER, "", str(exc))
-            username = user
-        return AccountConfig(
-            name=DEFAULT_ACCOUNT_NAME,
-            username=username,
-            base_url=DEFAULT_BASE_URL,
-            password_file=None,
-            password_env=ENV_PASSWORD,
-            password_command=None,
-            keyring=False,
-            layout=layout,
-            remote=RemoteConfig(**remote),
+    def account(
+        self,
+        item: Any,
+        where: str,
+        layout: str,
+        remote: dict[str, Any],
+        origin: Mapping[str, str] | None = None,
+    ) -> tuple[AccountConfig, ModuleType] | None:
+        """Validate one [[account]] table: its ``source`` first, which says what its other
+        keys are. Return the account and its kind's settings, or None (problems noted)."""
+        if not isinstance(item, dict):
+            self.problems.add(where, "", f"expected a table, got {_type_name(item)}")
+            return None
+        source: str | None = DEFAULT_SOURCE
+        if "source" in item:
+            try:
+                source = self.convert(ACCOUNT_SCHEMA["source"], item["source"], None)
+            except ValueError as exc:
+                self.problems.add(where, "source", str(exc))
+                source = None
+        kind = self._kind_or_none(source) if source is not None else None
+        if kind is None:
+            # Without its kind, only the keys every account has can be judged.
+            common = {key: spec for key, spec in ACCOUNT_SCHEMA.items() if key != "source"}
+            self.table(common, item, where, self.base, secret=self.secret, only_known=True)
+            for key, spec in common.items():
+                if spec.default is None and key not in item:
+                    self.problems.add(where, key, "required key is missing")
+            return None
+        schema = account_schema(source)
+        secret = _secret_of(kind)
+        got = self.table(
+            schema,
+            item,
+            where,
+            self.base,
+            origin=origin,
+            source=source,
+            secret=secret,
+            subtables=("remote",),
+            foreign=other_kinds_keys(source),
         )
+        for key, spec in schema.items():
+            if spec.default is None and key not in item:
+                self.problems.add(where, key, "required key is missing")
+        acct_remote = dict(remote)
+        if "remote" in item:
+            acct_remote.update(
+                self.table(SCHEMA["remote"], item["remote"], where + ".remote", None, secret=secret)
+            )
+        if any(spec.default is None and key not in got for key, spec in schema.items()):
+            return None
+        values = {
+            key: got[key] if key in got else self.convert(spec, spec.default, None, source)
+            for key, spec in schema.items()
+        }
+        common = {key: values.pop(key) for key in ACCOUNT_SCHEMA}
+        own_layout = common["layout"]
+        if not own_layout and layout:
+            # The archive's layout, used by this account: it must be one its kind can fill.
+            try:
+                check_placeholders(layout, kind.PLACEHOLDERS, source)
+            except ValueError as exc:
+                var = self.origin.get(("archive", "layout"))
+                text = f"{exc} (used by account {common['name']!r})"
+                if var:
+                    self.problems.add(var, "", text)
+                else:
+                    self.problems.add(f"{self.label}: [archive]", "layout", text)
+        effective = own_layout or layout or getattr(kind, "DEFAULT_LAYOUT", "")
+        if not effective:
+            self.problems.add(where, "layout", f"required: source {source!r} has no default")
+        hidden = {key for key, spec in schema.items() if spec.sensitive and key in values}
+        account = AccountConfig(
+            name=common["name"],
+            source=common["source"],
+            options=Options(values, hidden),
+            layout=effective,
+            remote=RemoteConfig(**acct_remote),
+        )
+        return account, kind
+
+    def _kind_or_none(self, source: str) -> ModuleType | None:
+        try:
+            return kind_settings(source)
+        except ValueError:
+            return None
 
 
 _TRUE = {"true", "1", "yes", "on"}

@@ -1,78 +1,172 @@
-"""e4sync.config.model: the typed configuration the rest of e4sync reads.
+"""e4sync.config.model: the typed configuration the rest of e4sync reads, and its keys.
 
-Owns: the constants (file name, environment variable names, defaults, ``MAX_DURATION``),
-the frozen ``Config`` dataclass and its sections, duration strings (``parse_duration``,
-``format_duration``), and the URL masks the dataclasses' reprs use so that no secret
-shows in a repr (``e4sync.config.show`` reuses them for ``config show``).
+Owns: the constants (file name, environment variable names, ``MAX_DURATION``), ``Key``
+(one key's kind, default and one-line doc), the frozen ``Config`` dataclass and its
+sections, whose fields *are* the schema: each field declares its key with ``setting()``,
+and ``e4sync.config.schema`` reads the tables from them, so a key is declared once.
+Also ``Options`` (an account's source-specific keys, read-only), duration strings
+(``parse_duration``, ``format_duration``), and the URL masks the dataclasses' reprs use so
+that no secret shows in a repr (``e4sync.config.show`` reuses them for ``config show``).
 
-Imports only the standard library and ``e4sync.errors``: this is the cheap part of the
-configuration. It must not import the other ``e4sync.config`` modules, platformdirs,
+Imports only the standard library, ``e4sync.errors`` and ``e4sync.sources`` (the default
+kind's name), and lazily the schema when an account is built by hand from a plain mapping
+and must learn which of its options to mask: this is the cheap part of the configuration.
+It must not import the other ``e4sync.config`` modules at import time, platformdirs,
 ``e4sync.archive``, client, state, sync or cli.
+Must not import: platformdirs, e4sync.archive, e4sync.state, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from e4sync.errors import ConfigError
+from e4sync.sources import DEFAULT_SOURCE
 
 APP_NAME = "e4sync"
 CONFIG_FILENAME = "config.toml"
 ENV_CONFIG = "E4SYNC_CONFIG"
 ENV_PREFIX = "E4SYNC_"
-ENV_USER = "E4_USER"
-ENV_PASSWORD = "E4_PWD"
-DEFAULT_ACCOUNT_NAME = "default"
-DEFAULT_BASE_URL = "https://www.empatica.com/connect"
 # A century: longer is surely a typo, and it keeps timedelta/datetime arithmetic safe.
 MAX_DURATION = 100 * 365 * 86400.0
 MASK = "***"
+KEY = "e4sync.key"  # the field metadata entry that holds a field's Key
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One configuration key. ``kind`` names its converter in the loader (``duration``,
+    ``path``, ``layout``, ...); ``default`` is written as in TOML (None: required);
+    ``doc`` is the one line ``config.example.toml`` shows beside it; ``example`` the value
+    the example file shows instead of the default (None: the default)."""
+
+    kind: str
+    default: Any  # as written in TOML; None means required
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    sensitive: bool = False  # never echoed in a problem; masked in reprs and `config show`
+    example: Any = None
+
+
+def setting(
+    kind: str,
+    default: Any,
+    doc: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    sensitive: bool = False,
+    example: Any = None,
+) -> Any:
+    """A dataclass field that is also a configuration key (see ``Key``)."""
+    key = Key(kind, default, doc, low=low, high=high, sensitive=sensitive, example=example)
+    return field(metadata={KEY: key})
+
+
+_D = "duration"
 
 
 # ---------------------------------------------------------------------------- dataclasses
+# The first line of a section's docstring is its comment in config.example.toml.
 
 
 @dataclass(frozen=True, slots=True)
 class ArchiveConfig:
-    root: Path
-    layout: str
-    timezone: str
-    scrub_interval: float | None  # None: periodic re-verification is off
+    """Where the archive is and how its files are named."""
+
+    root: Path = setting(
+        "path",
+        "",
+        'where files are stored; "" = $STATE_DIRECTORY/archive under systemd, else '
+        "<user data dir>/e4sync/archive",
+    )
+    layout: str = setting(
+        "layout_opt",
+        "",
+        "path of each file under root, for every account that sets none; "
+        "\"\" = each account's source's default",
+    )
+    timezone: str = setting(
+        "timezone", "UTC", 'IANA zone used for {start:...} in the layout, e.g. "Europe/Rome"'
+    )
+    scrub_interval: float | None = setting(  # None: periodic re-verification is off
+        "duration_off", "", 're-verify the whole archive this often, e.g. "7d"; "" = off', low=1
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleConfig:
-    interval: float
-    jitter: float
+    """When `e4sync run` makes its passes."""
+
+    interval: float = setting(_D, "15m", "time between sync passes of `e4sync run`", low=1)
+    jitter: float = setting(_D, "1m", "random delay (0..jitter) added to each pass", low=0)
 
 
 @dataclass(frozen=True, slots=True)
 class DownloadConfig:
-    concurrency: int
-    timeout: float
-    connect_timeout: float
-    max_attempts: int
-    backoff: float
-    max_backoff: float
+    """How files are fetched, and how failures are retried."""
+
+    concurrency: int = setting("int", 4, "downloads at once per account (1..64)", low=1, high=64)
+    timeout: float = setting(
+        _D, "120s", "read timeout: the longest silence allowed from the server", low=0.001
+    )
+    connect_timeout: float = setting(_D, "10s", "timeout for opening a connection", low=0.001)
+    max_attempts: int = setting(
+        "int", 10, "then the session is 'failed' until `e4sync retry`", low=1, high=10000
+    )
+    backoff: float = setting(
+        _D, "1m", "wait after the first failure; doubles per attempt, with jitter", low=0
+    )
+    max_backoff: float = setting(_D, "12h", "longest wait between two attempts", low=0)
 
 
 @dataclass(frozen=True, slots=True)
 class RemoteConfig:
-    delete_after_verify: bool
-    delete_min_age: float
-    delete_grace: float
-    max_deletes_per_pass: int
+    """When remote copies are deleted (every account; [account.remote] overrides it)."""
+
+    delete_after_verify: bool = setting(
+        "bool", False, "delete the remote copy once the local one is verified"
+    )
+    delete_min_age: float = setting(
+        _D, "7d", "never delete a session that started less than this ago", low=0
+    )
+    delete_grace: float = setting(
+        _D, "1d", "... or that was verified locally less than this ago", low=0
+    )
+    max_deletes_per_pass: int = setting(
+        "int", 50, "most remote deletions in one pass (0 = none)", low=0, high=1_000_000
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    url: str
-    dir: Path
-    lease: float
+    """The state database (SQLite by default; PostgreSQL for several workers)."""
+
+    url: str = setting(
+        "dburl",
+        "",
+        'SQLAlchemy URL, e.g. "postgresql+psycopg://e4sync@db/e4sync"; '
+        '"" = sqlite:///<dir>/state.db',
+        sensitive=True,
+    )
+    dir: Path = setting(
+        "path",
+        "",
+        'state dir (database, cookies, lock); "" = $STATE_DIRECTORY or <user state dir>/e4sync',
+    )
+    lease: float = setting(
+        _D, "5m", "how long a worker holds an account before another may take it", low=1
+    )
 
     def __repr__(self) -> str:
         # A PostgreSQL URL may carry the database password.
@@ -82,8 +176,14 @@ class StateConfig:
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
-    healthcheck_url: str
-    metrics_textfile: Path | None
+    """Monitoring: a dead-man's-switch ping and a Prometheus textfile."""
+
+    healthcheck_url: str = setting(
+        "ping_url", "", 'dead-man\'s-switch ping (healthchecks.io style) per pass; "" = off'
+    )
+    metrics_textfile: Path | None = setting(
+        "prom_path", "", 'Prometheus node_exporter textfile, must end in .prom; "" = off'
+    )
 
     def __repr__(self) -> str:
         # Whoever has a ping URL's token can fake this daemon's heartbeat.
@@ -93,27 +193,82 @@ class MonitorConfig:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class AccountConfig:
-    name: str
-    username: str
-    base_url: str
-    password_file: Path | None
-    password_env: str | None
-    password_command: str | None
-    keyring: bool
-    layout: str
-    remote: RemoteConfig
-    source: str = "e4connect"
+class Options(Mapping[str, Any]):
+    """An account's source-specific keys (``username``, ``base_url``, ... for E4 Connect),
+    converted, read-only. Its repr masks the values of the sensitive keys (``hidden``); an
+    ``Options`` built from a plain mapping learns them from the account's source."""
+
+    __slots__ = ("_values", "_hidden")
+
+    def __init__(self, values: Mapping[str, Any] | None = None, hidden: Iterable[str] = ()):
+        self._values = dict(values or {})
+        self._hidden = frozenset(hidden)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._values.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self._values == dict(other.items())
 
     def __repr__(self) -> str:
-        # password_command may embed a token (`op read op://…`, `vault … -token=…`).
+        shown = {k: MASK if k in self._hidden and v else v for k, v in self._values.items()}
+        return f"Options({shown!r})"
+
+
+def _sensitive_options(source: str, names: Iterable[str]) -> frozenset[str]:
+    """The keys of an account of ``source`` whose values a repr must mask (all of them
+    when the source is unknown: a repr never guesses a value safe)."""
+    from e4sync.config.schema import kind_keys
+
+    try:
+        keys = kind_keys(source)
+    except Exception:  # an unknown or broken kind: mask everything
+        return frozenset(names)
+    return frozenset(name for name in names if name not in keys or keys[name].sensitive)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """One [[account]]: the keys every source has (``name``, ``source``, ``layout``, its
+    ``remote`` rules), and the keys of its source kind in ``options``
+    (``account.options["username"]``). The source's keys take the place of ``options`` in
+    the account's table, between ``source`` and ``layout``."""
+
+    name: str = setting(
+        "name",
+        None,
+        "unique; letters, digits, _ . - (used in paths, logs and --account)",
+        example="lab",
+    )
+    source: str = setting(
+        "source", DEFAULT_SOURCE, "the platform the account is on, which says its other keys"
+    )
+    options: Mapping[str, Any]  # the source's keys: an Options (a plain mapping is wrapped)
+    layout: str = setting(
+        "layout_opt", "", "this account's layout; \"\" = archive.layout, else its source's default"
+    )
+    remote: RemoteConfig
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, Options):
+            hidden = _sensitive_options(self.source, self.options)
+            object.__setattr__(self, "options", Options(self.options, hidden))
+
+    def __repr__(self) -> str:
         return (
-            f"AccountConfig(name={self.name!r}, username={self.username!r}, "
-            f"base_url={self.base_url!r}, password_file={self.password_file!r}, "
-            f"password_env={self.password_env!r}, "
-            f"password_command={MASK if self.password_command else None!r}, "
-            f"keyring={self.keyring!r}, layout={self.layout!r}, remote={self.remote!r})"
+            f"AccountConfig(name={self.name!r}, source={self.source!r}, "
+            f"options={self.options!r}, layout={self.layout!r}, remote={self.remote!r})"
         )
 
 

@@ -481,7 +481,8 @@ def test_users_file_import_writes_private_files_and_a_snippet_that_loads(tmp_pat
             f'[state]\ndir = "{tmp_path / "state"}"\n\n{snippet}'
         )
         cfg = load_config(config)
-        assert sorted(a.username for a in cfg.accounts) == ["ana@example.org", "bo@example.org"]
+        users = sorted(a.options["username"] for a in cfg.accounts)
+        assert users == ["ana@example.org", "bo@example.org"]
         # The passwords in the written files log in for real.
         run_cli("run-once", "--config", str(config))
     assert len(archived(tmp_path / "archive", once=True, sidecars=True)) == 2

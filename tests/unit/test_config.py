@@ -6,6 +6,7 @@ through the XDG variables so the user's own configuration is never read.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -13,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from e4sync import config as C
+from e4sync.config.example import render_example
 from e4sync.errors import ConfigError
+from e4sync.sources import settings
+from tests.unit import fake_kinds
+
+E4 = settings("e4connect")
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = '[[account]]\nname = "lab"\nusername = "lab@example.org"\n'
@@ -49,12 +55,13 @@ def test_e4_user_alone_gives_default_account_and_defaults(tmp_path: Path) -> Non
     cfg = C.load_config(None, env={"E4_USER": "me@example.org", "E4_PWD": "pw"})
     assert cfg.path is None
     (acct,) = cfg.accounts
-    assert (acct.name, acct.username, acct.password_env) == ("default", "me@example.org", "E4_PWD")
-    assert acct.base_url == "https://www.empatica.com/connect"
-    assert acct.layout == C.DEFAULT_LAYOUT and acct.remote == cfg.remote
+    assert (acct.name, acct.source) == ("default", "e4connect")
+    assert (acct.options["username"], acct.options["password_env"]) == ("me@example.org", "E4_PWD")
+    assert acct.options["base_url"] == "https://www.empatica.com/connect"
+    assert acct.layout == E4.DEFAULT_LAYOUT and acct.remote == cfg.remote
     assert cfg.archive == C.ArchiveConfig(
         root=tmp_path / "xdg" / "xdg_data_home" / "e4sync" / "archive",
-        layout=C.DEFAULT_LAYOUT,
+        layout="",  # each account's source's default
         timezone="UTC",
         scrub_interval=None,
     )
@@ -123,7 +130,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     cfg = load(tmp_path, text)
     assert cfg.archive.root == tmp_path / "data"
     assert cfg.state.dir == Path("~/st").expanduser()
-    assert cfg.accounts[0].password_file == tmp_path / "secret" / "lab.pw"
+    assert cfg.accounts[0].options["password_file"] == tmp_path / "secret" / "lab.pw"
 
 
 # ---------------------------------------------------------------- problems
@@ -186,10 +193,10 @@ def test_each_key_rejects_a_wrong_type(tmp_path: Path, section: str, key: str) -
     assert found[0].startswith(f"{tmp_path / 'config.toml'}: [{section}] {key}: expected")
 
 
-@pytest.mark.parametrize("key", list(C.ACCOUNT_SCHEMA))
+@pytest.mark.parametrize("key", list(C.account_schema("e4connect")))
 def test_each_account_key_rejects_a_wrong_type(tmp_path: Path, key: str) -> None:
     fields = {"name": '"lab"', "username": '"lab@example.org"'}
-    fields[key] = '"maybe"' if C.ACCOUNT_SCHEMA[key].kind == "bool" else "7"
+    fields[key] = '"maybe"' if C.account_schema("e4connect")[key].kind == "bool" else "7"
     text = "[[account]]\n" + "".join(f"{k} = {v}\n" for k, v in fields.items())
     found = problems(tmp_path, text)
     assert any(f" {key}: expected" in p for p in found), found
@@ -296,7 +303,7 @@ def test_accounts_checked(tmp_path: Path) -> None:
 def test_loopback_http_allowed_and_trailing_slash_dropped(tmp_path: Path) -> None:
     for url in ("http://127.0.0.1:8080/connect/", "http://localhost:1", "http://[::1]:9/"):
         cfg = load(tmp_path, ACCOUNT + f'base_url = "{url}"\n')
-        assert cfg.accounts[0].base_url == url.rstrip("/")
+        assert cfg.accounts[0].options["base_url"] == url.rstrip("/")
 
 
 def test_array_shapes(tmp_path: Path) -> None:
@@ -334,6 +341,115 @@ def test_backoff_not_above_max_backoff(tmp_path: Path) -> None:
 def test_layout_is_validated_by_archive(tmp_path: Path) -> None:
     found = problems(tmp_path, '[archive]\nlayout = "{nonsense_placeholder}/{"\n' + ACCOUNT)
     assert len(found) == 1 and "[archive] layout:" in found[0]
+
+
+# ---------------------------------------------------------------- source kinds
+
+
+def test_source_defaults_to_e4connect_and_an_unknown_one_is_named(tmp_path: Path) -> None:
+    (acct,) = load(tmp_path, ACCOUNT).accounts
+    assert acct.source == "e4connect"
+    assert load(tmp_path, ACCOUNT + 'source = "e4connect"\n').accounts == (acct,)
+    where = f'{tmp_path / "config.toml"}: [account "lab"]'
+    # Only the source is named: the other keys cannot be judged without it.
+    assert problems(tmp_path, ACCOUNT + 'source = "e4conect"\nbogus = 1\n') == [
+        f"{where} source: unknown source 'e4conect' (known: e4connect, embraceplus)"
+    ]
+    assert problems(tmp_path, ACCOUNT + "source = 7\n") == [
+        f"{where} source: expected a string, got 7 (an integer)"
+    ]
+    (found,) = problems(tmp_path, ACCOUNT + 'source = "embraceplus"\n')
+    assert found.startswith(f"{where} source: ") and "'embraceplus' is not available" in found
+
+
+def test_an_account_takes_the_keys_of_its_source(tmp_path: Path, monkeypatch) -> None:
+    fake_kinds.install(monkeypatch)
+    s3 = (
+        '[[account]]\nname = "study"\nsource = "fakes3"\nbucket = "b"\naccess_key_id = "AK1"\n'
+        'secret_access_key_command = "vault read -token=t0k3n s3"\n'
+    )
+    cfg = load(tmp_path, s3)
+    (acct,) = cfg.accounts
+    assert (acct.name, acct.source, acct.layout) == ("study", "fakes3", "{account}/{key}")
+    assert dict(acct.options) == {
+        "bucket": "b",
+        "access_key_id": "AK1",
+        "secret_access_key_file": None,
+        "secret_access_key_env": None,
+        "secret_access_key_command": "vault read -token=t0k3n s3",
+        "keyring": False,
+    }
+    shown = C.render_toml(C.effective_config(cfg))
+    assert "t0k3n" not in repr(acct) and "t0k3n" not in shown
+    assert 'secret_access_key_command = "***"' in shown and 'bucket = "b"' in shown
+
+    # A key of another kind is named as such, both ways.
+    path = tmp_path / "config.toml"
+    found = problems(tmp_path, s3 + 'username = "lab@example.org"\n' + ACCOUNT + 'bucket = "b"\n')
+    assert found == [
+        f"{path}: [account \"study\"] username: a key of source 'e4connect' accounts; this "
+        "account's source is 'fakes3'",
+        f"{path}: [account \"lab\"] bucket: a key of source 'fakes3' accounts; this "
+        "account's source is 'e4connect'",
+    ]
+    assert problems(tmp_path, '[[account]]\nname = "s"\nsource = "fakes3"\nbucket = "b"\n') == [
+        f'{path}: [account "s"] access_key_id: required key is missing'
+    ]
+    (found,) = problems(tmp_path, s3 + 'secret_access_key = "abc123"\n')
+    assert "secret_access_key: secret access keys never go in the configuration file" in found
+    assert "secret_access_key_file = PATH" in found and "e4sync-s3-secret" in found
+    assert "abc123" not in found
+
+
+def test_layouts_use_the_placeholders_and_the_default_of_the_source(
+    tmp_path: Path, monkeypatch
+) -> None:
+    fake_kinds.install(monkeypatch)
+    s3 = '[[account]]\nname = "study"\nsource = "fakes3"\nbucket = "b"\naccess_key_id = "A"\n'
+    cfg = load(tmp_path, ACCOUNT + s3)
+    assert [a.layout for a in cfg.accounts] == [E4.DEFAULT_LAYOUT, "{account}/{key}"]
+    path = tmp_path / "config.toml"
+    (found,) = problems(tmp_path, s3 + 'layout = "{account}/{device_serial}.zip"\n')
+    assert found.startswith(
+        f'{path}: [account "study"] layout: unknown placeholder {{device_serial}} for source '
+        "'fakes3'"
+    )
+    assert found.endswith("Known: account, key")
+    (found,) = problems(tmp_path, ACCOUNT + 'layout = "{participant}/{session_id}.zip"\n')
+    assert "unknown placeholder {participant} for source 'e4connect'" in found
+    # The archive's layout is used by every account that sets none: its kind must fill it.
+    archive = '[archive]\nlayout = "{account}/{session_id}.zip"\n'
+    (found,) = problems(tmp_path, archive + ACCOUNT + s3)
+    assert found.startswith(f"{path}: [archive] layout: unknown placeholder {{session_id}}")
+    assert found.endswith("(used by account 'study')")
+    cfg = load(tmp_path, archive + ACCOUNT + s3 + 'layout = "{account}/all.zip"\n')
+    assert cfg.archive.layout == "{account}/{session_id}.zip"
+    assert [a.layout for a in cfg.accounts] == [cfg.archive.layout, "{account}/all.zip"]
+
+
+def test_account_options_are_read_only_and_their_secrets_masked(tmp_path: Path) -> None:
+    cfg = load(tmp_path, ACCOUNT + 'password_command = "op read op://vault/t0k3n"\n')
+    (acct,) = cfg.accounts
+    assert acct.options["username"] == "lab@example.org" and acct.options["keyring"] is False
+    with pytest.raises(TypeError):
+        acct.options["username"] = "other"  # type: ignore[index]
+    assert "t0k3n" not in repr(acct) and "'password_command': '***'" in repr(acct)
+    assert hash(acct) == hash(dataclasses.replace(acct)) and acct == dataclasses.replace(acct)
+    # Built by hand from a plain mapping, an account still masks what its kind calls secret,
+    # and everything when its kind is unknown.
+    for source, key in (("e4connect", "password_command"), ("nosuch", "anything")):
+        hand = C.AccountConfig(
+            name="x", source=source, options={key: "t0k3n"}, layout="", remote=cfg.remote
+        )
+        assert "t0k3n" not in repr(hand) and hand.options[key] == "t0k3n"
+
+
+def test_the_environment_account_comes_from_the_default_source() -> None:
+    with pytest.raises(ConfigError) as info:
+        C.load_config(None, env={"E4_USER": "me\x01@example.org"})
+    assert info.value.problems == ["E4_USER: must not contain control characters"]
+    cfg = C.load_config(None, env={"E4_USER": "me@example.org"})
+    assert cfg.accounts[0].options["password_env"] == E4.ENV_PASSWORD
 
 
 # ---------------------------------------------------------------- env overrides
@@ -436,5 +552,30 @@ def test_example_loads_as_the_defaults(tmp_path: Path) -> None:
     for section in ("archive", "schedule", "download", "remote", "state", "monitor"):
         assert getattr(cfg, section) == getattr(defaults, section), section
     (acct,) = cfg.accounts
-    assert acct.name == "lab" and acct.password_file == Path("/etc/e4sync/lab.password")
-    assert acct.remote == cfg.remote and acct.layout == C.DEFAULT_LAYOUT
+    assert acct.name == "lab" and acct.options["password_file"] == Path("/etc/e4sync/lab.password")
+    assert acct.remote == cfg.remote and acct.layout == E4.DEFAULT_LAYOUT
+
+
+def test_the_example_is_what_the_schema_generates() -> None:
+    # Regenerate with: python -m e4sync.config.example > config.example.toml
+    committed = (REPO / "config.example.toml").read_text(encoding="utf-8")
+    assert committed == render_example(), "config.example.toml is stale: regenerate it"
+
+
+def test_the_example_documents_every_key_with_its_default() -> None:
+    tables: dict[str, list[str]] = {}
+    for block in render_example().split("\n\n"):
+        for header in [x for x in block.splitlines() if x.startswith("[")][:1]:
+            tables[header.split("]")[0].strip("[")] = block.splitlines()
+    schemas = {**C.SCHEMA, "account": C.account_schema("e4connect")}
+    assert list(tables) == [*schemas, "account.remote"]
+    for section, schema in schemas.items():
+        for key, spec in schema.items():
+            (line,) = [x for x in tables[section] if x.startswith(f"{key} = ")]
+            assert "# " + spec.doc in line, (section, key)
+            if spec.default is None:
+                assert line.endswith("(required)"), (section, key)
+            elif spec.example is None:
+                assert line.startswith(f"{key} = {C._toml_value(spec.default)} "), (section, key)
+            else:
+                assert f"(default {C._toml_value(spec.default)})" in line, (section, key)

@@ -19,7 +19,7 @@ FUZZ = settings(
 )
 
 KEYS = [(s, k) for s, table in C.SCHEMA.items() for k in table]
-ACCOUNT_KEYS = [*C.ACCOUNT_SCHEMA, "remote", "password", "bogus"]
+ACCOUNT_KEYS = [*C.account_schema("e4connect"), "remote", "password", "bogus"]
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +63,7 @@ scalars = st.one_of(
     st.text(max_size=30),
     st.lists(st.integers(min_value=-5, max_value=5), max_size=2),
     st.sampled_from(["15m", "1h30m", "0", "7d", "", "UTC", "Europe/Rome", "http://127.0.0.1:1"]),
+    st.sampled_from(["e4connect", "embraceplus", "E4connect", "../x"]),  # for source
 )
 
 

@@ -24,19 +24,27 @@ from e4sync.errors import AuthError, ConfigError, TransientError
 SECRET = "s3cr3t-Pa55"
 
 
-def account(**changes: object) -> K.AccountConfig:
-    base = K.AccountConfig(
-        name="lab",
-        username="lab@example.org",
-        base_url="https://www.empatica.com/connect",
-        password_file=None,
-        password_env=None,
-        password_command=None,
-        keyring=False,
+def account(name: str = "lab", **options: object) -> K.AccountConfig:
+    """An E4 Connect account; ``options`` change its source's keys."""
+    values = {
+        "username": "lab@example.org",
+        "base_url": "https://www.empatica.com/connect",
+        "password_file": None,
+        "password_env": None,
+        "password_command": None,
+        "keyring": False,
+    }
+    return K.AccountConfig(
+        name=name,
+        source="e4connect",
+        options={**values, **options},
         layout="{session_id}.zip",
         remote=RemoteConfig(False, 0.0, 0.0, 50),
     )
-    return dataclasses.replace(base, **changes)
+
+
+def replaced(acct: K.AccountConfig, **options: object) -> K.AccountConfig:
+    return dataclasses.replace(acct, options={**acct.options, **options})
 
 
 def private_file(path: Path, text: str, mode: int = 0o600) -> Path:
@@ -106,15 +114,15 @@ def test_sources_in_order(
         if kind == "credentials-directory":
             Path(detail).unlink()
         elif kind == "password-file":
-            acct = dataclasses.replace(acct, password_file=None)
+            acct = replaced(acct, password_file=None)
         elif kind == "password-command":
-            acct = dataclasses.replace(acct, password_command=None)
+            acct = replaced(acct, password_command=None)
         elif kind == "environment":
             env.pop("LAB_PW")
         elif kind == "keyring":
             keyring.STORE.clear()  # an empty keyring falls through to the prompt
             assert K.resolve_password(acct, env, interactive=True) == "from-prompt"
-            acct = dataclasses.replace(acct, keyring=False)
+            acct = replaced(acct, keyring=False)
     assert K.password_source(acct, env, interactive=False) is None
 
 
@@ -315,7 +323,8 @@ def test_whitespace_hint_counts_and_names_the_source_never_the_secret(tmp_path: 
     hint = provide.whitespace_hint(provide())
     assert hint is not None and "leading whitespace (1 character)" in hint
     assert "trailing whitespace (2 characters)" in hint and "password_command" in hint
-    assert SECRET not in hint and "-c" not in hint  # the program only, not its arguments
+    # The program only, not its arguments (" -c ": a checkout path may hold "-c").
+    assert SECRET not in hint and " -c " not in hint and "print(" not in hint
     assert K.whitespace_hint(SECRET) is None
     assert K.whitespace_hint("\u00a0" + SECRET) is not None  # a pasted no-break space
     assert K.whitespace_hint("   ") == (
@@ -367,3 +376,70 @@ def test_import_users_file_bad_line_names_line_not_content(tmp_path: Path) -> No
         K.import_users_file(users, tmp_path / "out")
     assert SECRET not in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- any kind's secret
+
+
+def test_another_kind_declares_its_secret_keys_and_the_same_code_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_keyring: Path
+) -> None:
+    from tests.unit import fake_kinds
+
+    fake_kinds.install(monkeypatch)
+
+    def s3(**options: object) -> K.AccountConfig:
+        values = {"bucket": "b", "access_key_id": "AKIA1", **options}
+        return K.AccountConfig(
+            name="study",
+            source="fakes3",
+            options=values,
+            layout="",
+            remote=RemoteConfig(False, 0.0, 0.0, 50),
+        )
+
+    assert K.secret_keys(s3()).file == "secret_access_key_file"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    private_file(creds / "e4sync-s3-secret-study", "from-creds\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "S3_SECRET": "from-env"}
+    assert K.resolve_secret(s3(), env, interactive=False) == "from-creds"
+    key_file = private_file(tmp_path / "study.secret", "from-file\n")
+    assert K.resolve_secret(s3(secret_access_key_file=key_file), {}, interactive=False) == (
+        "from-file"
+    )
+    command = s3(secret_access_key_command=py_command("print('from-command')"))
+    assert K.resolve_secret(command, {}, interactive=False) == "from-command"
+    env.pop("CREDENTIALS_DIRECTORY")
+    assert K.resolve_secret(s3(secret_access_key_env="S3_SECRET"), env, False) == "from-env"
+    import keyring  # the stand-in
+
+    keyring.STORE[("e4sync", "AKIA1")] = "from-keyring"
+    assert K.resolve_secret(s3(keyring=True), {}, interactive=False) == "from-keyring"
+
+    # Its messages name its own keys and its secret, never E4 Connect's.
+    with pytest.raises(AuthError) as info:
+        K.resolve_secret(s3(), {"E4_PWD": "not-for-s3"}, interactive=True)
+    text = str(info.value)
+    assert text.startswith("no secret access key found for account 'study' (AKIA1)")
+    for option in (
+        "e4sync-s3-secret-study",
+        "secret_access_key_file = PATH",
+        "secret_access_key_command",
+        "secret_access_key_env",
+        "keyring = true",
+    ):
+        assert option in text
+    assert "password" not in text and "E4_PWD" not in text and "terminal" not in text
+    private_file(key_file, "from-file", mode=0o644)
+    with pytest.raises(ConfigError, match="the secret access key file can be read by others"):
+        K.resolve_secret(s3(secret_access_key_file=key_file), {}, interactive=False)
+    empty = s3(secret_access_key_command=py_command("pass"))
+    with pytest.raises(AuthError, match="secret_access_key_command: .* printed no secret access"):
+        K.resolve_secret(empty, {}, interactive=False)
+    spaced = s3(secret_access_key_command=py_command("print(' x')"))
+    provide = K.secret_provider(spaced, {}, interactive=False)
+    hint = provide.whitespace_hint(provide())
+    assert hint is not None and hint.startswith(
+        "the secret access key printed by secret_access_key_command"
+    )

@@ -48,7 +48,7 @@ def check_id(session_id: str) -> str:
 
 
 def endpoint(account: AccountConfig) -> str:
-    return f"{account.username} at {account.base_url}"
+    return f"{account.options['username']} at {account.options['base_url']}"
 
 
 KIND = Kind(

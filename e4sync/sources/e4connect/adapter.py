@@ -34,8 +34,8 @@ def connect(
     from e4sync.credentials import password_provider
 
     client = E4Connect(
-        account.username,
-        base_url=account.base_url,
+        account.options["username"],
+        base_url=account.options["base_url"],
         password_provider=password_provider(account, interactive=interactive),
         timeout=cfg.download.timeout,
         connect_timeout=cfg.download.connect_timeout,
