@@ -10,7 +10,7 @@ code. The sources and their order (first hit wins), with E4 Connect's names:
    ``$CREDENTIALS_DIRECTORY/e4sync-password`` (systemd ``LoadCredential=``);
 2. ``password_file`` (refused when group/others can read it, or owned by someone else);
 3. ``password_command`` (no shell, with a timeout);
-4. ``password_env`` (``E4_PWD`` for the ``default`` account: the kind's ``env_default``);
+4. ``password_env`` (for the ``default`` account: the variable the kind's ``env_default`` names);
 5. ``keyring = true`` (the optional ``keyring`` package; its user is ``username``);
 6. an interactive prompt, only when stdin is a terminal.
 
@@ -30,7 +30,7 @@ password files and ``[[account]]`` blocks.
 
 Imports only the standard library, ``e4sync.errors``, ``e4sync.sources`` and
 ``e4sync.config`` (and ``keyring`` lazily).
-Must not import: e4sync.sources.e4connect.client, e4sync.state, e4sync.sync, e4sync.cli.
+Must not import: e4sync.sources.e4connect, e4sync.state, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations

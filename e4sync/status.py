@@ -10,7 +10,7 @@ the shortcut can change how fast the answer comes, never what it says. The one e
 a damaged file: both ways raise the same ``StateDamaged`` (``e4sync.state.damage``) at once.
 
 Must not import SQLAlchemy at module level.
-Must not import: e4sync.sources.e4connect.client, e4sync.sync, e4sync.cli.
+Must not import: e4sync.sources.e4connect, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ Imports only the standard library, platformdirs, ``e4sync.errors``, ``e4sync.sou
 registry of kinds; a kind's settings module is imported when an account names it) and
 ``e4sync.archive`` (layout validation; standard library only). It must not import client,
 state, sync or cli.
-Must not import: e4sync.sources.e4connect.client, e4sync.state, e4sync.sync, e4sync.cli.
+Must not import: e4sync.sources.e4connect, e4sync.state, e4sync.sync, e4sync.cli.
 """
 
 from e4sync.config.loader import config_search_path, load_config

@@ -8,7 +8,7 @@ malformed, gives a traceback.
 
 It validates against ``e4sync.config.schema``: an account's keys are the common ones plus
 those of its ``source`` kind; its default layout and layout placeholders, the account its
-kind's variables define when none is written (E4 Connect: ``E4_USER``/``E4_PWD``) and
+kind's variables define when none is written (the default kind's ``env_account``) and
 whether two accounts may share a login all come from the kind's settings module. This
 module names no source's keys.
 

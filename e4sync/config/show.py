@@ -8,7 +8,7 @@ themselves live in ``e4sync.config.model``, whose reprs need them too.
 
 Imports only the standard library, ``e4sync.config.model`` and ``e4sync.config.schema``.
 It must not import the loader, client, state, sync or cli.
-Must not import: e4sync.config.loader, e4sync.sources.e4connect.client, e4sync.state, e4sync.sync.
+Must not import: e4sync.config.loader, e4sync.sources.e4connect, e4sync.state, e4sync.sync.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ database must keep their clocks in sync (NTP), or leases expire early or late.
 
 Imports only ``e4sync.state.models``, ``e4sync.state.states``, ``e4sync.state.damage`` and
 ``e4sync.errors`` from e4sync; never the client, the archive or sync.
-Must not import: e4sync.sources.e4connect.client, e4sync.archive, e4sync.sync.
+Must not import: e4sync.sources.e4connect, e4sync.archive, e4sync.sync.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def describe(exc: BaseException) -> str:
 
 
 def part_of(final: Path) -> Path:
-    """``X.zip.part`` for ``X.zip``: the name a download is written under."""
+    """``X.part`` for a final file ``X``: the name a download is written under."""
     return final.with_name(final.name + ".part")
 
 

@@ -1,7 +1,7 @@
 """e4sync.sync.downloads: the download steps of an account's pass.
 
 Due sessions get their archive paths (one transaction per batch), ``download.concurrency``
-threads fetch them to ``X.zip.part`` sharing one login, and a finisher pool verifies,
+threads fetch them to ``X.part`` sharing one login, and a finisher pool verifies,
 commits (sidecar, link, fsyncs) and records each one, so a download slot is free as soon as
 a body is on disk. A failed attempt is recorded with its back-off; a stopped one removes its
 ``.part`` (no later process could resume it); a full disk pauses the account's downloads for
@@ -182,7 +182,7 @@ class DownloadSteps:
         relpath: PurePosixPath,
         known_sha256: str | None,
     ) -> _Fetched | None:
-        """The body on disk as ``X.zip.part`` (or a whole file a killed pass left), or None
+        """The body on disk as ``X.part`` (or a whole file a killed pass left), or None
         when the attempt failed (recorded) or was stopped (not an attempt: not counted).
         ``known_sha256`` is the copy the database already has, if any: a file on disk with
         those bytes is the one being replaced, never adopted as the new download."""
