@@ -9,7 +9,8 @@ speaks the wire protocol of ``e4connect-protocol.md`` and offers every operation
 older ``e4client`` package under the same names.
 
 Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli (it knows nothing
-of the archive or the database). It imports e4sync.errors and e4sync.verify only.
+of the archive or the database). It imports e4sync.errors, e4sync.fsutil (``fsync_dir``)
+and e4sync.verify only.
 
 Secrets: the password is held in a private attribute, sent only in the login POST body,
 and never logged, put in an exception message or shown by ``repr``; cookie values are
@@ -51,6 +52,7 @@ from e4sync.errors import (
     UsageError,
     VersionChanged,
 )
+from e4sync.fsutil import fsync_dir
 from e4sync.verify import ZIP_MAGIC, check_zip, looks_like_html
 
 DEFAULT_BASE_URL = "https://www.empatica.com/connect"
@@ -530,7 +532,7 @@ class E4Connect:
             # Saved as sent (it is the platform's file), but the odd member is said.
             log.warning("session %s: %s", sid, warning)
         os.replace(part, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return str(final)
 
     def fetch(
@@ -1144,16 +1146,3 @@ def _said(value: Any) -> str:
         if isinstance(text, str) and text.strip():
             return f", with {key} {text.strip()[:200]!r}"
     return ""
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not every platform lets a directory be opened
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -2,23 +2,24 @@
 
 Owns: the ZIP structure check (magic bytes, member names, zip-bomb limits, every CRC),
 the E4 content check (a data CSV present, CSV headers, start times), the warning for
-members that are not E4 files, sha256 of a file, and the "is this an HTML page" sniff.
-It returns results and never raises for a bad file.
+members that are not E4 files, and the "is this an HTML page" sniff; ``sha256_file`` is
+``e4sync.fsutil``'s, offered here too. It returns results and never raises for a bad file.
 
-Must not import: any other e4sync module, or anything outside the standard library.
+Must not import: any e4sync module but e4sync.fsutil, or anything outside the standard library.
 It never writes to disk: members are streamed through ``zipfile`` in chunks and the
 data is thrown away, so a ZIP bomb costs at most CPU time, never disk or memory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
 import zipfile
 import zlib
 from dataclasses import dataclass
+
+from e4sync.fsutil import sha256_file as sha256_file  # callers import it from here
 
 E4_MEMBERS = frozenset(
     {"ACC.csv", "BVP.csv", "EDA.csv", "HR.csv", "IBI.csv", "TEMP.csv", "info.txt", "tags.csv"}
@@ -55,17 +56,6 @@ class ZipCheck:
     members: tuple[str, ...]
     uncompressed_size: int
     warnings: tuple[str, ...] = ()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """Return ``(size, sha256 hexdigest)`` of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def looks_like_html(first_bytes: bytes) -> bool:

@@ -14,12 +14,12 @@ Four modules, one per concern: ``model`` (constants, the dataclasses, durations)
 ``schema`` (the key tables), ``loader`` (lookup, env overrides, validation,
 ``load_config``) and ``show`` (``config show``). Callers import from here.
 
-Imports only the standard library, platformdirs, ``e4sync.errors`` and ``e4sync.archive``
-(the default layout and its validation; standard library only). It must not import
-client, state, sync or cli.
+Imports only the standard library, platformdirs, ``e4sync.errors``, ``e4sync.archive``
+(layout validation; standard library only) and E4 Connect's cheap modules (its settings:
+the default layout; its layout fields: what a layout is checked against). It must not
+import client, state, sync or cli.
 """
 
-from e4sync.archive import DEFAULT_LAYOUT
 from e4sync.config.loader import config_search_path, load_config
 from e4sync.config.model import (
     DEFAULT_ACCOUNT_NAME,
@@ -39,6 +39,7 @@ from e4sync.config.model import (
 from e4sync.config.schema import ACCOUNT_SCHEMA, SCHEMA, config_keys
 from e4sync.config.show import _toml_value as _toml_value  # the tests check its escaping
 from e4sync.config.show import effective_config, render_toml
+from e4sync.sources.e4connect.settings import DEFAULT_LAYOUT
 
 __all__ = [
     "ACCOUNT_SCHEMA",

@@ -7,8 +7,9 @@ reported at once in one ``ConfigError`` (exit 78) that names the file (or the en
 variable) and the key; no input, however malformed, gives a traceback.
 
 Imports the standard library, platformdirs, ``e4sync.errors``, ``e4sync.config.model``,
-``e4sync.config.schema`` and ``e4sync.archive`` (which validates layouts). It must not
-import ``e4sync.config.show``, client, state, sync or cli.
+``e4sync.config.schema``, ``e4sync.archive`` (which validates layouts) and
+``e4sync.sources.e4connect.layout`` (the placeholders and suffix a layout is checked
+against). It must not import ``e4sync.config.show``, client, state, sync or cli.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from e4sync.config.model import (
 )
 from e4sync.config.schema import _D, ACCOUNT_SCHEMA, SCHEMA, _Key
 from e4sync.errors import ConfigError
+from e4sync.sources.e4connect.layout import EXAMPLE_FIELDS, SUFFIX
 
 PASSWORD_HELP = (
     "passwords never go in the configuration file; use one of: password_file = PATH "
@@ -233,7 +235,7 @@ class _Loader:
             raise ValueError("must not be empty")
         _no_control(value)
         try:
-            validate_layout(value)
+            validate_layout(value, EXAMPLE_FIELDS, suffix=SUFFIX)
         except ValueError as exc:
             raise ValueError(str(exc) or "is not a valid layout") from None
         except Exception as exc:  # a bug there must still not become a traceback here

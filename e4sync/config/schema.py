@@ -4,9 +4,9 @@ Owns: ``Key``, the section tables ``SCHEMA`` and ``ACCOUNT_SCHEMA``, and ``confi
 (what the docs test checks the example file and the docs against). The loader validates
 against these tables; ``config show`` renders sections in their order.
 
-Imports only ``e4sync.config.model`` (a default) and ``e4sync.archive`` (the archive owns
-the layout and its default). It must not import the loader or show modules, client,
-state, sync or cli.
+Imports only ``e4sync.config.model`` (a default) and ``e4sync.sources.e4connect.settings``
+(the source kind owns the default layout; it imports ``Key`` from here, so it is imported
+after ``Key``). It must not import the loader or show modules, client, state, sync or cli.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from e4sync.archive import DEFAULT_LAYOUT  # the archive owns the layout and its default
 from e4sync.config.model import DEFAULT_BASE_URL
 
 
@@ -27,6 +26,9 @@ class Key:
     high: float | None = None
     sensitive: bool = False  # never echo the value in a problem
 
+
+# The default layout is E4 Connect's; its settings import Key (above) from this module.
+from e4sync.sources.e4connect.settings import DEFAULT_LAYOUT  # noqa: E402
 
 _Key = Key  # the name the loader and show modules use
 _D = "duration"

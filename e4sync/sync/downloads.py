@@ -30,8 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select
 
-from e4sync import sidecar
-from e4sync.archive import LayoutFields, render_relpath
+from e4sync.archive import render_relpath, session_key, sidecar
 from e4sync.crashpoints import crashpoint
 from e4sync.errors import (
     AuthError,
@@ -42,6 +41,7 @@ from e4sync.errors import (
     StorageError,
 )
 from e4sync.source import RemoteItem, Source, parse_item
+from e4sync.sources.e4connect.layout import layout_fields
 from e4sync.state import problems as local_problems
 from e4sync.state.models import (
     DOWNLOADING,
@@ -359,7 +359,7 @@ class DownloadSteps:
             # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
         layout = self.account.layout or self.cfg.archive.layout
-        fields = LayoutFields(
+        fields = layout_fields(
             account=self.account.name,
             user_id=self.user_id,
             session_id=item.id,
@@ -371,13 +371,10 @@ class DownloadSteps:
         )
         wanted = render_relpath(layout, fields, self.cfg.archive.timezone)
         chosen = self.archive.choose_path(
-            wanted, self._session_key(item), lambda p: str(p) in self.claimed_paths
+            wanted, session_key(self.account.name, item.id), lambda p: str(p) in self.claimed_paths
         )
         self.claimed_paths.add(str(chosen))
         return chosen
-
-    def _session_key(self, item: RemoteItem) -> str:
-        return f"{self.account.name}/{item.id}"
 
     def _adopt_existing(
         self, relpath: PurePosixPath, item: RemoteItem, known_sha256: str | None
@@ -390,7 +387,7 @@ class DownloadSteps:
         sidecar = self.archive.read_sidecar(relpath)
         if not final.exists() or not sidecar:
             return None
-        if sidecar.get("session_key") != self._session_key(item):
+        if sidecar.get("session_key") != session_key(self.account.name, item.id):
             return None
         if known_sha256 is not None and sidecar.get("sha256") == known_sha256:
             return None
@@ -429,7 +426,7 @@ class DownloadSteps:
         return sidecar.build(
             account=self.account.name,
             user_id=self.user_id,
-            session_id=item.id,
+            item_id=item.id,
             remote=item.raw,
             file=got.relpath.name,
             size=got.size,

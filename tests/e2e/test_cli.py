@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from e4sync import __version__
-from e4sync.archive import device_serial
+from e4sync.sources.e4connect.layout import device_serial
 
 USER = "demo@example.org"
 PASSWORD = "demo"

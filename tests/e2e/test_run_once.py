@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e4sync.archive import device_serial
+from e4sync.sources.e4connect.layout import device_serial
 
 # Remote deletion on, with no minimum age and no grace period: a verified copy qualifies at once.
 DELETE_AT_ONCE = (
