@@ -4,7 +4,7 @@
 on the rows by ``state.problems``' rule, rewrite damaged sidecars from the rows),
 ``reindex`` (rebuild the database from the sidecars, with no download) and ``retry``
 (clear back-off). None of them talks to the platform. The ``status`` report lives in
-``e4sync.status``; the sidecar's fields in ``e4sync.sidecar``.
+``e4sync.status``; the sidecar's fields in ``e4sync.archive.sidecar``.
 
 Must not import: e4sync.sources.e4connect, e4sync.sync, e4sync.cli.
 """
@@ -20,9 +20,9 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import Engine, case, select, update
 
 from e4sync.archive import Archive, UnsafePathError
+from e4sync.archive.sidecar import build as build_sidecar
+from e4sync.archive.sidecar import disagreements
 from e4sync.errors import StorageError
-from e4sync.sidecar import build as build_sidecar
-from e4sync.sidecar import disagreements
 from e4sync.sources import DEFAULT_SOURCE, Item, kind
 from e4sync.state import db as statedb
 from e4sync.state import problems, rows
@@ -293,11 +293,12 @@ def _tell(report: VerifyReport, row: SessionRow, f: _Finding, shown: str) -> Non
 def _sidecar_of(
     f: _Finding, remote: dict, etag: str | None = None, last_modified: str | None = None
 ) -> dict:
-    """The sidecar the state database describes (``e4sync.sidecar`` owns its fields)."""
+    """The sidecar the state database describes (``e4sync.archive.sidecar`` owns its
+    fields)."""
     return build_sidecar(
         account=f.account,
         user_id=f.user_id,
-        session_id=f.remote_id,
+        item_id=f.remote_id,
         remote=remote,
         file=PurePosixPath(f.local_path).name,
         size=f.size if f.size is not None else 0,

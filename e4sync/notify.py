@@ -9,9 +9,10 @@ Nothing here ever raises to its caller once the configuration has been checked: 
 side channel that fails must not fail a sync pass, so every failure is logged (WARNING) and
 swallowed. The only exceptions are deliberate config-time checks (``check_metrics_path``).
 
-Standard library only. Must not import any e4sync module (in particular never ``sync`` or
-``state``): the daemon and the CLI call into this module, never the other way round.
-Must not import: e4sync, requests, urllib3, sqlalchemy, alembic, apscheduler, platformdirs, keyring.
+Standard library and ``e4sync.fsutil`` (``fsync_dir``) only. Must not import any other
+e4sync module (in particular never ``sync`` or ``state``): the daemon and the CLI call into
+this module, never the other way round.
+Must not import: e4sync.sync, e4sync.state, e4sync.archive, e4sync.cli, requests, sqlalchemy.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
+
+from e4sync.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +299,7 @@ def write_metrics_textfile(path: Path, metrics: Sequence[Metric]) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp_name, target)
         tmp_name = None
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except (OSError, ValueError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         log.warning("could not write metrics textfile %s: %s", path, detail)
@@ -306,14 +309,6 @@ def write_metrics_textfile(path: Path, metrics: Sequence[Metric]) -> None:
                 os.unlink(tmp_name)
             except OSError:
                 pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- logging ----------------------------------------------------------------------------------

@@ -1,27 +1,16 @@
 """e4sync.verify: the content-blind checks every source shares: the sha256 of a file, read
-in chunks, and whether a body is an HTML page where data was expected.
+in chunks (``e4sync.fsutil``'s, offered here too), and whether a body is an HTML page where
+data was expected.
 
-Imports only the standard library.
-Must not import: e4sync.
+Imports only the standard library and ``e4sync.fsutil``.
+Must not import: e4sync.sources, e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+from e4sync.fsutil import sha256_file as sha256_file  # callers import it from here
 
 CHUNK = 1 << 18  # 256 KiB: as fast as 1 MiB here, and a smaller resident peak
-
-
-def sha256_file(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """Return ``(size, sha256 hexdigest)`` of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def looks_like_html(first_bytes: bytes) -> bool:

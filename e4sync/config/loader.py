@@ -108,6 +108,16 @@ def check_placeholders(layout: str, placeholders: Sequence[str], source: str) ->
             )
 
 
+def check_kind_layout(layout: str, source: str) -> None:
+    """Raise ValueError if ``layout`` cannot name the files of the kind ``source``: a
+    placeholder it does not offer, a format spec its values do not suit (checked against
+    its ``LAYOUT_EXAMPLES``), or a file name without its ``SUFFIX``."""
+    settings = kind_settings(source)
+    check_placeholders(layout, settings.PLACEHOLDERS, source)
+    examples = getattr(settings, "LAYOUT_EXAMPLES", None) or settings.PLACEHOLDERS
+    validate_layout(layout, examples, suffix=getattr(settings, "SUFFIX", ""))
+
+
 # ---------------------------------------------------------------------------- lookup
 
 
@@ -288,14 +298,13 @@ class _Loader:
         if not value.strip():
             raise ValueError("must not be empty")
         _no_control(value)
-        if source is not None:
-            # The placeholders are the kind's: an S3 object offers others than an E4 session.
-            check_placeholders(value, kind_settings(source).PLACEHOLDERS, source)
         try:
-            # TODO(archive): pass the kind's placeholders to e4sync.archive.validate_layout
-            # once it takes them. Until then it also checks its own list (E4 Connect's), so a
-            # layout using only another kind's placeholders is refused there.
-            validate_layout(value)
+            if source is not None:
+                check_kind_layout(value, source)
+            else:
+                # [archive] layout serves every kind: its form is checked here, its
+                # placeholders against each account's kind that uses it.
+                validate_layout(value, list(_placeholders(value)))
         except ValueError as exc:
             raise ValueError(str(exc) or "is not a valid layout") from None
         except Exception as exc:  # a bug there must still not become a traceback here
@@ -635,7 +644,7 @@ class _Loader:
         if not own_layout and layout:
             # The archive's layout, used by this account: it must be one its kind can fill.
             try:
-                check_placeholders(layout, kind.PLACEHOLDERS, source)
+                check_kind_layout(layout, source)
             except ValueError as exc:
                 var = self.origin.get(("archive", "layout"))
                 text = f"{exc} (used by account {common['name']!r})"

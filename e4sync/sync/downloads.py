@@ -30,8 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select
 
-from e4sync import sidecar
-from e4sync.archive import LayoutFields, render_relpath
+from e4sync.archive import render_relpath, session_key, sidecar
 from e4sync.crashpoints import crashpoint
 from e4sync.errors import (
     AuthError,
@@ -359,16 +358,13 @@ class DownloadSteps:
             # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
         layout = self.account.layout or self.cfg.archive.layout
-        fields = LayoutFields(account=self.account.name, user_id=self.user_id, **item.fields)
-        wanted = render_relpath(layout, fields, self.cfg.archive.timezone)
+        fields = {"account": self.account.name, "user_id": self.user_id, **item.fields}
+        wanted = render_relpath(layout, fields, self.cfg.archive.timezone, suffix=item.suffix)
         chosen = self.archive.choose_path(
-            wanted, self._session_key(item), lambda p: str(p) in self.claimed_paths
+            wanted, session_key(self.account.name, item.id), lambda p: str(p) in self.claimed_paths
         )
         self.claimed_paths.add(str(chosen))
         return chosen
-
-    def _session_key(self, item: Item) -> str:
-        return f"{self.account.name}/{item.id}"
 
     def _adopt_existing(
         self, source: Source, relpath: PurePosixPath, item: Item, known_sha256: str | None
@@ -381,7 +377,7 @@ class DownloadSteps:
         sidecar = self.archive.read_sidecar(relpath)
         if not final.exists() or not sidecar:
             return None
-        if sidecar.get("session_key") != self._session_key(item):
+        if sidecar.get("session_key") != session_key(self.account.name, item.id):
             return None
         if known_sha256 is not None and sidecar.get("sha256") == known_sha256:
             return None
@@ -420,7 +416,7 @@ class DownloadSteps:
         return sidecar.build(
             account=self.account.name,
             user_id=self.user_id,
-            session_id=item.id,
+            item_id=item.id,
             remote=item.raw,
             file=got.relpath.name,
             size=got.size,

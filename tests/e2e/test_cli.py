@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from e4sync import __version__
-from e4sync.archive import device_serial
+from e4sync.sources.e4connect.layout import device_serial
 from tests.conftest import write_config
 
 USER = "demo@example.org"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from e4sync.archive import device_serial
+from e4sync.sources.e4connect.layout import device_serial
 from tests.conftest import archived, write_config
 
 # Remote deletion on, with no minimum age and no grace period: a verified copy qualifies at once.

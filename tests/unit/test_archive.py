@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 REL = PurePosixPath("lab/2018/11/11/1541950248_A00A1C.zip")
 
 
-def sidecar_for(data: bytes, account: str = "lab", session_id: str = "578634") -> dict:
+def sidecar_for(
+    data: bytes, account: str = "lab", session_id: str = "578634", file: str = REL.name
+) -> dict:
     return {
         "schema": 1,
         "session_key": session_key(account, session_id),
@@ -40,6 +43,7 @@ def sidecar_for(data: bytes, account: str = "lab", session_id: str = "578634") -
         "user_id": "25383",
         "session_id": session_id,
         "remote": {"id": session_id, "label": "2588", "start_time": "1541950248"},
+        "file": file,
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "downloaded_at": "2024-01-01T00:00:00Z",
@@ -386,7 +390,7 @@ def test_remove_stale_parts(tmp_path: Path) -> None:
     assert Archive(tmp_path / "missing").remove_stale_parts() == []
 
 
-def run_commit_killed(tmp_path: Path, point: str) -> Archive:
+def run_commit_killed(tmp_path: Path, point: str, rel: PurePosixPath = REL) -> Archive:
     """A child process commits a download and is killed with SIGKILL at ``point``."""
     child = (
         "import sys, json; from pathlib import Path; from e4sync.archive import Archive\n"
@@ -394,10 +398,10 @@ def run_commit_killed(tmp_path: Path, point: str) -> Archive:
         "part = a.part_path(rel); part.write_bytes(b'PK\\x03\\x04 data')\n"
         "a.commit(part, rel, side)\n"
     )
-    side = sidecar_for(b"PK\x03\x04 data")
+    side = sidecar_for(b"PK\x03\x04 data", file=rel.name)
     env = {**os.environ, "E4SYNC_CRASHPOINT": point}
     proc = subprocess.run(
-        [sys.executable, "-c", child, str(tmp_path), str(REL), json.dumps(side)],
+        [sys.executable, "-c", child, str(tmp_path), str(rel), json.dumps(side)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -479,7 +483,8 @@ def test_the_archive_root_itself_may_be_a_symlink(tmp_path: Path) -> None:
 def test_iter_sidecars_skips_bad_ones(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive = Archive(tmp_path)
     for n, rel in enumerate(["b/2.zip", "a/1.zip", "a/z/3.zip"]):
-        archive.write_sidecar(rel, sidecar_for(b"x", session_id=str(n)))
+        side = sidecar_for(b"x", session_id=str(n), file=PurePosixPath(rel).name)
+        archive.write_sidecar(rel, side)
     (tmp_path / "a" / "broken.json").write_text('{"account": ')
     (tmp_path / "a" / "list.json").write_text("[1, 2]")
     (tmp_path / "a" / "foreign.json").write_text('{"some": "tool"}')
@@ -624,3 +629,106 @@ except StorageError as exc:
     assert not archive.sidecar_path(REL).exists()
     assert part.read_bytes() == data
     assert archive.commit(part, REL, sidecar).read_bytes() == data  # no limit: it commits
+
+
+# -- files of any suffix: the archive knows no platform ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rel", "side", "stem", "suffix"),
+    [
+        ("p/day/a.avro", "p/day/a.json", "a", ".avro"),
+        ("p/notes.json", "p/notes.json.json", "notes", ".json"),
+        ("p/README", "p/README.json", "README", ""),
+    ],
+)
+def test_a_file_of_any_suffix_commits_is_found_again_and_kept_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, rel: str, side: str, stem: str, suffix: str
+) -> None:
+    archive = Archive(tmp_path)
+    name = PurePosixPath(rel).name
+    part = download(archive, PurePosixPath(rel), b"v1")
+    assert part == tmp_path / (rel + ".part")
+    archive.commit(part, rel, sidecar_for(b"v1", file=name))
+    assert sorted(all_files(tmp_path)) == sorted([rel, side])
+    assert archive.sidecar_path(rel) == tmp_path / side
+
+    v2 = sidecar_for(b"v2", file=name)
+    archive.commit(download(archive, PurePosixPath(rel), b"v2"), rel, v2)
+    assert archive.resolve(rel).read_bytes() == b"v2"
+    pattern = re.escape(stem) + r"\.replaced-\d{8}T\d{6}Z" + re.escape(suffix)
+    (aside,) = [p for p in all_files(tmp_path) if re.fullmatch(pattern, PurePosixPath(p).name)]
+    aside_name = PurePosixPath(aside).name
+    assert (tmp_path / aside).read_bytes() == b"v1"
+    kept = archive.read_sidecar(aside)
+    assert kept["file"] == aside_name and kept["kept_aside"]["reason"] == "replaced"
+    assert archive.sidecar_path(aside) != archive.sidecar_path(rel)
+
+    caplog.set_level(logging.WARNING, logger="e4sync.archive")
+    caplog.clear()
+    assert list(archive.iter_sidecars()) == [(PurePosixPath(rel), v2)]
+    assert archive.remove_stale_parts() == []
+    assert not caplog.text, "a JSON data file beside its sidecar is neither skipped nor orphan"
+
+
+def test_stale_parts_of_any_suffix_go_and_an_orphan_names_its_kind_of_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = Archive(tmp_path)
+    for rel in ("a/x.avro", "a/notes.json", "a/y.zip", "a/.e4sync-probe-1-ab.probe"):
+        download(archive, PurePosixPath(rel), b"half")
+    users = [tmp_path / "a" / "notes.part", tmp_path / "a" / "README"]
+    for path in users:
+        path.write_bytes(b"not e4sync's")
+    archive.write_sidecar("a/gone.avro", sidecar_for(b"x", file="gone.avro"))
+    caplog.set_level(logging.WARNING, logger="e4sync.archive")
+
+    removed = archive.remove_stale_parts()
+
+    assert sorted(p.name for p in removed) == [
+        ".e4sync-probe-1-ab.probe.part",
+        "notes.json.part",
+        "x.avro.part",
+        "y.zip.part",
+    ]
+    assert all(path.exists() for path in users)
+    assert "gone.json: a sidecar without its AVRO" in caplog.text
+
+
+def test_a_kill_before_a_json_files_sidecar_is_finished_from_the_file_it_names(
+    tmp_path: Path,
+) -> None:
+    rel = PurePosixPath("p/notes.json")
+    archive = run_commit_killed(tmp_path, "before-sidecar", rel)
+    staged = tmp_path / "p" / "notes.json.json.tmp"
+    assert staged.exists() and not archive.sidecar_path(rel).exists()
+    archive.remove_stale_parts()
+    assert not staged.exists()
+    data = archive.read_sidecar(rel)
+    assert data is not None and data["file"] == "notes.json"
+    assert list(archive.iter_sidecars()) == [(rel, data)]
+
+
+def test_a_sidecar_that_records_no_file_is_matched_by_name_or_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = Archive(tmp_path)
+    nameless = {k: v for k, v in sidecar_for(b"x").items() if k != "file"}
+    archive.write_sidecar("a/1.avro", nameless)
+    archive.resolve("a/1.avro").write_bytes(b"x")
+    archive.write_sidecar("b/2.zip", nameless)  # nothing beside it to describe
+    caplog.set_level(logging.WARNING, logger="e4sync.archive")
+    assert [rel for rel, _ in archive.iter_sidecars()] == [PurePosixPath("a/1.avro")]
+    assert "2.json: it names no file beside it" in caplog.text
+
+
+def test_the_longest_collision_name_is_kept_aside_with_its_sidecar(tmp_path: Path) -> None:
+    """A collision name is at most 250 bytes; its kept-aside copy and that copy's staged
+    sidecar must fit NAME_MAX too, or a replaced version could never be archived."""
+    archive = Archive(tmp_path)
+    rel = PurePosixPath("lab/" + "x" * 246 + ".zip")
+    archive.commit(download(archive, rel, b"v1"), rel, sidecar_for(b"v1", file=rel.name))
+    archive.commit(download(archive, rel, b"v2"), rel, sidecar_for(b"v2", file=rel.name))
+    (aside,) = aside_files(tmp_path, "replaced")
+    assert aside.read_bytes() == b"v1"
+    assert archive.read_sidecar(aside.relative_to(tmp_path))["file"] == aside.name

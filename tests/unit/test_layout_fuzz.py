@@ -1,5 +1,6 @@
 """Fuzz e4sync.archive's layout with hypothesis: any layout and any field values give either
-a ValueError from validate_layout or a relative path that stays inside a real root.
+a ValueError from validate_layout or a relative path that stays inside a real root. The
+fields are E4 Connect's (``layout_fields``), checked against its placeholders.
 
 Paths are created in a real tmp root, and the whole tmp tree is checked afterwards.
 """
@@ -13,7 +14,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from e4sync.archive import PLACEHOLDERS, Archive, LayoutFields, render_relpath, validate_layout
+from e4sync.archive import Archive, render_relpath, validate_layout
+from e4sync.sources.e4connect.layout import EXAMPLE_FIELDS, SUFFIX, layout_fields
+
+# E4 Connect's placeholders, as its fields name them (test_layout checks they are the
+# ones its settings declare).
+PLACEHOLDERS = tuple(EXAMPLE_FIELDS)
 
 SPECS = st.sampled_from(
     [
@@ -106,7 +112,7 @@ VALUE = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(["..", "../../etc", "nul", "COM1.txt", "\udcff", "2588"]),
 )
-FIELDS = st.builds(LayoutFields, VALUE, VALUE, VALUE, VALUE, VALUE, VALUE, VALUE, VALUE)
+FIELDS = st.builds(layout_fields, VALUE, VALUE, VALUE, VALUE, VALUE, VALUE, VALUE, VALUE)
 ZONES = st.sampled_from(["UTC", "Europe/Berlin", "Pacific/Kiritimati", "America/St_Johns"])
 
 
@@ -118,9 +124,9 @@ def test_layout_either_rejected_or_safe(tmp_path: Path) -> None:
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(layout=LAYOUT, values=FIELDS, zone=ZONES)
-    def check(layout: str, values: LayoutFields, zone: str) -> None:
+    def check(layout: str, values: dict, zone: str) -> None:
         try:
-            validate_layout(layout, zone)
+            validate_layout(layout, EXAMPLE_FIELDS, zone, suffix=SUFFIX)
         except ValueError:
             return
         path = render_relpath(layout, values, zone)

@@ -52,6 +52,7 @@ from e4sync.errors import (
     UsageError,
     VersionChanged,
 )
+from e4sync.fsutil import fsync_dir
 from e4sync.sources import RemoteVersion
 from e4sync.sources.e4connect.checks import ZIP_MAGIC, check_zip
 from e4sync.verify import looks_like_html
@@ -523,7 +524,7 @@ class E4Connect:
             # Saved as sent (it is the platform's file), but the odd member is said.
             log.warning("session %s: %s", sid, warning)
         os.replace(part, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return str(final)
 
     def fetch(
@@ -1137,16 +1138,3 @@ def _said(value: Any) -> str:
         if isinstance(text, str) and text.strip():
             return f", with {key} {text.strip()[:200]!r}"
     return ""
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not every platform lets a directory be opened
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

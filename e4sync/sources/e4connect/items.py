@@ -5,7 +5,7 @@ times that may be junk, duplicates, over-long values), the metadata digest that 
 item's version (a change in any listed field that defines a session blocks its remote
 deletion, SPEC section 6), and the layout fields a session offers.
 
-Imports only the standard library and ``e4sync.sources``.
+Imports only the standard library, ``e4sync.sources`` and this package's ``layout``.
 Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli, requests.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from e4sync.sources import Item
+from e4sync.sources.e4connect.layout import layout_fields
 
 log = logging.getLogger("e4sync.source")
 
@@ -99,14 +100,18 @@ def parse_item(row: Any) -> Item | None:
 def session_fields(raw: Mapping[str, str], session_id: str, start: int, duration: float) -> dict:
     """The layout placeholders a session offers (SPEC section 4), but ``account`` and
     ``user_id``, which the pass adds: it knows the account and who logged in."""
-    return {
-        "session_id": session_id,
-        "device_id": raw.get("device_id", ""),
-        "label": raw.get("label", ""),
-        "device": raw.get("device", ""),
-        "start_time": start,
-        "duration": duration,
-    }
+    fields = layout_fields(
+        account="",
+        user_id="",
+        session_id=session_id,
+        device_id=raw.get("device_id", ""),
+        label=raw.get("label", ""),
+        device=raw.get("device", ""),
+        start_time=start,
+        duration=duration,
+    )
+    del fields["account"], fields["user_id"]
+    return fields
 
 
 def item_from_raw(raw: Mapping[str, Any] | None) -> Item | None:

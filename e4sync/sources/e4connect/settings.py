@@ -8,6 +8,7 @@ E4 Connect gave its own downloads) and the layout placeholders an E4 session off
 by the configuration, so it stays cheap: it imports only ``e4sync.config.schema`` and must
 not import the client, requests or the rest of this package.
 Must not import: e4sync.sources.e4connect.client, requests, e4sync.state, e4sync.sync.
+It offers ``LAYOUT_EXAMPLES`` and ``SUFFIX`` from the (standard-library) ``layout`` module.
 """
 
 from __future__ import annotations
