@@ -2,10 +2,18 @@
 
 Each ``cmd_<name>(args) -> int`` builds objects, calls one core function and renders what
 it returns. ``main`` holds the single ``try``: an ``E4SyncError`` becomes its ``exit_code``
-(decided in ``errors.py``) and a one-line message, never a traceback. Only this module
-prints to stdout. Imports are made inside the commands so ``e4sync --help`` stays fast.
+(decided in ``errors.py``) and a one-line message, never a traceback; no command maps an
+error to a code itself. Only this module prints to stdout. Imports are made inside the
+commands so ``e4sync --help`` stays fast.
 
-Must not import: nothing.
+It knows no source kind. An account's source comes from the one factory
+(``sources.make_source``), as the pass's and ``doctor``'s do; an id a person gives is
+checked by the account's kind (``kind(...).check_id``); a command only some platforms can
+answer (``devices``, ``download``, ``whoami``) asks the source for its optional method and
+says "not offered by source ..." (exit 64) when it has none; ``simulate`` and ``demo`` run
+the default kind's ``demo`` module (``sources.kind_module``).
+
+Must not import: e4sync.sources.e4connect.
 """
 
 from __future__ import annotations
@@ -27,12 +35,16 @@ from e4sync.errors import (
     EXIT_SIGTERM,
     ConfigError,
     E4SyncError,
+    NotOffered,
     StateDamaged,
     UsageError,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
     from e4sync.config import AccountConfig, Config
+    from e4sync.sources import Item, Source
 
 
 # -- the parser --------------------------------------------------------------------------
@@ -144,9 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p = command("simulate", cmd_simulate, "run the E4 Connect simulator on 127.0.0.1")
-    from e4sync.sources.e4connect.simulator.cli import add_arguments
-
-    add_arguments(p)
+    _demo_module().add_simulate_arguments(p)
     p = command(
         "demo",
         cmd_demo,
@@ -226,24 +236,80 @@ def raise_if_damaged(engine) -> None:
         raise damage
 
 
-def make_client(cfg: Config, account: AccountConfig):
-    from e4sync.credentials import password_provider
-    from e4sync.sources.e4connect.client import E4Connect
+@contextlib.contextmanager
+def account_source(cfg: Config, account: AccountConfig) -> Iterator[Source]:
+    """The account's source from the one factory (as the pass and ``doctor`` get theirs),
+    closed when the block ends."""
+    from e4sync.sources import make_source
 
-    return E4Connect(
-        account.options["username"],
-        base_url=account.options["base_url"],
-        password_provider=password_provider(account),
-        timeout=cfg.download.timeout,
-        connect_timeout=cfg.download.connect_timeout,
-    )
+    source = make_source(account, cfg)
+    try:
+        yield source
+    finally:
+        source.close()
+
+
+def offered(source: Source, method: str, command: str) -> Any:
+    """The source's optional ``method`` (see ``sources.Source``), or ``NotOffered`` naming
+    the command and the source (exit 64)."""
+    found = getattr(source, method, None)
+    if found is None:
+        raise NotOffered(f"{command}: not offered by source {source.name!r}")
+    return found
+
+
+def item_id(accounts: Sequence[AccountConfig], text: str) -> str:
+    """An id a person gave, checked by the one rule of the accounts' kind: the first kind
+    among ``accounts`` that accepts it (several kinds: an id is meant for one of them);
+    none: the first kind's error."""
+    from e4sync.sources import DEFAULT_SOURCE, kind
+
+    refused: UsageError | None = None
+    for name in dict.fromkeys(a.source for a in accounts) or (DEFAULT_SOURCE,):
+        try:
+            return kind(name).check_id(text)
+        except UsageError as exc:
+            refused = refused or exc
+    assert refused is not None
+    raise refused
 
 
 def session_id_arg(text: str) -> str:
-    text = text.strip()
-    if not text.isdigit() or not text.isascii():
-        raise UsageError(f"session id must be a number, got {text!r}")
-    return text
+    """``remove``'s id check until it moves into the core: the default kind's rule."""
+    from e4sync.sources import DEFAULT_SOURCE, kind
+
+    return kind(DEFAULT_SOURCE).check_id(text)
+
+
+def make_client(cfg: Config, account: AccountConfig) -> _SourceRemover:
+    """``remove``'s handle until it moves into the core: the account's source from the one
+    factory, deleting by id (``remove_session``) through ``Source.delete``."""
+    from e4sync.sources import make_source
+
+    return _SourceRemover(make_source(account, cfg))
+
+
+class _SourceRemover:
+    def __init__(self, source: Source):
+        self.source = source
+
+    def __enter__(self) -> _SourceRemover:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.source.close()
+
+    def remove_session(self, remote_id: str) -> None:
+        from e4sync.sources import Item
+
+        self.source.delete(Item(id=remote_id, recorded_at=0, version=""))
+
+
+def _demo_module() -> Any:
+    """The default kind's ``demo`` module: ``e4sync demo``'s platform and ``simulate``."""
+    from e4sync.sources import DEFAULT_SOURCE, kind_module
+
+    return kind_module(DEFAULT_SOURCE, "demo")
 
 
 def out(text: str = "") -> None:
@@ -460,101 +526,114 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SESSION_COLUMNS = [
-    "id",
-    "start_time",
-    "start",
-    "duration",
-    "device_id",
-    "label",
-    "device",
-    "status",
-    "exit_code",
-    "local_state",
-]
-
-
 def cmd_sessions(args: argparse.Namespace) -> int:
-    import datetime as dt
-
-    from sqlalchemy import select
-
-    from e4sync.sources.e4connect.items import parse_item
-    from e4sync.state.models import Account
-    from e4sync.state.models import Session as SessionRow
+    from e4sync.sources import DEFAULT_LISTING_COLUMNS
 
     cfg = load(args)
     account = one_account(cfg)
-    with make_client(cfg, account) as client:
-        rows = client.sessions_list()
-    local: dict[str, str] = {}
-    try:
-        engine = open_state(cfg)
-        with engine.connect() as conn:
-            local = dict(
-                conn.execute(
-                    select(SessionRow.remote_id, SessionRow.state)
-                    .join(Account, Account.id == SessionRow.account_id)
-                    .where(Account.name == account.name)
-                ).all()
-            )
-        engine.dispose()
-    except StateDamaged:
-        # Not "no local state": every session would show as never archived.
-        raise
-    except E4SyncError:
-        pass
-    table = []
-    for row in rows:
-        item = parse_item(row)
-        entry = {k: row.get(k) for k in SESSION_COLUMNS if k in row}
-        if item is not None:
-            entry["start"] = dt.datetime.fromtimestamp(item.recorded_at, dt.UTC).isoformat()
-            entry["local_state"] = local.get(item.id, "")
-        table.append(entry)
-    table.sort(key=lambda r: str(r.get("start_time", "")))
+    with account_source(cfg, account) as source:
+        items = source.list_items().items
+        columns = source.capabilities.listing_columns
+    local = _local_states(cfg, account.name)
+    items = sorted(items, key=lambda item: (item.recorded_at, item.id))
+    if columns:
+        table = [_item_row(item, columns, local, item.raw) for item in items]
+    else:
+        columns = DEFAULT_LISTING_COLUMNS
+        table = [_item_row(item, columns, local, _attributes(item)) for item in items]
     if args.json:
         print_json(table)
     else:
-        print_table(table, SESSION_COLUMNS, args.csv)
+        print_table(table, list(columns), args.csv)
     return EXIT_OK
+
+
+def _local_states(cfg: Config, account: str) -> dict[str, tuple[str, str]]:
+    """Each item's state and archived path (relative to the archive root) in the state
+    database; none when it cannot be read, but a damaged one is said (not "no local
+    state": every item would show as never archived)."""
+    from sqlalchemy import select
+
+    from e4sync.state.models import Account
+    from e4sync.state.models import Session as SessionRow
+
+    try:
+        engine = open_state(cfg)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(SessionRow.remote_id, SessionRow.state, SessionRow.local_path)
+                .join(Account, Account.id == SessionRow.account_id)
+                .where(Account.name == account)
+            ).all()
+        engine.dispose()
+    except StateDamaged:
+        raise
+    except E4SyncError:
+        return {}
+    return {remote_id: (state, path or "") for remote_id, state, path in rows}
+
+
+def _item_row(
+    item: Item, columns: Sequence[str], local: dict[str, tuple[str, str]], fields: Any
+) -> dict:
+    """One listed item as ``sessions`` shows it: the listed values from ``fields`` (the
+    item's raw metadata, for a source that names its columns; else its attributes), then
+    the core's ``start``, ``local_state`` and ``local_path`` (the order ``--json`` has
+    always had). A field the listing did not send stays out of the row, as the platform
+    left it out."""
+    import datetime as dt
+
+    state, path = local.get(item.id, ("", ""))
+    core = {
+        "start": dt.datetime.fromtimestamp(item.recorded_at, dt.UTC).isoformat(),
+        "local_state": state,
+        "local_path": path,
+    }
+    row = {c: fields[c] for c in columns if c not in core and c in fields}
+    row.update((c, core[c]) for c in columns if c in core)
+    return row
+
+
+def _attributes(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "kind": item.kind, "size": item.size, "duration": item.duration}
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
     cfg = load(args)
-    with make_client(cfg, one_account(cfg)) as client:
-        devices = client.purchased_devices()
+    with account_source(cfg, one_account(cfg)) as source:
+        devices = offered(source, "devices", "devices")()
     if args.json:
-        print_json(devices)
+        print_json(devices.rows)
     else:
-        print_table(
-            devices,
-            ["device_id", "label", "model", "hardware_code", "purchase_code", "purchase_id"],
-            args.csv,
-        )
+        print_table(devices.rows, list(devices.columns), args.csv)
     return EXIT_OK
 
 
 def cmd_whoami(args: argparse.Namespace) -> int:
     cfg = load(args)
-    account = one_account(cfg)
-    with make_client(cfg, account) as client:
-        out(client.user_id())
+    with account_source(cfg, one_account(cfg)) as source:
+        identity = source.identity()
+        if not identity:
+            raise NotOffered(f"whoami: not offered by source {source.name!r}")
+    out(identity)
     return EXIT_OK
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    session_id = session_id_arg(args.session_id)
+    from pathlib import Path
+
     cfg = load(args)
+    account = one_account(cfg)
+    remote_id = item_id([account], args.session_id)
     if args.output.endswith(("/", os.sep)):
-        # "-o newdir/" names a folder, even one that does not exist yet.
+        # "-o newdir/" names a folder, even one that does not exist yet. Made before the
+        # source, which may log in at once: a folder that cannot be made is one line.
         try:
             os.makedirs(args.output, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create {args.output}: {exc.strerror or exc}") from None
-    with make_client(cfg, one_account(cfg)) as client:
-        # The name the platform's own downloads had, as in the archive's default layout.
-        path = client.download_session(session_id, args.output, platform_name=True)
+    with account_source(cfg, account) as source:
+        path = offered(source, "download", "download")(remote_id, Path(args.output))
     out(str(path))
     return EXIT_OK
 
@@ -671,7 +750,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if bool(args.session_id) == bool(args.all):
         raise UsageError("retry needs a session ID or --all")
     cfg = load(args)
-    ids = None if args.all else [session_id_arg(args.session_id)]
+    ids = None if args.all else [item_id(cfg.accounts, args.session_id)]
     names = [a.name for a in cfg.accounts] if args.account else None
     count = retry(open_state(cfg), ids, names)
     out(f"{count} session(s) will be tried on the next pass")
@@ -710,7 +789,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     if args.action == "check":
-        where = cfg.path or "environment (E4_USER/E4_PWD)"
+        where = cfg.path or "the environment (no configuration file)"
         out(
             f"{where}: ok, {len(cfg.accounts)} account(s): "
             f"{', '.join(a.name for a in cfg.accounts)}"
@@ -740,9 +819,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from e4sync.sources.e4connect.simulator.cli import run
-
-    return run(args)
+    return _demo_module().simulate(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,15 +1,18 @@
-"""e4sync.demo: `e4sync demo` — the simulator, a first sync into a fresh folder, the tree.
+"""e4sync.demo: `e4sync demo` — a simulated platform, a first sync into a fresh folder, the tree.
 
-It goes through the same doors a user does: a configuration file and a 0600 password file
-written into the demo folder, the normal loader, one ``run_pass`` and the status report.
+Owns the demo's folder (new or empty), the configuration it writes there, the one pass and
+what it prints. It goes through the same doors a user does: a configuration file, the
+normal loader, one ``run_pass`` and the status report. What runs as the platform is the
+default kind's business: its ``demo`` module (``e4sync.sources.kind_module``) starts its
+simulator, keeps the password in a 0600 file in the folder and gives the ``[[account]]``
+block, so this module names no source kind.
 
-Must not import: e4sync.cli.
+Must not import: e4sync.cli, e4sync.sources.e4connect.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -24,7 +27,7 @@ def _toml_string(value: object) -> str:
 
 def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = False) -> int:
     from e4sync.config import load_config
-    from e4sync.sources.e4connect.simulator import Simulator
+    from e4sync.sources import DEFAULT_SOURCE, kind_module
     from e4sync.state.db import default_sqlite_url, open_db
     from e4sync.status import status_report
     from e4sync.sync import run_pass
@@ -42,26 +45,17 @@ def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = Fals
         raise UsageError(f"cannot use {root} for the demo: {exc.strerror}") from None
     if crowded:
         raise UsageError(f"{root} is not empty; give an empty or new folder with --dir")
-    with Simulator(port=0, seed=4, sessions=sessions) as sim:
-        password_file = root / "demo.password"
-        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("demo\n")
+    with kind_module(DEFAULT_SOURCE, "demo").demo_account(root, sessions) as platform:
         config_file = root / "config.toml"
         config_file.write_text(
             "# written by `e4sync demo`: a normal configuration, pointing at the simulator\n"
             "[archive]\n"
             f"root = {_toml_string(root / 'archive')}\n\n"
             "[state]\n"
-            f"dir = {_toml_string(root / 'state')}\n\n"
-            "[[account]]\n"
-            'name = "demo"\n'
-            'username = "demo@example.org"\n'
-            f"password_file = {_toml_string(password_file)}\n"
-            f"base_url = {_toml_string(sim.base_url)}\n"
+            f"dir = {_toml_string(root / 'state')}\n\n" + platform.account_toml
         )
         cfg = load_config(config_file, env={})
-        print(f"E4 Connect simulator at {sim.base_url} with {sessions} sessions", flush=True)
+        print(platform.banner, flush=True)
         print(f"syncing into {cfg.archive.root}", flush=True)
         engine = open_db(cfg.state.url or default_sqlite_url(cfg.state.dir))
         report = run_pass(cfg, engine)

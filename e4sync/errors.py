@@ -12,6 +12,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SESSIONS_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOT_OFFERED = 64  # sysexits EX_USAGE: the account's source does not offer the command
 EXIT_DATAERR = 65
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
@@ -23,6 +24,8 @@ EXIT_CODES = {
     EXIT_OK: "all went well (including nothing to do)",
     EXIT_SESSIONS_FAILED: "one or more sessions failed this pass and will be retried",
     EXIT_USAGE: "bad usage",
+    EXIT_NOT_OFFERED: "the account's source does not offer this command (such as `devices` "
+    "for a source with no device list)",
     EXIT_DATAERR: "the state database is damaged: move it aside, then `e4sync reindex` "
     "rebuilds it from the archive",
     EXIT_TEMPFAIL: (
@@ -44,6 +47,14 @@ class UsageError(E4SyncError):
     """The command line asks for something that cannot be done (a bad id, a bad URL)."""
 
     exit_code = EXIT_USAGE
+
+
+class NotOffered(UsageError):
+    """The account's source kind does not offer this command: ``devices`` of a platform
+    that lists no devices, ``whoami`` of one with no user id. Says the command and the
+    source in one line."""
+
+    exit_code = EXIT_NOT_OFFERED
 
 
 class ConfigError(E4SyncError):

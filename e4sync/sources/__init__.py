@@ -3,15 +3,17 @@
 Owns: the generic ``Item`` (any string id, a recorded time, a version, a size, a suffix,
 layout fields, raw metadata), what a fetch and a verification return (``Fetched``,
 ``Verdict``, ``RemoteVersion``), a listing (``Listing``), what a source can do
-(``Capabilities``), the ``Source`` protocol, ``DryRunSource``, and the registry of source
-kinds with its one factory ``make_source``. The archive, state, pass, deletion rules,
-status, reindex and the CLI see only these names.
+(``Capabilities``, and the optional methods named in ``Source``), a table a source-specific
+command prints (``Table``), the ``Source`` protocol, ``DryRunSource``, and the registry of
+source kinds with its one factory ``make_source``. The archive, state, pass, deletion rules,
+status, reindex, ``doctor``, the demo and the CLI see only these names.
 
 A source kind is a package ``e4sync.sources.<name>`` with two modules: ``settings`` (cheap:
 its account keys, default layout and layout placeholders; read by the configuration) and
 the package itself, whose ``KIND`` says how to connect, how to rebuild an ``Item`` from the
 raw metadata a sidecar or the state database kept, and how to check a file's content
-without logging in (``verify``, ``reindex``, the scrub).
+without logging in (``verify``, ``reindex``, the scrub). A kind may also have a ``demo``
+module (``kind_module(name, "demo")``): what ``e4sync demo`` and ``e4sync simulate`` start.
 
 A kind's package is imported only when an account of that kind is served.
 Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli, e4sync.sources.e4connect.
@@ -76,9 +78,28 @@ class Listing:
 @dataclass(frozen=True)
 class Capabilities:
     """What a source can do. ``can_delete``: the platform accepts a DELETE from these
-    credentials' kind at all (E4 Connect yes; a read-only S3 delivery no)."""
+    credentials' kind at all (E4 Connect yes; a read-only S3 delivery no).
+
+    ``listing_columns``: what ``e4sync sessions`` shows of each listed item, in order: keys
+    of the item's ``raw`` metadata, and those the core fills in, ``start`` (the recorded
+    time, ISO 8601 UTC), ``local_state`` and ``local_path`` (from the state database).
+    Empty: ``DEFAULT_LISTING_COLUMNS``, from the ``Item``'s own attributes."""
 
     can_delete: bool = True
+    listing_columns: tuple[str, ...] = ()
+
+
+# What `e4sync sessions` shows of a source that names no columns of its own.
+DEFAULT_LISTING_COLUMNS = ("id", "kind", "start", "size", "local_state", "local_path")
+
+
+@dataclass(frozen=True)
+class Table:
+    """What a source-specific command prints (``e4sync devices``): its columns in order,
+    and its rows as the platform sent them (``--json`` prints the rows)."""
+
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -116,7 +137,19 @@ class Verdict:
 
 
 class Source(Protocol):
-    """One account on one platform, logged in (lazily) with its credentials."""
+    """One account on one platform, logged in (lazily) with its credentials.
+
+    Optional methods, for the commands that only some platforms can answer; the CLI asks
+    ``getattr(source, name, None)`` and a source without one makes the command say "not
+    offered by source ..." (exit 64):
+
+    - ``devices() -> Table``: the account's devices (E4 Connect: the purchased ones), for
+      ``e4sync devices``;
+    - ``download(item_id: str, target: Path) -> Path``: one item, checked, to the file
+      ``target`` or into the existing folder ``target`` under the platform's own name,
+      outside the archive (via a ``.part`` renamed into place), for ``e4sync download``.
+
+    ``identity()`` answers ``e4sync whoami``; "" (no identity) makes it "not offered"."""
 
     name: str  # the kind: "e4connect"
     capabilities: Capabilities
@@ -155,6 +188,11 @@ class Kind:
     verify: Callable[[Path, Item], Verdict]
     check_id: Callable[[str], str]  # a usable id, or UsageError naming what is wrong
     endpoint: Callable[[AccountConfig], str]  # what the account points at, for people
+    # For `doctor`: where the account's secret would be read from, never the secret itself
+    # ("password-file: /etc/e4sync/lab.password"); AuthError when none is found, ConfigError
+    # when one is set up wrongly. None: the kind has no secret of its own to check.
+    secret_source: Callable[[AccountConfig], str] | None = None
+    secret_name: str = "secret"  # what `doctor` calls it ("password")
 
 
 def kind(name: str) -> Kind:
@@ -179,6 +217,20 @@ def make_source(
     waits (a Retry-After, a backoff) with ``Interrupted``; ``interactive=False`` never
     prompts for a secret (None: only when stdin is a terminal)."""
     return kind(account.source).connect(account, cfg, cancel=cancel, interactive=interactive)
+
+
+def kind_module(name: str, module: str) -> ModuleType:
+    """The optional module ``e4sync.sources.<name>.<module>`` of the kind called ``name``
+    (``demo``: the simulator behind ``e4sync demo`` and ``e4sync simulate``), imported by
+    name so that its caller names no kind; UsageError when the kind has none."""
+    _known(name)
+    full = f"e4sync.sources.{name}.{module}"
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as exc:
+        if exc.name != full:
+            raise
+        raise UsageError(f"source {name!r} offers no {module}") from None
 
 
 def _known(name: str) -> None:

@@ -17,7 +17,6 @@ import pytest
 
 from e4sync.archive import Archive, render_relpath, validate_layout, validate_timezone
 from e4sync.archive.layout import aside_names, collision_names, sidecar_name, suffix_of
-
 from e4sync.sources.e4connect.layout import EXAMPLE_FIELDS, SUFFIX, device_serial, layout_fields
 from e4sync.sources.e4connect.settings import DEFAULT_LAYOUT, PLACEHOLDERS
 

@@ -2,9 +2,10 @@
 
 ``KIND`` is what the core knows of it: how to connect an account (``adapter``, which imports
 the client and requests only then), how to rebuild a session from the raw metadata a
-sidecar kept (``items``), how to check a session ZIP offline (``checks``), and what a
-session id must look like. ``settings`` holds its account keys; ``simulator`` is the
-loopback platform the tests and ``e4sync demo`` use.
+sidecar kept (``items``), how to check a session ZIP offline (``checks``), what a
+session id must look like, and where ``doctor`` finds the account's password. ``settings``
+holds its account keys; ``simulator`` is the loopback platform the tests use, and ``demo``
+starts it for ``e4sync demo`` and ``e4sync simulate``.
 
 Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli.
 """
@@ -38,13 +39,30 @@ def verify(path: Path, item: Item) -> Verdict:
 
 
 def check_id(session_id: str) -> str:
-    """A session id as E4 Connect makes them: digits only (it goes into a URL)."""
+    """A session id as E4 Connect makes them: digits only (it goes into a URL). The one
+    rule for an id a person gives (``download``, ``retry``); the client keeps its own guard
+    for its e4client-compatible API."""
     from e4sync.errors import UsageError
 
     text = str(session_id).strip()
     if not text.isdigit() or not text.isascii() or len(text) > 20:
-        raise UsageError(f"session id must be a number: {text[:60]!r}")
+        raise UsageError(f"session id must be a number, got {text[:60]!r}")
     return text
+
+
+def secret_source(account: AccountConfig) -> str:
+    """Where the account's password would be read from (never the password), for
+    ``doctor``: AuthError when there is none, ConfigError when one is set up wrongly."""
+    from e4sync.credentials import password_source
+    from e4sync.errors import AuthError
+
+    source = password_source(account, interactive=False)
+    if source is None:
+        raise AuthError(
+            "no password source found (password_file, password_command, password_env, "
+            "keyring, or $CREDENTIALS_DIRECTORY/e4sync-password)"
+        )
+    return f"{source.kind}: {source.detail}"
 
 
 def endpoint(account: AccountConfig) -> str:
@@ -58,4 +76,6 @@ KIND = Kind(
     verify=verify,
     check_id=check_id,
     endpoint=endpoint,
+    secret_source=secret_source,
+    secret_name="password",
 )

@@ -2,7 +2,9 @@
 
 One client, so one login, per account: the pass's download threads share its cookie.
 The whole list is read every time, because sessions appear late with old start times
-(e4connect-protocol.md). Here, and only here, the core's generic calls become client calls.
+(e4connect-protocol.md). Here, and only here, the core's generic calls become client calls,
+and so do the optional ones only E4 Connect answers: ``devices`` (the purchased devices)
+and ``download`` (one session to a file, outside the archive).
 
 Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli.
 """
@@ -14,10 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from e4sync.sources import Capabilities, Fetched, Item, Listing, RemoteVersion, Verdict
+from e4sync.sources import Capabilities, Fetched, Item, Listing, RemoteVersion, Table, Verdict
 from e4sync.sources.e4connect import verify as verify_session
 from e4sync.sources.e4connect.client import E4Connect
-from e4sync.sources.e4connect.items import parse_listing
+from e4sync.sources.e4connect.items import LISTING_COLUMNS, parse_listing
+
+# The purchased devices' fields, as `e4sync devices` shows them (SPEC section 1).
+DEVICE_COLUMNS = ("device_id", "label", "model", "hardware_code", "purchase_code", "purchase_id")
 
 if TYPE_CHECKING:
     from e4sync.config import AccountConfig, Config
@@ -49,7 +54,7 @@ class E4Source:
     """E4 Connect behind the ``Source`` protocol."""
 
     name = "e4connect"
-    capabilities = Capabilities(can_delete=True)
+    capabilities = Capabilities(can_delete=True, listing_columns=LISTING_COLUMNS)
 
     def __init__(self, client: E4Connect):
         self.client = client
@@ -87,6 +92,17 @@ class E4Source:
 
     def verify(self, path: Path, item: Item) -> Verdict:
         return verify_session(path, item)
+
+    def devices(self) -> Table:
+        """The account's purchased devices, as the platform sent them."""
+        return Table(DEVICE_COLUMNS, self.client.purchased_devices())
+
+    def download(self, item_id: str, target: Path) -> Path:
+        """One session's ZIP to the file ``target``, or into the folder ``target`` under the
+        name the platform's own downloads have (``<start_time>_<SERIAL>.zip``): streamed to a
+        ``.part``, checked to be a whole ZIP (any members: it is the platform's file, an odd
+        one is logged), then renamed into place."""
+        return Path(self.client.download_session(item_id, target, platform_name=True))
 
     def close(self) -> None:
         self.client.close()

@@ -3,7 +3,8 @@
 Owns: coercing the platform's all-string listing rows (ids that must be numbers, start
 times that may be junk, duplicates, over-long values), the metadata digest that is an E4
 item's version (a change in any listed field that defines a session blocks its remote
-deletion, SPEC section 6), and the layout fields a session offers.
+deletion, SPEC section 6), the layout fields a session offers, and the columns
+``e4sync sessions`` shows of it.
 
 Imports only the standard library, ``e4sync.sources`` and this package's ``layout``.
 Must not import: e4sync.state, e4sync.archive, e4sync.sync, e4sync.cli, requests.
@@ -33,6 +34,20 @@ METADATA_FIELDS = (
     "device",
     "status",
     "exit_code",
+)
+# What `e4sync sessions` shows of a session: the listed fields, with the core's `start`
+# (its start time as ISO 8601) and `local_state` (from the state database).
+LISTING_COLUMNS = (
+    "id",
+    "start_time",
+    "start",
+    "duration",
+    "device_id",
+    "label",
+    "device",
+    "status",
+    "exit_code",
+    "local_state",
 )
 MAX_START_TIME = 253402300799  # 9999-12-31T23:59:59Z: beyond it no datetime, no database int
 MAX_FIELD_CHARS = 500  # a listed value longer than this is cut: the platform never sends one
