@@ -639,79 +639,34 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from e4sync.archive import Archive
-    from e4sync.state.models import VERIFIED, Account
-    from e4sync.state.models import Session as SessionRow
-    from e4sync.verify import sha256_file
+    from e4sync.sync import Outcome, remove_one
 
     session_id = session_id_arg(args.session_id)
     cfg = load(args)
     account = one_account(cfg)
-    # A remote copy goes only on the word of a whole database.
-    engine = open_state(cfg, check=True)
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(
-                SessionRow.id,
-                SessionRow.account_id,
-                SessionRow.state,
-                SessionRow.local_path,
-                SessionRow.sha256,
-            )
-            .join(Account, Account.id == SessionRow.account_id)
-            .where(Account.name == account.name, SessionRow.remote_id == session_id)
-        ).first()
-    proof = "no verified local copy is recorded"
-    if row is not None and row.state == VERIFIED and row.local_path:
-        path = Archive(cfg.archive.root).resolve(row.local_path)
-        try:
-            proof = "" if sha256_file(path)[1] == row.sha256 else f"{path} has changed on disk"
-        except OSError as exc:
-            proof = f"{path} cannot be read ({exc.strerror})"
-    if proof and not args.force:
-        raise UsageError(
-            f"refusing to remove session {session_id}: {proof} "
-            "(run `e4sync run-once` first, or use --force to remove it anyway)"
-        )
-    if args.dry_run:
-        out(f"dry run: would remove remote session {session_id}")
-        return EXIT_OK
-    if not args.yes:
+
+    def ask(item_id: str) -> bool:
+        if args.yes:
+            return True
         if not sys.stdin.isatty():
             raise UsageError("not on a terminal: add --yes to confirm the removal")
-        answer = input(f"Remove session {session_id} from E4 Connect? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            out("not removed")
-            return EXIT_OK
-    if row is not None and not proof:
-        # The ledger entry comes first, as in a pass (SPEC section 6); the next pass confirms
-        # it from a fresh listing and marks the session remote_deleted. A forced removal
-        # without a proven copy gets no entry: the session then shows as remote_gone, and is
-        # never counted as archived and cleaned up.
-        import time
+        answer = input(f"Remove session {item_id} from E4 Connect? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
 
-        from e4sync.state.db import sessionmaker_for
-        from e4sync.state.models import Deletion
-
-        with sessionmaker_for(engine)() as db, db.begin():
-            db.add(
-                Deletion(
-                    account_id=row.account_id,
-                    session_id=row.id,
-                    remote_id=session_id,
-                    local_path=row.local_path,
-                    sha256=row.sha256,
-                    requested_at=time.time(),
-                    result="requested by `e4sync remove`",
-                    e4sync_version=__version__,
-                )
-            )
-    engine.dispose()
-    with make_client(cfg, account) as client:
-        client.remove_session(session_id)
-    out(f"removed remote session {session_id}")
+    # A remote copy goes only on the word of a whole database.
+    engine = open_state(cfg, check=True)
+    try:
+        removal = remove_one(
+            cfg, engine, account, session_id, dry_run=args.dry_run, force=args.force, ask=ask
+        )
+    finally:
+        engine.dispose()
+    if removal.outcome is Outcome.WOULD_REMOVE:
+        out(f"dry run: would remove remote session {session_id}")
+    elif removal.outcome is Outcome.DECLINED:
+        out("not removed")
+    else:
+        out(f"removed remote session {session_id}")
     return EXIT_OK
 
 

@@ -503,7 +503,7 @@ def register_memory_kind(monkeypatch: pytest.MonkeyPatch) -> MemoryKind:
     package.KIND = registry.kind
     settings = types.ModuleType(f"e4sync.sources.{MEMORY}.settings", "test-only")
     settings.ACCOUNT_KEYS = {}
-    settings.DEFAULT_LAYOUT = "{account}/{session_id}.zip"
+    settings.DEFAULT_LAYOUT = MEMORY_LAYOUT
     settings.PLACEHOLDERS = ("account", "user_id", "session_id", "start_time", "start", "duration")
     package.settings = settings
     monkeypatch.setitem(sys.modules, package.__name__, package)
@@ -513,11 +513,17 @@ def register_memory_kind(monkeypatch: pytest.MonkeyPatch) -> MemoryKind:
     return registry
 
 
+# What a memory account's files are named by: the layout fields a memory item offers.
+MEMORY_LAYOUT = "{account}/{session_id}.zip"
+
+
 def memory_accounts(cfg: Config, names: list[str] | None = None) -> Config:
     """``cfg`` with ``source = "memory"`` on its accounts (those ``names``, default all):
     test-only, until the configuration file takes a ``source`` key."""
     accounts = tuple(
-        dataclasses.replace(a, source=MEMORY) if names is None or a.name in names else a
+        dataclasses.replace(a, source=MEMORY, layout=MEMORY_LAYOUT)
+        if names is None or a.name in names
+        else a
         for a in cfg.accounts
     )
     return dataclasses.replace(cfg, accounts=accounts)

@@ -1,7 +1,8 @@
-"""e4sync.sync.common: small helpers shared by the pass's modules. Standard library,
+"""e4sync.sync.common: small helpers shared by the pass's modules (a failure's one-line
+reason, a download's ``.part`` name, slices of a long list). Standard library,
 e4sync.errors and e4sync.timestamps only.
 
-Must not import: e4sync.sync, e4sync.state, e4sync.sources, e4sync.cli, sqlalchemy, requests.
+Must not import: e4sync.cli, e4sync.sources, e4sync.state, e4sync.archive, e4sync.sync.run.
 """
 
 from __future__ import annotations

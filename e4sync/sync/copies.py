@@ -9,7 +9,8 @@ the platform no longer holds is reported loudly, every pass, until a person rest
 A copy reported earlier that is back (restored from a backup) is re-hashed before the
 report is cleared.
 
-Must not import: e4sync.cli, e4sync.sources.e4connect, e4sync.sync.run.
+Owns ``check_archived_copies`` and its ``CopiesReport``.
+Must not import: e4sync.cli, e4sync.sources, e4sync.sync.run.
 """
 
 from __future__ import annotations

@@ -1,17 +1,16 @@
-"""e4sync.sync.downloads: the download steps of an account's pass.
+"""e4sync.sync.downloads: the download step of an account's pass (SPEC section 6).
 
-Due sessions get their archive paths (one transaction per batch), ``download.concurrency``
-threads fetch them to ``X.part`` sharing one login, and a finisher pool verifies,
-commits (sidecar, link, fsyncs) and records each one, so a download slot is free as soon as
-a body is on disk. A failed attempt is recorded with its back-off; a stopped one removes its
-``.part`` (no later process could resume it); a full disk pauses the account's downloads for
-the pass without counting an attempt. A file on disk is adopted only when it is not the copy
-the database already knows (a re-download of a lost, damaged or replaced copy fetches anew).
-Mixed into ``AccountPass``, whose attributes it uses (``cfg``, ``account``, ``sessions``,
-``archive``, ``stop``, ``lease_lost``, ``disk_full``, ``report``, ``report_lock``,
-``user_id``, ``dry_run``, ``on_progress``, ``on_bytes``, ``claimed_paths``, ``dry_new``).
+Owns ``Downloader``: due sessions get their archive paths (one transaction per batch),
+``download.concurrency`` threads fetch them to ``X.part`` sharing one login, and a
+finisher pool verifies, commits (sidecar, link, fsyncs) and records each one, so a download
+slot is free as soon as a body is on disk. A failed attempt is recorded with its back-off; a
+stopped one removes its ``.part`` (no later process could resume it); a full disk pauses the
+account's downloads for the pass without counting an attempt. A file on disk is adopted only
+when it is not the copy the database already knows (a re-download of a lost, damaged or
+replaced copy fetches anew). Also ``backoff_delay`` and ``disk_full``.
 
-Must not import: e4sync.cli, e4sync.sync.run, e4sync.sources.e4connect.
+Everything it shares with the rest of the pass is in its ``AccountContext``.
+Must not import: e4sync.cli, e4sync.sources.e4connect, e4sync.sync.run, e4sync.sync.deletions.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from e4sync.state.models import (
 )
 from e4sync.state.models import Session as SessionRow
 from e4sync.sync.common import chunks, describe, iso, part_of
+from e4sync.sync.context import AccountContext
 
 log = logging.getLogger("e4sync.sync")
 
@@ -72,35 +72,59 @@ class _Fetched:
     last_modified: str | None = None
 
 
-class DownloadSteps:
-    """The download half of ``AccountPass``."""
+class _Finishing:
+    """One ``download_due`` call's finisher pool, and the slots that bound how many
+    fetched bodies wait for it (each holds a ``.part`` on disk)."""
 
-    def _download_due(
-        self, source: Source, listed: dict[str, Item], only: set[str] | None = None
-    ) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, slots: threading.BoundedSemaphore):
+        self.pool = pool
+        self.slots = slots
+
+    def done(self, future: Future) -> None:
+        self.slots.release()
+        # Nobody reads a finisher's result: an error escaping even its failure handling
+        # (the database gone) is logged here rather than lost with the future.
+        exc = future.exception()
+        if exc is not None:
+            log.error("archiving failed and could not be recorded: %s", exc, exc_info=exc)
+
+
+class Downloader:
+    """The download step of one account's pass: ``download_due`` fetches, verifies,
+    commits and records what is due. Built once the source is connected."""
+
+    def __init__(self, *, ctx: AccountContext, source: Source):
+        self.ctx = ctx
+        self.source = source
+        # Every archive path taken, by any account (one archive): read when a call has
+        # something to download, extended as paths are chosen.
+        self.claimed_paths: set[str] = set()
+
+    def download_due(self, listed: dict[str, Item], only: set[str] | None = None) -> None:
         """Download what is due and listed (of ``only``, when given)."""
+        ctx = self.ctx
         now = time.time()
-        with self.sessions() as db:
+        with ctx.sessions() as db:
             due = db.execute(
                 select(SessionRow.id, SessionRow.remote_id)
                 .where(
-                    SessionRow.account_id == self.account_id,
+                    SessionRow.account_id == ctx.account_id,
                     SessionRow.state.in_(DUE_STATES),
                     (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
                 )
                 .order_by(SessionRow.recorded_at, SessionRow.id)
             ).all()
         due = [(pk, rid) for pk, rid in due if rid in listed and (only is None or rid in only)]
-        if self.dry_run:
-            self.report.would_download = [rid for _, rid in due] + self.dry_new
-            for rid in self.report.would_download:
+        if ctx.dry_run:
+            ctx.report.would_download = [rid for _, rid in due] + ctx.dry_new
+            for rid in ctx.report.would_download:
                 log.info("dry run: would download session %s", rid)
             return
         if not due:
             return
         # Every path taken, by any account (one archive): only a pass that downloads needs
         # them, so an idle pass over a large archive does not read them all.
-        with self.sessions() as db:
+        with ctx.sessions() as db:
             self.claimed_paths = set(
                 db.scalars(
                     select(SessionRow.local_path).where(
@@ -108,22 +132,23 @@ class DownloadSteps:
                     )
                 )
             )
-        workers = max(1, min(self.cfg.download.concurrency, len(due)))
+        workers = max(1, min(ctx.cfg.download.concurrency, len(due)))
         pending = self._with_paths(due, listed, batch=4 * workers)
         in_flight: set[Future] = set()
-        self._finish_slots = threading.BoundedSemaphore(2 * workers)
         with (
-            ThreadPoolExecutor(workers, thread_name_prefix=f"fin-{self.account.name}") as finisher,
-            ThreadPoolExecutor(workers, thread_name_prefix=f"dl-{self.account.name}") as pool,
+            ThreadPoolExecutor(workers, thread_name_prefix=f"fin-{ctx.account.name}") as finisher,
+            ThreadPoolExecutor(workers, thread_name_prefix=f"dl-{ctx.account.name}") as pool,
         ):
-            self._finisher = finisher
+            finishing = _Finishing(finisher, threading.BoundedSemaphore(2 * workers))
             # A bounded window of submissions, not one future per due session: a first pass
             # over 100,000 sessions would otherwise hold them all in memory at once.
             while True:
                 for pk, item, relpath, known in itertools.islice(
                     pending, 2 * workers - len(in_flight)
                 ):
-                    in_flight.add(pool.submit(self._download_one, source, pk, item, relpath, known))
+                    in_flight.add(
+                        pool.submit(self._download_one, finishing, pk, item, relpath, known)
+                    )
                 if not in_flight:
                     break
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -133,17 +158,14 @@ class DownloadSteps:
                     except (AuthError, StateDamaged):
                         # The password stopped working mid-pass, or the state database is
                         # damaged: nothing else will work either.
-                        self.stop_account()
+                        ctx.stop_account()
                         for other in in_flight:
                             other.cancel()
                         raise
 
-    def stop_account(self) -> None:
-        self.lease_lost.set()
-
     def _download_one(
         self,
-        source: Source,
+        finishing: _Finishing,
         pk: int,
         item: Item,
         relpath: PurePosixPath,
@@ -156,28 +178,19 @@ class DownloadSteps:
             return
         fetched = None
         try:
-            fetched = self._fetch(pk, item, source, relpath, known_sha256)
+            fetched = self._fetch(pk, item, relpath, known_sha256)
         finally:
             if fetched is None:
-                self.on_progress(item.id)
+                self.ctx.on_progress(item.id)
         if fetched is not None:
-            self._finish_slots.acquire()
-            future = self._finisher.submit(self._finish, pk, item, source, fetched)
-            future.add_done_callback(self._finished)
-
-    def _finished(self, future: Future) -> None:
-        self._finish_slots.release()
-        # Nobody reads a finisher's result: an error escaping even its failure handling
-        # (the database gone) is logged here rather than lost with the future.
-        exc = future.exception()
-        if exc is not None:
-            log.error("archiving failed and could not be recorded: %s", exc, exc_info=exc)
+            finishing.slots.acquire()
+            future = finishing.pool.submit(self._finish, pk, item, fetched)
+            future.add_done_callback(finishing.done)
 
     def _fetch(
         self,
         pk: int,
         item: Item,
-        source: Source,
         relpath: PurePosixPath,
         known_sha256: str | None,
     ) -> _Fetched | None:
@@ -185,17 +198,19 @@ class DownloadSteps:
         when the attempt failed (recorded) or was stopped (not an attempt: not counted).
         ``known_sha256`` is the copy the database already has, if any: a file on disk with
         those bytes is the one being replaced, never adopted as the new download."""
-        part = part_of(self.archive.resolve(relpath))
+        part = part_of(self.ctx.archive.resolve(relpath))
         started = time.time()
         found = _file_id(part)  # a part there before this download is not its to remove
         try:
             # Inside the try: a folder that cannot be made is this session's failure (counted,
             # backed off), never the account's whole pass.
-            self.archive.part_path(relpath)
-            adopted = self._adopt_existing(source, relpath, item, known_sha256)
+            self.ctx.archive.part_path(relpath)
+            adopted = self._adopt_existing(relpath, item, known_sha256)
             if adopted is not None:
                 return adopted
-            fetched = source.fetch(item, part, cancel=self.stop, progress=self.on_bytes)
+            fetched = self.source.fetch(
+                item, part, cancel=self.ctx.stop, progress=self.ctx.on_bytes
+            )
             crashpoint("after-fetch")
             return _Fetched(
                 relpath,
@@ -224,16 +239,16 @@ class DownloadSteps:
             self._failed(pk, item, part, exc)
         return None
 
-    def _finish(self, pk: int, item: Item, source: Source, got: _Fetched) -> None:
+    def _finish(self, pk: int, item: Item, got: _Fetched) -> None:
         try:
             if not got.adopted:
-                verdict = source.verify(got.part, item)
+                verdict = self.source.verify(got.part, item)
                 if verdict.problems:
                     with contextlib.suppress(OSError):
                         got.part.unlink()
                     raise NotAZipError("; ".join(verdict.problems))
                 sidecar = self._sidecar(item, got, time.time(), warnings=verdict.warnings)
-                self.archive.commit(got.part, got.relpath, sidecar)
+                self.ctx.archive.commit(got.part, got.relpath, sidecar)
                 if verdict.warnings:
                     # Archived all the same (the platform's data); said once, and in the sidecar.
                     log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
@@ -243,7 +258,7 @@ class DownloadSteps:
             # Not this session's failure, and nothing can be recorded: stop the account (the
             # engine remembers the damage and the pass raises it). A file already committed
             # has its sidecar, from which `reindex` rebuilds its row.
-            self.stop_account()
+            self.ctx.stop_account()
         except (E4SyncError, OSError) as exc:
             self._failed(pk, item, got.part, exc)
         except Exception as exc:
@@ -254,7 +269,7 @@ class DownloadSteps:
             log.exception("session %s: unexpected error while archiving", item.id)
             self._failed(pk, item, got.part, RuntimeError("unexpected error; see the log"))
         finally:
-            self.on_progress(item.id)
+            self.ctx.on_progress(item.id)
 
     def _failed(self, pk: int, item: Item, part: Path, exc: BaseException) -> None:
         if isinstance(exc, StorageError) or not isinstance(exc, E4SyncError):
@@ -272,24 +287,24 @@ class DownloadSteps:
         self._record_failure(pk, item, exc)
 
     def _paused(self) -> bool:
-        return self.stop.is_set() or self.lease_lost.is_set() or self.disk_full.is_set()
+        return self.ctx.halted or self.ctx.disk_full.is_set()
 
     def _pause(self, reason: str) -> None:
-        with self.report_lock:
-            if self.disk_full.is_set():
+        with self.ctx.report_lock:
+            if self.ctx.disk_full.is_set():
                 return
-            self.disk_full.set()
-            self.report.paused = reason
-            self.report.errors.append(f"downloads paused for this pass: {reason}")
+            self.ctx.disk_full.set()
+            self.ctx.report.paused = reason
+            self.ctx.report.errors.append(f"downloads paused for this pass: {reason}")
         log.error(
             "account %s: downloads paused for this pass (%s); no attempt is counted against "
             "the sessions, and the next pass tries again",
-            self.account.name,
+            self.ctx.account.name,
             reason,
         )
 
     def _record_verified(self, pk: int, item: Item, got: _Fetched) -> None:
-        with self.sessions() as db, db.begin():
+        with self.ctx.sessions() as db, db.begin():
             row = db.get(SessionRow, pk)
             row.state = VERIFIED
             row.local_path = str(got.relpath)
@@ -303,14 +318,14 @@ class DownloadSteps:
             row.last_error = None
             row.next_attempt_at = None
             local_problems.clear(row)  # a whole copy is in place again
-        with self.report_lock:
-            self.report.downloaded += 1
-            self.report.bytes += got.size
+        with self.ctx.report_lock:
+            self.ctx.report.downloaded += 1
+            self.ctx.report.bytes += got.size
         seconds = max(time.time() - got.started, 1e-6)
         log.info(
             "session %s: archived %s (%.1f MB, %.1f MB/s)",
             item.id,
-            self.archive.resolve(got.relpath),
+            self.ctx.archive.resolve(got.relpath),
             got.size / 1e6,
             got.size / 1e6 / seconds,
         )
@@ -327,7 +342,7 @@ class DownloadSteps:
                 return
             chosen = []
             unplaced: list[tuple[int, Item, BaseException]] = []
-            with self.sessions() as db, db.begin():
+            with self.ctx.sessions() as db, db.begin():
                 # One SELECT per batch, not one per session (round trips on PostgreSQL).
                 rows = db.scalars(
                     select(SessionRow).where(SessionRow.id.in_([pk for pk, _ in chunk]))
@@ -337,7 +352,11 @@ class DownloadSteps:
                     row = by_pk[pk]
                     try:
                         relpath = self._choose_path(row, listed[rid])
-                    except (E4SyncError, OSError) as exc:
+                    except (
+                        E4SyncError,
+                        OSError,
+                        ValueError,
+                    ) as exc:  # ValueError: a layout its fields cannot fill
                         unplaced.append((pk, listed[rid], exc))
                         continue
                     row.state = DOWNLOADING
@@ -347,7 +366,7 @@ class DownloadSteps:
             # failure, not the batch's (and a nested write would wait for itself on SQLite).
             for pk, item, exc in unplaced:
                 self._record_failure(pk, item, exc)
-                self.on_progress(item.id)
+                self.ctx.on_progress(item.id)
             yield from chosen
 
     def _choose_path(self, row: SessionRow, item: Item) -> PurePosixPath:
@@ -357,27 +376,30 @@ class DownloadSteps:
             # downloaded again (lost, damaged, or replaced on the platform): the new file
             # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
-        layout = self.account.layout or self.cfg.archive.layout
-        fields = {"account": self.account.name, "user_id": self.user_id, **item.fields}
-        wanted = render_relpath(layout, fields, self.cfg.archive.timezone, suffix=item.suffix)
-        chosen = self.archive.choose_path(
-            wanted, session_key(self.account.name, item.id), lambda p: str(p) in self.claimed_paths
+        layout = self.ctx.account.layout or self.ctx.cfg.archive.layout
+        fields = {"account": self.ctx.account.name, "user_id": self.ctx.user_id, **item.fields}
+        # Lenient: the layout was checked against the account's kind when it was loaded.
+        wanted = render_relpath(layout, fields, self.ctx.cfg.archive.timezone)
+        chosen = self.ctx.archive.choose_path(
+            wanted,
+            session_key(self.ctx.account.name, item.id),
+            lambda p: str(p) in self.claimed_paths,
         )
         self.claimed_paths.add(str(chosen))
         return chosen
 
     def _adopt_existing(
-        self, source: Source, relpath: PurePosixPath, item: Item, known_sha256: str | None
+        self, relpath: PurePosixPath, item: Item, known_sha256: str | None
     ) -> _Fetched | None:
         """A crash after the rename but before the database commit leaves a whole file and
         its sidecar: take it if it still hashes to what the sidecar says, and is not the
         copy the database already knows (that one is being downloaded again). It keeps
         the metadata and validators of the listing it was downloaded under."""
-        final = self.archive.resolve(relpath)
-        sidecar = self.archive.read_sidecar(relpath)
+        final = self.ctx.archive.resolve(relpath)
+        sidecar = self.ctx.archive.read_sidecar(relpath)
         if not final.exists() or not sidecar:
             return None
-        if sidecar.get("session_key") != session_key(self.account.name, item.id):
+        if sidecar.get("session_key") != session_key(self.ctx.account.name, item.id):
             return None
         if known_sha256 is not None and sidecar.get("sha256") == known_sha256:
             return None
@@ -385,13 +407,13 @@ class DownloadSteps:
 
         started = time.time()
         size, sha256 = sha256_file(final)
-        if sha256 != sidecar.get("sha256") or not source.verify(final, item).ok:
+        if sha256 != sidecar.get("sha256") or not self.source.verify(final, item).ok:
             return None
         log.info("session %s: adopting the archived file left by an interrupted pass", item.id)
         # A kill between link(part, final) and unlink(part) leaves the part as a second name.
         with contextlib.suppress(FileNotFoundError):
             part_of(final).unlink()
-        then = kind(self.account.source).item_from_raw(sidecar.get("remote"))
+        then = kind(self.ctx.account.source).item_from_raw(sidecar.get("remote"))
         validators = sidecar.get("validators")
         validators = validators if isinstance(validators, dict) else {}
         return _Fetched(
@@ -414,8 +436,8 @@ class DownloadSteps:
         warnings: tuple[str, ...] = (),
     ) -> dict:
         return sidecar.build(
-            account=self.account.name,
-            user_id=self.user_id,
+            account=self.ctx.account.name,
+            user_id=self.ctx.user_id,
             item_id=item.id,
             remote=item.raw,
             file=got.relpath.name,
@@ -431,11 +453,11 @@ class DownloadSteps:
     def _record_failure(self, pk: int, item: Item, exc: BaseException) -> None:
         message = describe(exc)
         now = time.time()
-        with self.sessions() as db, db.begin():
+        with self.ctx.sessions() as db, db.begin():
             row = db.get(SessionRow, pk)
             row.attempts += 1
             row.last_error = message
-            if row.attempts >= self.cfg.download.max_attempts:
+            if row.attempts >= self.ctx.cfg.download.max_attempts:
                 row.state = FAILED
                 row.next_attempt_at = None
                 log.error(
@@ -446,7 +468,7 @@ class DownloadSteps:
                 )
             else:
                 row.next_attempt_at = now + backoff_delay(
-                    row.attempts, self.cfg.download.backoff, self.cfg.download.max_backoff
+                    row.attempts, self.ctx.cfg.download.backoff, self.ctx.cfg.download.max_backoff
                 )
                 log.warning(
                     "session %s: attempt %d failed, retrying after %s: %s",
@@ -455,9 +477,9 @@ class DownloadSteps:
                     iso(row.next_attempt_at),
                     message,
                 )
-        with self.report_lock:
-            self.report.failed += 1
-            self.report.errors.append(f"session {item.id}: {message}")
+        with self.ctx.report_lock:
+            self.ctx.report.failed += 1
+            self.ctx.report.errors.append(f"session {item.id}: {message}")
 
 
 def disk_full(exc: BaseException) -> str:

@@ -1,10 +1,17 @@
-"""e4sync.sync.run: one sync pass over every account (SPEC section 6).
+"""e4sync.sync.run: one sync pass over every account (SPEC section 6), top to bottom.
 
-A pass: lock, then per account: lease, log in, list in full, record new sessions and
-metadata changes, download what is due with ``download.concurrency`` threads sharing one
-login, verify, commit, then delete remote copies that qualify, then write the pass row.
-A failure in one account never stops the others. Per-session failures are recorded with
-their back-off and reported in the ``PassReport``; only ``cli`` turns that into an exit code.
+Owns ``run_pass`` (the pass lock, the worker row, one ``AccountPass`` per account) and
+``AccountPass``, which orchestrates one account: lease (renewed in the background by
+``_LeaseKeeper``), log in, list in full and record new sessions and metadata changes
+(handing the vanished ones to ``Deleter.confirm``), check the archived copies, download what
+is due (``Downloader``, ``download.concurrency`` threads sharing one login), delete remote
+copies that qualify (``Deleter``), download again what the platform replaced, then write
+the pass row. Also ``pass_lock`` and the source factory. What the steps share is the
+account's ``AccountContext``.
+
+A failure in one account never stops the others: it is reported with the error's own
+``exit_code`` (decided in ``e4sync.errors``). Per-session failures are recorded with their
+back-off and reported in the ``PassReport``; only ``cli`` turns that into an exit code.
 A damaged state database is none of these: it stops the pass and is raised
 (``StateDamaged``, exit 65), even where a per-session handler caught it first.
 
@@ -21,7 +28,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, update
@@ -30,13 +36,6 @@ from sqlalchemy.orm import Session as DbSession
 from e4sync.archive import Archive
 from e4sync.config import AccountConfig, Config
 from e4sync.errors import (
-    EXIT_CONFIG,
-    EXIT_NOPERM,
-    EXIT_OK,
-    EXIT_SESSIONS_FAILED,
-    EXIT_TEMPFAIL,
-    AuthError,
-    ConfigError,
     E4SyncError,
     Interrupted,
     LockBusy,
@@ -52,64 +51,27 @@ from e4sync.state.models import (
     REMOTE_GONE,
     VERIFIED,
     Account,
-    Deletion,
     Pass,
 )
 from e4sync.state.models import Session as SessionRow
 from e4sync.sync.common import chunks
+from e4sync.sync.context import AccountContext, SourceFactory
 from e4sync.sync.copies import check_archived_copies
-from e4sync.sync.deletions import DeletionSteps, confirm_deleted
-from e4sync.sync.downloads import DownloadSteps
+from e4sync.sync.deletions import Deleter
+from e4sync.sync.downloads import Downloader
+from e4sync.sync.report import AccountReport, PassReport
+
+__all__ = [
+    "AccountPass",
+    "AccountReport",
+    "PassReport",
+    "SourceFactory",
+    "default_source_factory",
+    "pass_lock",
+    "run_pass",
+]
 
 log = logging.getLogger("e4sync.sync")
-
-SourceFactory = Callable[[AccountConfig], Source]
-
-
-@dataclass
-class AccountReport:
-    """What one pass did for one account."""
-
-    name: str
-    ok: bool = True
-    exit_code: int = EXIT_OK  # 77/75 when the account itself could not be served
-    skipped: str = ""  # why the account was not served (leased by another worker)
-    listed: int = 0
-    new: int = 0
-    changed: int = 0
-    downloaded: int = 0
-    bytes: int = 0
-    failed: int = 0
-    deleted: int = 0
-    gone: int = 0
-    content_changed: int = 0  # archived, but the platform now serves other bytes
-    lost: int = 0  # archived copies found missing or changed on disk by this pass
-    paused: str = ""  # why downloads paused for the rest of the pass (a full disk)
-    errors: list[str] = field(default_factory=list)
-    would_download: list[str] = field(default_factory=list)
-    would_delete: list[str] = field(default_factory=list)
-    deletion_cap_reached: bool = False
-
-
-@dataclass
-class PassReport:
-    started_at: float
-    finished_at: float = 0.0
-    dry_run: bool = False
-    interrupted: bool = False
-    accounts: list[AccountReport] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        """The most telling code: configuration, credentials, an unreachable platform,
-        then failed sessions (SPEC section 3)."""
-        codes = {a.exit_code for a in self.accounts}
-        for code in (EXIT_CONFIG, EXIT_NOPERM, EXIT_TEMPFAIL):
-            if code in codes:
-                return code
-        if any(a.failed or a.errors for a in self.accounts):
-            return EXIT_SESSIONS_FAILED
-        return EXIT_OK
 
 
 @contextlib.contextmanager
@@ -224,21 +186,21 @@ def _run_pass(
                 break
             if statedb.damage_found(engine) is not None:
                 break  # run_pass raises it
+            ctx = AccountContext(
+                cfg=cfg,
+                account=account,
+                engine=engine,
+                sessions=sessions,
+                archive=archive,
+                report=AccountReport(account.name),
+                worker_id=worker_id,
+                dry_run=dry_run,
+                stop=stop,
+                on_progress=on_progress or _ignore,
+                on_bytes=on_bytes,
+            )
             report.accounts.append(
-                AccountPass(
-                    cfg,
-                    account,
-                    engine,
-                    sessions,
-                    archive,
-                    worker_id,
-                    stop,
-                    source_factory,
-                    dry_run,
-                    on_progress or _ignore,
-                    min_gap,
-                    on_bytes,
-                ).run()
+                AccountPass(ctx=ctx, source_factory=source_factory, min_gap=min_gap).run()
             )
         if stop.is_set():
             report.interrupted = True
@@ -279,153 +241,126 @@ def _ignore(_what: str) -> None:
     pass
 
 
-class AccountPass(DownloadSteps, DeletionSteps):
-    """One account's part of a pass. Holds the account's lease while it works."""
+class AccountPass:
+    """One account's part of a pass, top to bottom. Holds the account's lease while it
+    works; ``ctx`` is what its steps share (its ``report`` is what ``run`` returns)."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        account: AccountConfig,
-        engine: Engine,
-        sessions: Callable[[], DbSession],
-        archive: Archive,
-        worker_id: str,
-        stop: threading.Event,
-        source_factory: SourceFactory,
-        dry_run: bool,
-        on_progress: Callable[[str], None],
-        min_gap: float = 0.0,
-        on_bytes: Callable[[int], None] | None = None,
-    ):
-        self.cfg = cfg
-        self.min_gap = min_gap
-        self.on_progress = on_progress
-        self.on_bytes = on_bytes
-        self.account = account
-        self.engine = engine
-        self.sessions = sessions
-        self.archive = archive
-        self.worker_id = worker_id
-        self.stop = stop
+    def __init__(self, *, ctx: AccountContext, source_factory: SourceFactory, min_gap: float = 0.0):
+        self.ctx = ctx
         self.source_factory = source_factory
-        self.dry_run = dry_run
-        self.report = AccountReport(account.name)
-        self.account_id = 0
-        self.user_id = ""
-        self.lease_lost = threading.Event()
-        self.report_lock = threading.Lock()
-        self.claimed_paths: set[str] = set()
-        self.dry_new: list[str] = []  # sessions a dry run saw for the first time
-        # Archived sessions whose platform copy changed: downloaded again this pass.
-        self.requeued: set[str] = set()
-        self.disk_full = threading.Event()  # set once: downloads pause for the pass
+        # Skip the account if another worker listed it less than this many seconds ago.
+        self.min_gap = min_gap
 
     # -- the steps ---------------------------------------------------------------------
 
     def run(self) -> AccountReport:
+        ctx = self.ctx
         started = time.time()
-        with self.sessions() as db, db.begin():
+        with ctx.sessions() as db, db.begin():
             row = statedb.ensure_account(
                 db,
-                self.account.name,
-                self.account.source,
-                kind(self.account.source).endpoint(self.account),
+                ctx.account.name,
+                ctx.account.source,
+                kind(ctx.account.source).endpoint(ctx.account),
             )
-            self.account_id = row.id
+            ctx.account_id = row.id
         if self.min_gap and self._served_recently():
-            self.report.skipped = "served by another worker less than half an interval ago"
-            return self.report
+            ctx.report.skipped = "served by another worker less than half an interval ago"
+            return ctx.report
         claimed = statedb.claim_accounts(
-            self.engine, self.worker_id, [self.account.name], self.cfg.state.lease
+            ctx.engine, ctx.worker_id, [ctx.account.name], ctx.cfg.state.lease
         )
         if not claimed:
-            self.report.skipped = "leased by another worker"
-            log.info("account %s: served by another worker this pass", self.account.name)
-            return self.report
+            ctx.report.skipped = "leased by another worker"
+            log.info("account %s: served by another worker this pass", ctx.account.name)
+            return ctx.report
         keeper = _LeaseKeeper(
-            self.engine, self.worker_id, self.account.name, self.cfg.state.lease, self.lease_lost
+            ctx.engine, ctx.worker_id, ctx.account.name, ctx.cfg.state.lease, ctx.lease_lost
         )
         source: Source | None = None
         try:
             keeper.start()
-            source = self.source_factory(self.account)
-            if self.dry_run:
+            source = self.source_factory(ctx.account)
+            if ctx.dry_run:
                 source = DryRunSource(source)
             self._serve(source)
         except Interrupted as exc:
             # A stop during a wait (a Retry-After, a backoff): not this account's failure.
-            log.info("account %s: %s", self.account.name, exc)
+            log.info("account %s: %s", ctx.account.name, exc)
         except StateDamaged:
             raise  # not this account's failure: the whole state database's
-        except ConfigError as exc:
-            self._account_failed(EXIT_CONFIG, str(exc))
-        except AuthError as exc:
-            self._account_failed(EXIT_NOPERM, str(exc))
-        except TransientError as exc:
-            # Not always "unreachable": a keyring not up yet, an answer of the wrong shape.
-            self._account_failed(EXIT_TEMPFAIL, f"{exc} (temporary: the next pass tries again)")
         except E4SyncError as exc:
-            self._account_failed(EXIT_SESSIONS_FAILED, str(exc))
+            # The error's own exit code (errors.py decides them all): 78 configuration,
+            # 77 credentials, 75 temporary, 1 anything else.
+            message = str(exc)
+            if isinstance(exc, TransientError):
+                # Not always "unreachable": a keyring not up yet, an answer of the wrong shape.
+                message = f"{message} (temporary: the next pass tries again)"
+            self._account_failed(exc.exit_code, message)
         finally:
             keeper.stop()
             if source is not None:
                 source.close()
             # Nothing more is written into a damaged file: it is to be rebuilt anyway.
-            if statedb.damage_found(self.engine) is None:
-                statedb.release_leases(self.engine, self.worker_id, [self.account.name])
+            if statedb.damage_found(ctx.engine) is None:
+                statedb.release_leases(ctx.engine, ctx.worker_id, [ctx.account.name])
                 self._write_pass_row(started)
-        return self.report
+        return ctx.report
 
     def _served_recently(self) -> bool:
         """With several workers each pass of each would otherwise log in to every account:
         skip one that another worker listed less than ``min_gap`` seconds ago."""
-        with self.sessions() as db:
-            row = db.get(Account, self.account_id)
+        with self.ctx.sessions() as db:
+            row = db.get(Account, self.ctx.account_id)
             listed_at = row.last_listed_at if row else None
         return listed_at is not None and time.time() - listed_at < self.min_gap
 
     def _account_failed(self, code: int, message: str) -> None:
-        self.report.ok = False
-        self.report.exit_code = code
-        self.report.errors.append(message)
-        log.error("account %s: %s", self.account.name, message)
+        report = self.ctx.report
+        report.ok = False
+        report.exit_code = code
+        report.errors.append(message)
+        log.error("account %s: %s", self.ctx.account.name, message)
 
     def _serve(self, source: Source) -> None:
-        self.user_id = source.identity()
+        ctx = self.ctx
+        downloader = Downloader(ctx=ctx, source=source)
+        deleter = Deleter(ctx=ctx, source=source)
+        ctx.user_id = source.identity()
         listing = source.list_items()
-        items = listing.items
-        listing_ok = self._record_listing(listing)
+        listing_ok = self._record_listing(listing, deleter)
         copies = check_archived_copies(
-            self.sessions, self.archive, self.account_id, self.account.name, dry_run=self.dry_run
+            ctx.sessions, ctx.archive, ctx.account_id, ctx.account.name, dry_run=ctx.dry_run
         )
-        self.report.lost = len(copies.requeued) + len(copies.lost)
-        listed = {i.id: i for i in items}
-        self._download_due(source, listed)
-        damage = statedb.damage_found(self.engine)
+        ctx.report.lost = len(copies.requeued) + len(copies.lost)
+        listed = {i.id: i for i in listing.items}
+        downloader.download_due(listed)
+        damage = statedb.damage_found(ctx.engine)
         if damage is not None:
             # A download thread met it and stopped the account: no deletion on its word.
             raise damage
-        if self.stop.is_set():
+        if ctx.stop.is_set():
             return
-        self._delete_qualifying(source, listed, listing_ok)
-        if self.requeued and not self.stop.is_set():
+        deleter.delete_qualifying(listed, listing_ok)
+        if ctx.requeued and not ctx.stop.is_set():
             # A version the platform replaced: fetch it now rather than a pass later. It
             # qualifies for deletion on its own terms (its grace counts from now).
-            self._download_due(source, listed, only=self.requeued)
+            downloader.download_due(listed, only=ctx.requeued)
 
     # -- listing -----------------------------------------------------------------------
 
-    def _record_listing(self, listing: Listing) -> bool:
+    def _record_listing(self, listing: Listing, deleter: Deleter) -> bool:
         """Record new sessions and metadata changes with a constant number of queries,
         holding plain tuples, not ORM objects, for the sessions that did not change (an
-        account can list 100,000). Returns whether the listing can be trusted for deletions."""
+        account can list 100,000). Sessions gone from it go to ``deleter.confirm``. Returns
+        whether the listing can be trusted for deletions."""
         now = time.time()
         items = listing.items
-        self.report.listed = len(items)
+        self.ctx.report.listed = len(items)
         listed = {i.id: i for i in items}
-        with self.sessions() as db, db.begin():
-            account = db.get(Account, self.account_id)
-            account.user_id = self.user_id
+        with self.ctx.sessions() as db, db.begin():
+            account = db.get(Account, self.ctx.account_id)
+            account.user_id = self.ctx.user_id
             account.last_listed_at = now
             known = {
                 rid: (pk, state, mhash)
@@ -435,7 +370,7 @@ class AccountPass(DownloadSteps, DeletionSteps):
                         SessionRow.id,
                         SessionRow.state,
                         SessionRow.version,
-                    ).where(SessionRow.account_id == self.account_id)
+                    ).where(SessionRow.account_id == self.ctx.account_id)
                 )
             }
             present_before = sum(
@@ -448,24 +383,24 @@ class AccountPass(DownloadSteps, DeletionSteps):
                 log.warning(
                     "account %s: the platform listed no sessions where %d existed; "
                     "treating the listing as untrustworthy",
-                    self.account.name,
+                    self.ctx.account.name,
                     present_before,
                 )
-                self.report.errors.append("empty session list where sessions existed")
+                self.ctx.report.errors.append("empty session list where sessions existed")
                 return False
             new_ids = [rid for rid in listed if rid not in known]
-            if self.dry_run:
+            if self.ctx.dry_run:
                 # Say what is new, record nothing: a dry run changes nothing, here included.
-                self.dry_new = new_ids
-                self.report.new = len(new_ids)
+                self.ctx.dry_new = new_ids
+                self.ctx.report.new = len(new_ids)
                 db.rollback()
                 return True
             for chunk in chunks(new_ids, 1000):
                 db.execute(
                     insert(SessionRow),
-                    [rows.new_values(self.account_id, listed[r], now) for r in chunk],
+                    [rows.new_values(self.ctx.account_id, listed[r], now) for r in chunk],
                 )
-            self.report.new = len(new_ids)
+            self.ctx.report.new = len(new_ids)
             for rid, (pk, state, mhash) in known.items():
                 item = listed.get(rid)
                 back = state in (REMOTE_GONE, REMOTE_DELETED)
@@ -473,7 +408,7 @@ class AccountPass(DownloadSteps, DeletionSteps):
                     continue
                 row = db.get(SessionRow, pk)
                 if mhash != item.version:
-                    self.report.changed += 1
+                    self.ctx.report.changed += 1
                     rows.apply_metadata(row, item)
                     log.info("session %s: remote metadata changed", rid)
                 if state == REMOTE_GONE:
@@ -502,34 +437,26 @@ class AccountPass(DownloadSteps, DeletionSteps):
                 and listing.covered(rid)
             ]
             if vanished:
-                self._record_vanished(db, vanished, now)
-        if self.report.new:
+                self._record_vanished(db, deleter, vanished, now)
+        if self.ctx.report.new:
             log.info(
                 "account %s: %d sessions listed, %d new",
-                self.account.name,
+                self.ctx.account.name,
                 len(items),
-                self.report.new,
+                self.ctx.report.new,
             )
         return True
 
-    def _record_vanished(self, db: DbSession, vanished: list[tuple[str, int]], now: float) -> None:
+    def _record_vanished(
+        self, db: DbSession, deleter: Deleter, vanished: list[tuple[str, int]], now: float
+    ) -> None:
         """A session gone from the listing was deleted by this program (its ledger entry
-        waits for this confirmation) or by someone else: ``remote_gone``, copy kept."""
-        pending = set(
-            db.scalars(
-                select(Deletion.remote_id).where(
-                    Deletion.account_id == self.account_id, Deletion.confirmed_at.is_(None)
-                )
-            )
-        )
+        waits for this confirmation: ``Deleter.confirm``) or by someone else:
+        ``remote_gone``, copy kept."""
         gone = []
-        for rid, pk in vanished:
-            if rid in pending:
-                confirm_deleted(db, db.get(SessionRow, pk), now)
-                self.report.deleted += 1
-            else:
-                gone.append(pk)
-                log.warning("session %s vanished from the platform without e4sync deleting it", rid)
+        for rid, pk in deleter.confirm(db, vanished, now):
+            gone.append(pk)
+            log.warning("session %s vanished from the platform without e4sync deleting it", rid)
         for chunk in chunks(gone, 1000):
             db.execute(
                 update(SessionRow)
@@ -537,24 +464,24 @@ class AccountPass(DownloadSteps, DeletionSteps):
                 .values(state=REMOTE_GONE, gone_at=now)
                 .execution_options(synchronize_session=False)
             )
-        self.report.gone += len(gone)
+        self.ctx.report.gone += len(gone)
 
     # -- the pass row ------------------------------------------------------------------
 
     def _write_pass_row(self, started: float) -> None:
-        r = self.report
-        if self.dry_run:
+        r = self.ctx.report
+        if self.ctx.dry_run:
             return
         try:
-            with self.sessions() as db, db.begin():
+            with self.ctx.sessions() as db, db.begin():
                 db.add(
                     Pass(
-                        account_id=self.account_id,
-                        worker=self.worker_id,
+                        account_id=self.ctx.account_id,
+                        worker=self.ctx.worker_id,
                         started_at=started,
                         finished_at=time.time(),
                         ok=r.ok and not r.failed and not r.paused,
-                        dry_run=self.dry_run,
+                        dry_run=self.ctx.dry_run,
                         listed=r.listed,
                         new=r.new,
                         changed=r.changed,
@@ -567,14 +494,14 @@ class AccountPass(DownloadSteps, DeletionSteps):
                         paused=r.paused or None,
                     )
                 )
-                account = db.get(Account, self.account_id)
+                account = db.get(Account, self.ctx.account_id)
                 account.last_error = r.errors[-1][:2000] if r.errors else None
                 if r.ok:
                     account.last_ok_at = time.time()
         except StateDamaged:
             pass  # remembered by the engine; run_pass raises it
         except Exception:  # the pass's own outcome matters more than its summary row
-            log.exception("account %s: could not write the pass summary", self.account.name)
+            log.exception("account %s: could not write the pass summary", self.ctx.account.name)
 
 
 class _LeaseKeeper:

@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -234,6 +235,26 @@ def test_remove_dry_run_removes_nothing(sim, envcli):
     assert sim.deleted_ids() == set()
 
 
+def test_remove_dry_run_sends_no_delete_and_makes_the_passes_proofs(sim, envcli, home):
+    url = ("--base-url", sim.base_url)
+    envcli("run-once", *url)
+    sid = sim.sessions()[0]["id"]
+    before = len(sim.request_log())
+    for argv in (("remove", sid, "--dry-run"), ("remove", sid, "--force", "--dry-run")):
+        result = envcli(*argv, *url)
+        assert f"dry run: would remove remote session {sid}" in result.out
+    sent = sim.request_log()[before:]
+    assert not [e for e in sent if e["method"] == "DELETE"], sent
+    # The same proofs as a pass: the platform was asked for one byte of the archived version.
+    assert [e for e in sent if e["endpoint"] == "download" and e["range"] == "bytes=0-0"]
+    assert sim.deleted_ids() == set()
+    db = sqlite3.connect(home.state / "e4sync" / "state.db")
+    try:
+        assert db.execute("select count(*) from deletions").fetchone() == (0,)
+    finally:
+        db.close()
+
+
 def test_remove_of_a_verified_session_needs_yes_off_a_terminal(sim, envcli, monkeypatch):
     url = ("--base-url", sim.base_url)
     envcli("run-once", *url)
@@ -301,6 +322,25 @@ def test_remove_is_refused_when_the_local_copy_changed(sim, envcli, home):
     result = envcli("remove", sid, "--yes", *url, exit_code=2)
     assert "has changed on disk" in result.err
     assert sim.deleted_ids() == set()
+
+
+def test_remove_is_refused_when_the_platform_copy_changed_since_it_was_archived(sim, envcli, home):
+    url = ("--base-url", sim.base_url)
+    envcli("run-once", *url)
+    sid = sim.sessions()[0]["id"]
+    sim.change_content(sid)  # other bytes under the same metadata
+    result = envcli("remove", sid, "--yes", *url, exit_code=2)
+    assert f"refusing to remove session {sid}" in result.err
+    assert "changed since it was archived" in result.err
+    assert sim.deleted_ids() == set()
+    db = sqlite3.connect(home.state / "e4sync" / "state.db")
+    try:
+        state = db.execute("select state from sessions where remote_id = ?", (sid,)).fetchone()
+        ledger = db.execute("select count(*) from deletions").fetchone()
+    finally:
+        db.close()
+    # Queued to be downloaded again by the next pass; no ledger entry was written.
+    assert state == ("new",) and ledger == (0,)
 
 
 def test_run_once_dry_run_prints_what_it_would_download(sim, envcli, home):

@@ -183,3 +183,52 @@ def test_a_lost_or_cut_copy_is_downloaded_again_and_a_lost_deleted_one_is_report
         assert "the platform no longer holds it" in result.out + result.err
         assert str(setup.archive / gone["local_path"]) in result.out + result.err
     assert rows(setup)[lost]["local_problem"].startswith("missing: ")
+
+
+class ReadOnly:
+    """The real E4 source, saying it cannot delete (as a read-only S3 delivery does)."""
+
+    def __init__(self, inner):
+        from e4sync.sources import Capabilities
+
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = Capabilities(can_delete=False)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def delete(self, item, if_match=None):
+        raise AssertionError(f"a source that cannot delete was asked to delete {item.id}")
+
+
+def test_a_source_that_cannot_delete_is_never_asked_to(sim, setup, caplog):
+    import logging
+
+    from e4sync.config import load_config
+    from e4sync.errors import UsageError
+    from e4sync.sources import make_source
+    from e4sync.state.db import open_db
+    from e4sync.sync import remove_one, run_pass
+
+    cfg = load_config(setup.write(sim.base_url, account_extra=DELETE_AT_ONCE))
+    engine = open_db(cfg.state.url)
+    factory = lambda account: ReadOnly(make_source(account, cfg))  # noqa: E731
+    try:
+        with caplog.at_level(logging.INFO, logger="e4sync.sync"):
+            reports = [run_pass(cfg, engine, source_factory=factory) for _ in range(2)]
+        sid = sim.sessions()[0]["id"]
+        with pytest.raises(UsageError, match="cannot delete"):
+            remove_one(cfg, engine, cfg.accounts[0], sid, source_factory=factory)
+    finally:
+        engine.dispose()
+    for report in reports:
+        (account,) = report.accounts
+        assert "cannot delete" in account.deletions_skipped
+        assert account.deleted == 0 and not account.errors and report.exit_code == 0
+    assert reports[0].accounts[0].downloaded == len(sim.sessions())
+    said = [r for r in caplog.records if "cannot delete" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO, logging.INFO], "once per pass, at INFO"
+    assert sim.deleted_ids() == set()
+    assert not [e for e in sim.request_log() if e["method"] == "DELETE"]
+    assert {r["state"] for r in rows(setup).values()} == {"verified"}

@@ -1,0 +1,71 @@
+"""e4sync.sync.report: what a pass did, as the callers read it.
+
+Owns ``AccountReport`` (one account's counts, errors, pause and deletion notes) and
+``PassReport`` (every account's, and the exit code they add up to, SPEC section 3). Plain
+dataclasses: the CLI renders them, the daemon and ``notify`` read them; nothing here does I/O.
+
+Must not import: e4sync.cli, e4sync.sources.e4connect, e4sync.state, e4sync.sync.run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from e4sync.errors import (
+    EXIT_CONFIG,
+    EXIT_NOPERM,
+    EXIT_OK,
+    EXIT_SESSIONS_FAILED,
+    EXIT_TEMPFAIL,
+)
+
+__all__ = ["AccountReport", "PassReport"]
+
+
+@dataclass
+class AccountReport:
+    """What one pass did for one account."""
+
+    name: str
+    ok: bool = True
+    exit_code: int = EXIT_OK  # the error's own code when the account could not be served
+    skipped: str = ""  # why the account was not served (leased by another worker)
+    listed: int = 0
+    new: int = 0
+    changed: int = 0
+    downloaded: int = 0
+    bytes: int = 0
+    failed: int = 0
+    deleted: int = 0
+    gone: int = 0
+    content_changed: int = 0  # archived, but the platform now serves other bytes
+    lost: int = 0  # archived copies found missing or changed on disk by this pass
+    paused: str = ""  # why downloads paused for the rest of the pass (a full disk)
+    errors: list[str] = field(default_factory=list)
+    would_download: list[str] = field(default_factory=list)
+    would_delete: list[str] = field(default_factory=list)
+    deletion_cap_reached: bool = False
+    # Why the deletion step did not run although remote.delete_after_verify is on (the
+    # source cannot delete); "" when it ran or deletion is off.
+    deletions_skipped: str = ""
+
+
+@dataclass
+class PassReport:
+    started_at: float
+    finished_at: float = 0.0
+    dry_run: bool = False
+    interrupted: bool = False
+    accounts: list[AccountReport] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """The most telling code: configuration, credentials, an unreachable platform,
+        then failed sessions (SPEC section 3)."""
+        codes = {a.exit_code for a in self.accounts}
+        for code in (EXIT_CONFIG, EXIT_NOPERM, EXIT_TEMPFAIL):
+            if code in codes:
+                return code
+        if any(a.failed or a.errors for a in self.accounts):
+            return EXIT_SESSIONS_FAILED
+        return EXIT_OK
