@@ -138,6 +138,11 @@ class VersionChanged(RemoteError):
     or validators differ, or it refused a conditional request): never delete it."""
 
 
+class NotPermitted(RemoteError):
+    """The platform refused an operation these credentials may not make (S3's
+    AccessDenied on a DELETE with read-only keys): not retried, recorded once."""
+
+
 class NotAZipError(RemoteError):
     """A download was not a whole, valid ZIP: an HTML page, an empty or short body,
     bad CRCs. Nothing was kept under the final name."""

@@ -441,6 +441,11 @@ def retry(
         # A failed session starts afresh; one still downloading keeps its path to resume.
         state = case((SessionRow.state == FAILED, NEW), else_=SessionRow.state)
         result = db.execute(query.values(next_attempt_at=now, attempts=0, state=state))
+        # Deletions a platform refused as not permitted are asked for again (new keys).
+        refused = update(Account).where(Account.deletions_refused.is_not(None))
+        if account_names is not None:
+            refused = refused.where(Account.name.in_(account_names))
+        db.execute(refused.values(deletions_refused=None))
         return result.rowcount or 0
 
 

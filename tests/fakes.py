@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from e4sync.errors import (
     E4SyncError,
     Interrupted,
+    NotPermitted,
     RemoteError,
     SessionNotFound,
     TransientError,
@@ -225,8 +226,20 @@ class MemorySource:
         can_delete: bool = True,
         covers: str | tuple[str, ...] | None = None,
         user: str = "memory-user",
+        refetch_changed: bool = False,
+        versions_folder: str = "",
+        deletion_permitted: bool = True,
+        content_facts: bool = False,
     ) -> None:
-        self.capabilities = Capabilities(can_delete=can_delete)
+        self.capabilities = Capabilities(
+            can_delete=can_delete,
+            refetch_changed=refetch_changed,
+            versions_folder=versions_folder,
+        )
+        # False: a DELETE is answered as read-only S3 keys are (NotPermitted, AccessDenied).
+        self.deletion_permitted = deletion_permitted
+        # True: verify says what the content records (facts, a span), as S3 raw files do.
+        self.content_facts = content_facts
         self.covers = covers
         self.user = user
         self.calls: list[tuple] = []
@@ -315,8 +328,8 @@ class MemorySource:
         self._log("identity")
         return self.user
 
-    def list_items(self) -> Listing:
-        self._log("list_items")
+    def list_items(self, last_complete: float | None = None) -> Listing:
+        self._log("list_items", last_complete)
         with self._lock:
             prefixes = self.covers
             ids = sorted(self._entries)
@@ -379,6 +392,8 @@ class MemorySource:
             if not self.capabilities.can_delete:
                 # As S3 answers read-only keys: AccessDenied, not worth a retry.
                 raise RemoteError(f"memory platform: deleting {item.id!r} is not permitted")
+            if not self.deletion_permitted:
+                raise NotPermitted(f"memory platform: AccessDenied deleting {item.id!r}")
             entry = self._entries.get(item.id)
             if entry is None:
                 raise SessionNotFound(f"memory platform: no item {item.id!r}")
@@ -395,6 +410,14 @@ class MemorySource:
         verdict = verify_file(path, item)
         if refusal is not None:
             return Verdict(problems=(*verdict.problems, refusal), warnings=verdict.warnings)
+        if self.content_facts and verdict.ok:
+            size = path.stat().st_size
+            # A made-up span that differs from the listing's: the content's word wins.
+            return Verdict(
+                warnings=verdict.warnings,
+                facts={"bytes": size},
+                recorded=(item.recorded_at + 60, float(size)),
+            )
         return verdict
 
     def close(self) -> None:

@@ -80,10 +80,15 @@ def build(
     etag: str | None = None,
     last_modified: str | None = None,
     warnings: list[str] | None = None,
+    source: str = "",
+    content: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The sidecar of one archived file. ``remote`` is the listed metadata the file was
     downloaded under; ``etag``/``last_modified`` the validators the platform sent with it;
-    ``warnings`` what its check found harmless but worth saying."""
+    ``warnings`` what its check found harmless but worth saying; ``source`` the kind of
+    platform (which rebuilds the item from ``remote`` in ``reindex``; none: E4 Connect, as
+    every sidecar written before sources had kinds); ``content`` what the file's content
+    says of itself (streams, rates, the span recorded)."""
     data: dict[str, Any] = {
         "schema": SCHEMA,
         "session_key": session_key(account, item_id),
@@ -103,6 +108,10 @@ def build(
         data["validators"] = found
     if warnings:
         data["warnings"] = list(warnings)
+    if source:
+        data["source"] = source
+    if content:
+        data["content"] = dict(content)
     return data
 
 

@@ -201,7 +201,14 @@ class Archive:
             f"no free file name for session {key} near {rel} after {MAX_COLLISIONS} tries"
         )
 
-    def commit(self, part: Path | str, relpath: str | PurePath, sidecar: dict) -> Path:
+    def commit(
+        self,
+        part: Path | str,
+        relpath: str | PurePath,
+        sidecar: dict,
+        *,
+        aside_root: PurePosixPath | None = None,
+    ) -> Path:
         """Move a downloaded, verified ``part`` into place as ``relpath`` with its sidecar,
         durably, and return the final path.
 
@@ -219,7 +226,8 @@ class Archive:
         replaced or a damaged one, that file is kept aside (:meth:`keep_aside`), never
         overwritten, and the new one takes the name. A file of another item, or one
         e4sync did not write, is never touched (``StorageError``; the part is left for the
-        caller). Any ``OSError`` becomes ``StorageError`` naming the cause."""
+        caller). Any ``OSError`` becomes ``StorageError`` naming the cause. ``aside_root``:
+        where a kept-aside copy goes (see :meth:`keep_aside`)."""
         part = Path(part)
         rel = _relpath(relpath)
         final = self.resolve(rel)
@@ -235,14 +243,14 @@ class Archive:
                         "it was not overwritten"
                     )
             if os.path.lexists(final):
-                return self._commit_over_existing(part, rel, final, sidecar)
+                return self._commit_over_existing(part, rel, final, sidecar, aside_root)
             staged = self._stage_sidecar(rel, sidecar)
             try:
                 _place(part, final)
             except FileExistsError:
                 # Another process put a file there between our check and the link.
                 _unlink_quietly(staged)
-                return self._commit_over_existing(part, rel, final, sidecar)
+                return self._commit_over_existing(part, rel, final, sidecar, aside_root)
             except BaseException:
                 _unlink_quietly(staged)
                 raise
@@ -266,19 +274,31 @@ class Archive:
         except OSError as exc:
             raise _storage_error("write the sidecar", side, exc) from exc
 
-    def keep_aside(self, relpath: str | PurePath, reason: str) -> Path:
+    def keep_aside(
+        self, relpath: str | PurePath, reason: str, aside_root: PurePosixPath | None = None
+    ) -> Path:
         """Give the archived file at ``relpath`` a second, dated name beside it,
         ``<stem>.<reason>-<UTC time><suffix>`` (``reason`` is ``replaced`` or ``damaged``),
         that e4sync never writes to, moves or deletes again, and return it. A ``replaced``
         copy (whole, an older version) gets its sidecar copied too, marked ``kept_aside``
         so that ``reindex`` does not take it for the item's current copy; a ``damaged`` one
         is kept as found, for a person to look at. The file keeps its current name until
-        the caller replaces it: a crash in between leaves two names for one file."""
+        the caller replaces it: a crash in between leaves two names for one file.
+
+        With ``aside_root`` (``{account}/.versions``) the dated name is not beside the
+        file but in the same place under that folder (``{account}/.versions/a/b/X.<reason>-
+        <UTC>.avro`` for ``{account}/a/b/X.avro``), so a mirrored tree keeps only the
+        platform's files. It must be on the same filesystem: the copy is a hard link."""
         rel = _relpath(relpath)
         final = self.resolve(rel)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        for aside_rel in aside_names(rel, reason, stamp):
-            aside = final.with_name(aside_rel.name)
+        folder = rel.parent
+        if aside_root is not None:
+            folder = _relpath(aside_root) / rel.parent.relative_to(_relpath(aside_root).parent)
+            self._makedirs(self.resolve(folder))
+        for beside in aside_names(rel, reason, stamp):
+            aside_rel = folder / beside.name
+            aside = self.resolve(aside_rel)
             if os.path.lexists(aside) or os.path.lexists(self.sidecar_path(aside_rel)):
                 continue
             # The same order as a commit: the sidecar staged, the file named, then the
@@ -300,10 +320,10 @@ class Archive:
                         _unlink_quietly(staged)
                     raise
                 os.rename(final, aside)  # no hard links here: the name moves instead
-            fsync_dir(final.parent)
+            fsync_dir(aside.parent)
             if staged:
                 os.replace(staged, self.sidecar_path(aside_rel))
-                fsync_dir(final.parent)
+                fsync_dir(aside.parent)
             log.warning("kept the %s copy %s aside as %s", reason, final, aside)
             return aside
         raise StorageError(f"no free name to keep {final} aside after {MAX_COLLISIONS} tries")
@@ -442,7 +462,12 @@ class Archive:
         return None
 
     def _commit_over_existing(
-        self, part: Path, rel: PurePosixPath, final: Path, sidecar: dict
+        self,
+        part: Path,
+        rel: PurePosixPath,
+        final: Path,
+        sidecar: dict,
+        aside_root: PurePosixPath | None = None,
     ) -> Path:
         """``final`` exists: if it is this very file, only its sidecar may need bringing up
         to date; if it is this item's own earlier copy, keep it aside and take the name;
@@ -460,7 +485,7 @@ class Archive:
         if old is None or owner(old) != owner(sidecar):
             raise StorageError(f"{final} already holds a different file; it was not overwritten")
         reason = "replaced" if there == old.get("sha256") else "damaged"
-        self.keep_aside(rel, reason)
+        self.keep_aside(rel, reason, aside_root)
         staged = self._stage_sidecar(rel, sidecar)
         # The old bytes are safe under their second name: the new file may take this one.
         os.replace(part, final)

@@ -87,6 +87,14 @@ class Capabilities:
 
     can_delete: bool = True
     listing_columns: tuple[str, ...] = ()
+    # A new version of an archived item is downloaded again (S3: a rewritten object), the
+    # old copy kept aside; False: a changed version only blocks the item's remote deletion
+    # (E4: metadata edited on the platform, same recording).
+    refetch_changed: bool = False
+    # Where kept-aside copies go: "" beside the file (``X.replaced-<UTC>.zip``), else this
+    # folder under the account's own (``{account}/.versions/...``), so a mirrored tree
+    # holds only the platform's files.
+    versions_folder: str = ""
 
 
 # What `e4sync sessions` shows of a source that names no columns of its own.
@@ -130,6 +138,11 @@ class Verdict:
 
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # What the content says of itself, for the sidecar (``content``) and the state database
+    # (``sessions.content_json``): a raw file's streams, their rates and sample counts.
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    # The span the file records, when its content says: (start unix seconds, seconds).
+    recorded: tuple[int, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -158,7 +171,11 @@ class Source(Protocol):
         """Who the credentials are on the platform (E4: the user id); "" if it has none."""
         ...
 
-    def list_items(self) -> Listing: ...
+    def list_items(self, last_complete: float | None = None) -> Listing:
+        """What the platform holds. ``last_complete``: when this account last got a
+        complete listing (None: never), so a source that lists recent folders each pass
+        knows when a whole listing is due."""
+        ...
 
     def fetch(
         self,
@@ -255,8 +272,8 @@ class DryRunSource:
     def identity(self) -> str:
         return self.inner.identity()
 
-    def list_items(self) -> Listing:
-        return self.inner.list_items()
+    def list_items(self, last_complete: float | None = None) -> Listing:
+        return self.inner.list_items(last_complete)
 
     def fetch(
         self,

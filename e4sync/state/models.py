@@ -64,6 +64,12 @@ class Account(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[float | None] = mapped_column(Float)
     last_listed_at: Mapped[float | None] = mapped_column(Float)
+    # When a listing last covered everything the account holds (a source listing recent
+    # folders each pass lists all at most so often).
+    last_complete_listing_at: Mapped[float | None] = mapped_column(Float)
+    # Why the platform refused a deletion as not permitted: no pass asks again until
+    # `e4sync retry` clears it.
+    deletions_refused: Mapped[str | None] = mapped_column(Text)
     last_ok_at: Mapped[float | None] = mapped_column(Float)
     last_error: Mapped[str | None] = mapped_column(Text)
 
@@ -89,6 +95,8 @@ class Session(Base):
     # download (E4: a digest of the listed metadata; S3: ETag and size).
     remote_json: Mapped[str] = mapped_column(Text, default="{}")
     version: Mapped[str] = mapped_column(String(200), default="")
+    # What the archived file's content says of itself (JSON), found when it was verified.
+    content_json: Mapped[str | None] = mapped_column(Text)
     # Where the local copy stands.
     state: Mapped[str] = mapped_column(String(20), default=NEW)
     local_path: Mapped[str | None] = mapped_column(Text)  # relative to the archive root

@@ -53,6 +53,9 @@ class AccountContext:
     account_id: int = 0
     # Who the credentials are on the platform: known once the source has said (after login).
     user_id: str = ""
+    # When the account last got a complete listing (None: never); the source decides by it
+    # whether this pass lists everything.
+    last_complete: float | None = None
     # A stop was asked for (SIGTERM): every step ends at its next check.
     stop: threading.Event = field(default_factory=threading.Event)
     # The lease went to another worker, or the account must stop (credentials refused

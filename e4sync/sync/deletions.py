@@ -41,6 +41,7 @@ from e4sync.errors import (
     AuthError,
     E4SyncError,
     Interrupted,
+    NotPermitted,
     SessionNotFound,
     TransientError,
     UsageError,
@@ -79,6 +80,8 @@ class Deleter:
     def __init__(self, *, ctx: AccountContext, source: Source):
         self.ctx = ctx
         self.source = source
+        # Set when the platform refuses a DELETE as not permitted: no more are sent.
+        self.refused = False
 
     # -- the pass's step ---------------------------------------------------------------
 
@@ -107,6 +110,15 @@ class Deleter:
                 ctx.account.name,
                 ctx.report.deletions_skipped,
             )
+            return
+        with ctx.sessions() as db:
+            refused = db.get(Account, ctx.account_id).deletions_refused
+        if refused:
+            ctx.report.deletions_skipped = (
+                f"the platform refused deletions as not permitted ({refused}); "
+                "`e4sync retry` asks again"
+            )
+            log.info("account %s: %s", ctx.account.name, ctx.report.deletions_skipped)
             return
         now = time.time()
         with ctx.sessions() as db:
@@ -138,7 +150,7 @@ class Deleter:
         by_id = {r.remote_id: r for r in rows}
         requested: dict[str, int] = {}
         for decision in chosen:
-            if ctx.halted:
+            if ctx.halted or self.refused:
                 break
             row = by_id[decision.remote_id]
             item = listed[row.remote_id]  # the plan chose only listed items
@@ -209,7 +221,8 @@ class Deleter:
         next pass's listing does."""
         ctx = self.ctx
         try:
-            still_listed = {i.id for i in self.source.list_items().items}
+            relisting = self.source.list_items(ctx.last_complete)
+            still_listed = {i.id for i in relisting.items}
         except E4SyncError as exc:
             log.warning(
                 "account %s: could not re-list to confirm deletions (%s); they are "
@@ -240,6 +253,8 @@ class Deleter:
                         remote_id,
                     )
                     continue
+                if not relisting.covered(remote_id):
+                    continue  # this listing does not show its folder: the next one confirms
                 gone.append((remote_id, entry.session_id))
             self.confirm(db, gone, now, announce=True)
 
@@ -258,7 +273,7 @@ class Deleter:
         which only ``force`` gets past, and then without a ledger entry). See
         ``remove_one``."""
         ctx = self.ctx
-        listing = self.source.list_items()
+        listing = self.source.list_items(ctx.last_complete)
         ctx.report.listed = len(listing.items)
         listed = {i.id: i for i in listing.items}
         item = listed.get(item_id) or _known_item(ctx.account, row, item_id)
@@ -425,6 +440,13 @@ class Deleter:
             if reraise:
                 raise
             return False
+        except NotPermitted as exc:
+            # Read-only keys: said once and remembered, so no later pass asks again.
+            self._set_ledger(ledger_id, "not permitted", confirmed=False)
+            self._refuse(str(exc))
+            if reraise:
+                raise
+            return False
         except Interrupted:
             # Stopped while waiting to retry the DELETE: a stop, not a failed deletion. The
             # entry stays open, so a later disappearance is still known as e4sync's own.
@@ -437,6 +459,19 @@ class Deleter:
                 raise
             return False
         return True
+
+    def _refuse(self, why: str) -> None:
+        ctx = self.ctx
+        self.refused = True
+        with ctx.sessions() as db, db.begin():
+            db.get(Account, ctx.account_id).deletions_refused = why[:2000]
+        ctx.report.deletions_skipped = f"the platform refused deletions as not permitted: {why}"
+        ctx.report.errors.append(ctx.report.deletions_skipped)
+        log.error(
+            "account %s: %s; no more deletions are asked for until `e4sync retry`",
+            ctx.account.name,
+            ctx.report.deletions_skipped,
+        )
 
     def _set_ledger(self, ledger_id: int, result: str, confirmed: bool) -> None:
         with self.ctx.sessions() as db, db.begin():

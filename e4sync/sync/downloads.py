@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
 import logging
 import random
 import threading
@@ -39,7 +40,7 @@ from e4sync.errors import (
     StateDamaged,
     StorageError,
 )
-from e4sync.sources import Item, Source, kind
+from e4sync.sources import Item, Source, Verdict, kind
 from e4sync.state import problems as local_problems
 from e4sync.state.models import (
     DOWNLOADING,
@@ -241,19 +242,22 @@ class Downloader:
 
     def _finish(self, pk: int, item: Item, got: _Fetched) -> None:
         try:
+            verdict = None
             if not got.adopted:
                 verdict = self.source.verify(got.part, item)
                 if verdict.problems:
                     with contextlib.suppress(OSError):
                         got.part.unlink()
                     raise NotAZipError("; ".join(verdict.problems))
-                sidecar = self._sidecar(item, got, time.time(), warnings=verdict.warnings)
-                self.ctx.archive.commit(got.part, got.relpath, sidecar)
+                sidecar = self._sidecar(item, got, time.time(), verdict)
+                self.ctx.archive.commit(
+                    got.part, got.relpath, sidecar, aside_root=self._aside_root()
+                )
                 if verdict.warnings:
                     # Archived all the same (the platform's data); said once, and in the sidecar.
                     log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
                 crashpoint("after-commit")
-            self._record_verified(pk, item, got)
+            self._record_verified(pk, item, got, verdict)
         except StateDamaged:
             # Not this session's failure, and nothing can be recorded: stop the account (the
             # engine remembers the damage and the pass raises it). A file already committed
@@ -303,10 +307,25 @@ class Downloader:
             reason,
         )
 
-    def _record_verified(self, pk: int, item: Item, got: _Fetched) -> None:
+    def _aside_root(self) -> PurePosixPath | None:
+        """Where the copies this account's new versions replace are kept: beside them, or
+        in the source's versions folder under the account's (``{account}/.versions``)."""
+        folder = self.source.capabilities.versions_folder
+        return PurePosixPath(self.ctx.account.name, folder) if folder else None
+
+    def _record_verified(
+        self, pk: int, item: Item, got: _Fetched, verdict: Verdict | None = None
+    ) -> None:
         with self.ctx.sessions() as db, db.begin():
             row = db.get(SessionRow, pk)
             row.state = VERIFIED
+            if verdict is not None:
+                if verdict.recorded is not None:
+                    # What the content says beats what the listing said.
+                    row.recorded_at, row.duration = verdict.recorded
+                row.content_json = (
+                    json.dumps(dict(verdict.facts), sort_keys=True) if verdict.facts else None
+                )
             row.local_path = str(got.relpath)
             row.size = got.size
             row.sha256 = got.sha256
@@ -428,14 +447,9 @@ class Downloader:
             last_modified=validators.get("last_modified"),
         )
 
-    def _sidecar(
-        self,
-        item: Item,
-        got: _Fetched,
-        verified_at: float,
-        warnings: tuple[str, ...] = (),
-    ) -> dict:
+    def _sidecar(self, item: Item, got: _Fetched, verified_at: float, verdict: Verdict) -> dict:
         return sidecar.build(
+            source=self.ctx.account.source,
             account=self.ctx.account.name,
             user_id=self.ctx.user_id,
             item_id=item.id,
@@ -447,7 +461,8 @@ class Downloader:
             verified_at=verified_at,
             etag=got.etag,
             last_modified=got.last_modified,
-            warnings=list(warnings),
+            warnings=list(verdict.warnings),
+            content=dict(verdict.facts),
         )
 
     def _record_failure(self, pk: int, item: Item, exc: BaseException) -> None:

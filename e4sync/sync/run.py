@@ -42,7 +42,7 @@ from e4sync.errors import (
     StateDamaged,
     TransientError,
 )
-from e4sync.sources import DryRunSource, Listing, Source, kind, make_source
+from e4sync.sources import Capabilities, DryRunSource, Listing, Source, kind, make_source
 from e4sync.state import db as statedb
 from e4sync.state import rows
 from e4sync.state.models import (
@@ -327,8 +327,10 @@ class AccountPass:
         downloader = Downloader(ctx=ctx, source=source)
         deleter = Deleter(ctx=ctx, source=source)
         ctx.user_id = source.identity()
-        listing = source.list_items()
-        listing_ok = self._record_listing(listing, deleter)
+        with ctx.sessions() as db:
+            ctx.last_complete = db.get(Account, ctx.account_id).last_complete_listing_at
+        listing = source.list_items(ctx.last_complete)
+        listing_ok = self._record_listing(listing, deleter, source.capabilities)
         copies = check_archived_copies(
             ctx.sessions, ctx.archive, ctx.account_id, ctx.account.name, dry_run=ctx.dry_run
         )
@@ -349,7 +351,9 @@ class AccountPass:
 
     # -- listing -----------------------------------------------------------------------
 
-    def _record_listing(self, listing: Listing, deleter: Deleter) -> bool:
+    def _record_listing(
+        self, listing: Listing, deleter: Deleter, capabilities: Capabilities
+    ) -> bool:
         """Record new sessions and metadata changes with a constant number of queries,
         holding plain tuples, not ORM objects, for the sessions that did not change (an
         account can list 100,000). Sessions gone from it go to ``deleter.confirm``. Returns
@@ -362,6 +366,8 @@ class AccountPass:
             account = db.get(Account, self.ctx.account_id)
             account.user_id = self.ctx.user_id
             account.last_listed_at = now
+            if listing.complete and not self.ctx.dry_run:
+                account.last_complete_listing_at = now
             known = {
                 rid: (pk, state, mhash)
                 for rid, pk, state, mhash in db.execute(
@@ -410,7 +416,16 @@ class AccountPass:
                 if mhash != item.version:
                     self.ctx.report.changed += 1
                     rows.apply_metadata(row, item)
-                    log.info("session %s: remote metadata changed", rid)
+                    if capabilities.refetch_changed and state == VERIFIED:
+                        # A new version of the file itself: downloaded again; the archive
+                        # keeps the copy it replaces.
+                        row.state = NEW
+                        row.attempts = 0
+                        row.next_attempt_at = now
+                        row.last_error = "a new version is on the platform"
+                        log.info("%s: a new version is on the platform; downloading it", rid)
+                    else:
+                        log.info("session %s: remote metadata changed", rid)
                 if state == REMOTE_GONE:
                     # Back on the platform: a whole copy stays verified; a lost or damaged
                     # one (local_problem) can now be downloaded again.

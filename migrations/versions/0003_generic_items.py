@@ -14,6 +14,12 @@ Create Date: 2026-12-01
 - ``sessions.device_id``, ``label``, ``device``: dropped; they are E4 fields, and every one
   is still in ``sessions.remote_json``, the row exactly as listed.
 - ``sessions.remote_id`` and ``deletions.remote_id`` widen to 1024 characters (an S3 key).
+- ``sessions.content_json``: what the file's content says of itself, found when verified
+  (an S3 raw file's streams, rates and sample counts); NULL when its kind says nothing.
+- ``accounts.last_complete_listing_at``: when the account last got a complete listing (a
+  source that lists recent folders each pass lists everything at most so often);
+  ``accounts.deletions_refused``: why the platform refused a deletion as not permitted
+  (read-only keys), so that no pass asks again until ``e4sync retry`` clears it.
 
 Batch mode, so SQLite rebuilds the tables (copying every row); PostgreSQL alters in place.
 Imports alembic and sqlalchemy only: a revision must keep working after the models change.
@@ -36,6 +42,8 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=40), nullable=False, server_default="e4connect"),
     )
     op.add_column("accounts", sa.Column("endpoint", sa.Text(), nullable=False, server_default=""))
+    op.add_column("accounts", sa.Column("last_complete_listing_at", sa.Float(), nullable=True))
+    op.add_column("accounts", sa.Column("deletions_refused", sa.Text(), nullable=True))
     accounts = sa.table(
         "accounts",
         sa.column("username", sa.String),
@@ -70,6 +78,7 @@ def upgrade() -> None:
             existing_type=sa.String(length=64),
         )
         batch.add_column(sa.Column("kind", sa.String(length=40), nullable=False, server_default=""))
+        batch.add_column(sa.Column("content_json", sa.Text(), nullable=True))
         batch.drop_column("device_id")
         batch.drop_column("label")
         batch.drop_column("device")
@@ -89,6 +98,7 @@ def downgrade() -> None:
         batch.add_column(sa.Column("label", sa.String(200), nullable=True, server_default=""))
         batch.add_column(sa.Column("device", sa.String(200), nullable=True, server_default=""))
         batch.drop_column("kind")
+        batch.drop_column("content_json")
         batch.alter_column("downloaded_version", new_column_name="downloaded_metadata_hash")
         batch.alter_column("version", new_column_name="metadata_hash")
         batch.alter_column("recorded_at", new_column_name="start_time")
@@ -98,5 +108,7 @@ def downgrade() -> None:
     with op.batch_alter_table("accounts") as batch:
         batch.add_column(sa.Column("username", sa.String(320), nullable=True, server_default=""))
         batch.add_column(sa.Column("base_url", sa.String(2000), nullable=True, server_default=""))
+        batch.drop_column("deletions_refused")
+        batch.drop_column("last_complete_listing_at")
         batch.drop_column("endpoint")
         batch.drop_column("source")

@@ -223,20 +223,16 @@ def test_a_source_that_cannot_delete_is_never_sent_a_delete(harness):
 # -- (c) a new version ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a new version is recorded but never downloaded: AccountPass._record_listing "
-        "(e4sync/sync/run.py) only updates the row's metadata when an archived item's listed "
-        "version differs from its downloaded_version (and deletion.plan_deletions then "
-        "refuses it forever); it must queue the item again so the pass fetches the new "
-        "version and the archive keeps the old copy aside (SPEC 7a: the version is what "
-        "makes a changed item a new download)"
-    ),
-)
 def test_an_item_with_new_bytes_is_downloaded_again_and_the_old_copy_kept(harness):
+    """A source whose versions are the files' own (S3: a rewritten object) says
+    ``refetch_changed``: the new version is downloaded, the old copy kept in its versions
+    folder under the account's, with its sidecar marked kept aside."""
     old, new = blob("old"), blob("new", 3100)
-    source = MemorySource({"k/changing.csv": old, "k/steady.csv": blob("steady")})
+    source = MemorySource(
+        {"k/changing.csv": old, "k/steady.csv": blob("steady")},
+        refetch_changed=True,
+        versions_folder=".versions",
+    )
     h = harness(source)
     assert h.run().downloaded == 2
     first_path = h.rows()["k/changing.csv"]["local_path"]
@@ -256,7 +252,65 @@ def test_an_item_with_new_bytes_is_downloaded_again_and_the_old_copy_kept(harnes
     kept = [p for p, d in files.items() if d == old]
     assert row["local_path"] == first_path, "the new version takes the item's name"
     assert len(kept) == 1 and kept[0] != first_path, "the old bytes kept aside, once"
+    assert kept[0].startswith(f"{ACCOUNT}/.versions/"), kept
     assert [p for p, d in files.items() if d == new] == [row["local_path"]]
+    aside = [sc for sc in h.sidecars() if sc.get("kept_aside")]
+    assert [sc["sha256"] for sc in aside] == [sha256(old)]
+
+
+def test_a_new_version_of_a_source_that_does_not_refetch_only_blocks_its_deletion(harness):
+    """E4 Connect's versions are its listed metadata: an edited label is no new recording.
+    Such a change is recorded, not downloaded, and the item is not deleted remotely."""
+    source = MemorySource({"k/a.csv": blob("a")})
+    h = harness(source, DELETE_AT_ONCE.replace("true", "false"))
+    h.run()
+    source.put("k/a.csv", blob("a2"))
+    before = len(source.calls)
+    report = h.run()
+    assert [c for c in source.calls[before:] if c[0] == "fetch"] == []
+    assert report.changed == 1
+    row = h.rows()["k/a.csv"]
+    assert row["state"] == "verified" and row["version"] != row["downloaded_version"]
+
+
+def test_each_listing_is_told_when_the_account_was_last_listed_completely(harness):
+    source = MemorySource({"k/a.csv": blob("a")})
+    h = harness(source)
+    h.run()
+    h.run()
+    told = [c[1] for c in source.calls if c[0] == "list_items"]
+    assert told[0] is None, "never listed completely before the first pass"
+    assert told[1] is not None and abs(told[1] - h.rows()["k/a.csv"]["first_seen_at"]) < 5
+
+
+def test_what_the_content_says_of_itself_reaches_the_row_and_the_sidecar(harness):
+    source = MemorySource({"k/a.csv": blob("a", 1234)}, content_facts=True)
+    h = harness(source)
+    h.run()
+    row = h.rows()["k/a.csv"]
+    listed = source.item("k/a.csv")
+    assert (row["recorded_at"], row["duration"]) == (listed.recorded_at + 60, 1234.0)
+    assert json.loads(row["content_json"]) == {"bytes": 1234}
+    (sidecar,) = h.sidecars()
+    assert sidecar["content"] == {"bytes": 1234} and sidecar["source"] == "memory"
+
+
+def test_a_delete_refused_as_not_permitted_is_recorded_once_until_retry(harness):
+    from e4sync.maintenance import retry
+
+    source = MemorySource({"k/a.csv": blob("a"), "k/b.csv": blob("b")}, deletion_permitted=False)
+    h = harness(source, DELETE_AT_ONCE)
+    report = h.run()
+    assert len(source.calls_to("delete")) == 1, "the first refusal stops the deletions"
+    assert "not permitted" in report.deletions_skipped
+    assert [e["result"] for e in h.ledger()] == ["not permitted"]
+    h.run()
+    assert len(source.calls_to("delete")) == 1, "no later pass asks again"
+    retry(h.engine)
+    source.deletion_permitted = True
+    h.run()
+    assert len(source.calls_to("delete")) == 3, "after retry both are asked for"
+    assert {r["state"] for r in h.rows().values()} == {"remote_deleted"}
 
 
 # -- (d) partial and complete listings -----------------------------------------------------

@@ -62,7 +62,7 @@ class E4Source:
     def identity(self) -> str:
         return str(self.client.user_id())
 
-    def list_items(self) -> Listing:
+    def list_items(self, last_complete: float | None = None) -> Listing:
         return Listing(parse_listing(self.client.sessions_list()), complete=True)
 
     def fetch(
