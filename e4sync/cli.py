@@ -504,6 +504,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 out(f"  downloads paused in the last pass: {p['paused']}")
         if a["last_error"]:
             out(f"  last error: {a['last_error']}")
+        if a.get("deletions_refused"):
+            out(
+                f"  deletions refused by the platform: {a['deletions_refused']} "
+                "(`e4sync retry` asks again)"
+            )
         problems = a["local_problems"]
         total = a["local_problems_total"]
         if total:

@@ -39,7 +39,8 @@ _IN_OPEN = ", ".join(f":s{i}" for i in range(len(_OPEN_STATES)))
 _OPEN_PARAMS = {f"s{i}": s for i, s in enumerate(_OPEN_STATES)}
 
 ACCOUNTS_SQL = """
-SELECT id, name, user_id, lease_owner, lease_until, last_ok_at, last_error
+SELECT id, name, user_id, lease_owner, lease_until, last_ok_at, last_error, source,
+       deletions_refused
 FROM accounts ORDER BY name"""
 COUNTS_SQL = """
 SELECT account_id, state, COUNT(*), COALESCE(SUM(size), 0), COUNT(local_problem)
@@ -110,7 +111,17 @@ def build_report(
             }
         )
     out = []
-    for account_id, name, user_id, lease_owner, lease_until, last_ok_at, last_error in accounts:
+    for (
+        account_id,
+        name,
+        user_id,
+        lease_owner,
+        lease_until,
+        last_ok_at,
+        last_error,
+        source,
+        deletions_refused,
+    ) in accounts:
         last_pass = passes.get(account_id)
         account_counts = counts.get(account_id, dict.fromkeys(STATES, 0))
         lease_live = bool(lease_owner and lease_until and lease_until > now)
@@ -118,6 +129,7 @@ def build_report(
         out.append(
             {
                 "name": name,
+                "source": source,
                 "user_id": user_id,
                 # A session given up on needs a person (`e4sync retry`), whatever came after;
                 # so does an archived copy that is missing or damaged, until it is whole.
@@ -127,6 +139,9 @@ def build_report(
                 and account_counts[FAILED] == 0
                 and problem_total == 0,
                 "last_error": last_error,
+                # The platform refused deletions as not permitted; none is asked for until
+                # `e4sync retry`.
+                "deletions_refused": deletions_refused,
                 "last_ok": iso(last_ok_at),
                 "counts": account_counts,
                 "archive_bytes": sizes.get(account_id, 0),

@@ -297,6 +297,7 @@ def test_what_the_content_says_of_itself_reaches_the_row_and_the_sidecar(harness
 
 def test_a_delete_refused_as_not_permitted_is_recorded_once_until_retry(harness):
     from e4sync.maintenance import retry
+    from e4sync.status import status_report
 
     source = MemorySource({"k/a.csv": blob("a"), "k/b.csv": blob("b")}, deletion_permitted=False)
     h = harness(source, DELETE_AT_ONCE)
@@ -306,6 +307,8 @@ def test_a_delete_refused_as_not_permitted_is_recorded_once_until_retry(harness)
     assert [e["result"] for e in h.ledger()] == ["not permitted"]
     h.run()
     assert len(source.calls_to("delete")) == 1, "no later pass asks again"
+    (shown,) = status_report(h.engine)["accounts"]
+    assert "AccessDenied" in shown["deletions_refused"], "status says why, until retry"
     retry(h.engine)
     source.deletion_permitted = True
     h.run()
