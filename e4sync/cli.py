@@ -274,37 +274,6 @@ def item_id(accounts: Sequence[AccountConfig], text: str) -> str:
     raise refused
 
 
-def session_id_arg(text: str) -> str:
-    """``remove``'s id check until it moves into the core: the default kind's rule."""
-    from e4sync.sources import DEFAULT_SOURCE, kind
-
-    return kind(DEFAULT_SOURCE).check_id(text)
-
-
-def make_client(cfg: Config, account: AccountConfig) -> _SourceRemover:
-    """``remove``'s handle until it moves into the core: the account's source from the one
-    factory, deleting by id (``remove_session``) through ``Source.delete``."""
-    from e4sync.sources import make_source
-
-    return _SourceRemover(make_source(account, cfg))
-
-
-class _SourceRemover:
-    def __init__(self, source: Source):
-        self.source = source
-
-    def __enter__(self) -> _SourceRemover:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.source.close()
-
-    def remove_session(self, remote_id: str) -> None:
-        from e4sync.sources import Item
-
-        self.source.delete(Item(id=remote_id, recorded_at=0, version=""))
-
-
 def _demo_module() -> Any:
     """The default kind's ``demo`` module: ``e4sync demo``'s platform and ``simulate``."""
     from e4sync.sources import DEFAULT_SOURCE, kind_module
@@ -646,16 +615,16 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     from e4sync.sync import Outcome, remove_one
 
-    session_id = session_id_arg(args.session_id)
     cfg = load(args)
     account = one_account(cfg)
+    session_id = item_id([account], args.session_id)
 
     def ask(item_id: str) -> bool:
         if args.yes:
             return True
         if not sys.stdin.isatty():
             raise UsageError("not on a terminal: add --yes to confirm the removal")
-        answer = input(f"Remove session {item_id} from E4 Connect? [y/N] ")
+        answer = input(f"Remove {item_id} from the {account.source} platform? [y/N] ")
         return answer.strip().lower() in ("y", "yes")
 
     # A remote copy goes only on the word of a whole database.
