@@ -89,7 +89,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``argv`` (the command line) only picks ``simulate``'s kind options."""
     exit_status = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog="e4sync",
@@ -155,13 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", cmd_doctor, "check each account's password source and login, and the directories"
     )
     p.add_argument("--json", action="store_true")
-    p = command("simulate", cmd_simulate, "run the E4 Connect simulator on 127.0.0.1")
-    _demo_module().add_simulate_arguments(p)
+    p = command("simulate", cmd_simulate, "run a platform's simulator on 127.0.0.1")
+    _source_option(p)
+    # Each kind's simulator has options of its own: those of the kind named on the line.
+    _demo_module(_named_source(argv)).add_simulate_arguments(p)
     p = command(
         "demo",
         cmd_demo,
-        "start the simulator, sync it into a fresh folder, show the tree and status",
+        "start a simulator, sync it into a fresh folder, show the tree and status",
     )
+    _source_option(p)
     p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)")
     p.add_argument("--sessions", type=int, default=6)
     p = command("accounts", cmd_accounts, "import an e4client users file (email:password)")
@@ -274,11 +278,39 @@ def item_id(accounts: Sequence[AccountConfig], text: str) -> str:
     raise refused
 
 
-def _demo_module() -> Any:
-    """The default kind's ``demo`` module: ``e4sync demo``'s platform and ``simulate``."""
+def _demo_module(source: str = "") -> Any:
+    """A kind's ``demo`` module (the default kind's): ``e4sync demo``'s platform and
+    ``simulate``."""
     from e4sync.sources import DEFAULT_SOURCE, kind_module
 
-    return kind_module(DEFAULT_SOURCE, "demo")
+    return kind_module(source or DEFAULT_SOURCE, "demo")
+
+
+def _source_option(p: argparse.ArgumentParser) -> None:
+    from e4sync.sources import DEFAULT_SOURCE, KINDS
+
+    p.add_argument(
+        "--source",
+        choices=KINDS,
+        default="",
+        help=f"which platform (default: {DEFAULT_SOURCE})",
+    )
+
+
+def _named_source(argv: Sequence[str] | None) -> str:
+    """The ``--source`` given on ``argv`` (``--source X`` or ``--source=X``), else ""."""
+    from e4sync.sources import KINDS
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--source" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--source="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            return value if value in KINDS else ""  # argparse then names the choices
+    return ""
 
 
 def out(text: str = "") -> None:
@@ -748,13 +780,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    return _demo_module().simulate(args)
+    return _demo_module(args.source).simulate(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from e4sync.demo import run_demo
 
-    return run_demo(args.dir, sessions=args.sessions, quiet=args.quiet)
+    return run_demo(args.dir, sessions=args.sessions, quiet=args.quiet, source=args.source)
 
 
 def cmd_accounts(args: argparse.Namespace) -> int:
@@ -769,7 +801,7 @@ def cmd_accounts(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.dry_run and args.command not in DRY_RUN_COMMANDS:
         # Accepted and ignored, it would promise "change nothing" to a command that changes.

@@ -25,7 +25,11 @@ def _toml_string(value: object) -> str:
     return json.dumps(str(value))
 
 
-def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = False) -> int:
+def run_demo(
+    directory: str | None = None, sessions: int = 6, quiet: bool = False, source: str = ""
+) -> int:
+    """Run ``source``'s platform (default: the default kind's) on loopback, sync it once
+    into ``directory`` (a new folder when None) and show the tree and the status."""
     from e4sync.config import load_config
     from e4sync.sources import DEFAULT_SOURCE, kind_module
     from e4sync.state.db import default_sqlite_url, open_db
@@ -45,7 +49,7 @@ def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = Fals
         raise UsageError(f"cannot use {root} for the demo: {exc.strerror}") from None
     if crowded:
         raise UsageError(f"{root} is not empty; give an empty or new folder with --dir")
-    with kind_module(DEFAULT_SOURCE, "demo").demo_account(root, sessions) as platform:
+    with kind_module(source or DEFAULT_SOURCE, "demo").demo_account(root, sessions) as platform:
         config_file = root / "config.toml"
         config_file.write_text(
             "# written by `e4sync demo`: a normal configuration, pointing at the simulator\n"
@@ -69,7 +73,8 @@ def run_demo(directory: str | None = None, sessions: int = 6, quiet: bool = Fals
         print("\nstatus:")
         for account in status["accounts"]:
             counts = ", ".join(f"{k} {v}" for k, v in account["counts"].items() if v)
-            print(f"  {account['name']} (user {account['user_id']}): {counts}")
+            who = f" (user {account['user_id']})" if account["user_id"] else ""
+            print(f"  {account['name']}{who}: {counts}")
         print(f"\nTry: e4sync --config {config_file} status")
         engine.dispose()
         return report.exit_code
