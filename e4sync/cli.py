@@ -51,6 +51,11 @@ if TYPE_CHECKING:
 
 # The commands that change something and can say instead what they would change (SPEC 3).
 DRY_RUN_COMMANDS = ("run", "run-once", "remove")
+# The commands that make passes: their log shows INFO by default (the journal, a cron mail);
+# the others log warnings only unless -v (a login is no news to a person who asked).
+PASS_COMMANDS = ("run", "run-once")
+LOG_LEVELS = ("debug", "info", "warning", "error")  # as e4sync.notify's, without importing it
+LOG_FORMATS = ("text", "json")
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -76,10 +81,31 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         help="E4 Connect address, overriding the account's base_url",
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=d(0), help="more log output (-vv for debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=d(0),
+        help="more log output: each -v one level more (-vv: debug, the HTTP library's too)",
     )
     parser.add_argument(
-        "-q", "--quiet", action="store_true", default=d(False), help="only warnings and errors"
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=d(False),
+        help="only warnings and errors; run-once prints nothing when the pass went well",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=d(None),
+        help="log this level and above (instead of -v/-q; default: info for run and "
+        "run-once, warning for the other commands)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=d("text"),
+        help="text (default) or json: one JSON object per line (time, level, logger, message)",
     )
     parser.add_argument(
         "--dry-run",
@@ -344,6 +370,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     import threading
 
     from e4sync.monitoring import monitored_pass
+    from e4sync.progress import footer, for_terminal
     from e4sync.sync import run_pass
 
     cfg = load(args)
@@ -365,46 +392,43 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
-    progress = _Progress() if sys.stderr.isatty() and not args.quiet else None
-    report = monitored_pass(
-        cfg,
-        engine,
-        lambda: run_pass(
+    # Bars only on a terminal with tqdm installed (e4sync[progress]); never with -q.
+    progress = None if args.quiet else for_terminal(sys.stderr)
+    with progress or contextlib.nullcontext():
+        report = monitored_pass(
             cfg,
             engine,
+            lambda: run_pass(
+                cfg,
+                engine,
+                dry_run=args.dry_run,
+                stop=stop,
+                on_progress=progress.on_progress if progress else None,
+                on_bytes=progress.on_bytes if progress else None,
+                on_download=progress.on_download if progress else None,
+            ),
             dry_run=args.dry_run,
-            stop=stop,
-            on_progress=progress.tick if progress else None,
-        ),
-        dry_run=args.dry_run,
-    )
-    if progress:
-        progress.done()
+        )
     raise_if_damaged(engine)
     if args.json:
         print_json(_report_dict(report))
-    else:
+    elif not (args.quiet and _went_well(report)):
         _print_report(report)
+        out(footer(report))
     engine.dispose()
     if received:
         return EXIT_SIGTERM if received[0] == signal.SIGTERM else EXIT_SIGINT
     return report.exit_code
 
 
-class _Progress:
-    """A one-line counter on a terminal; logs stay one line per session everywhere else."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def tick(self, _what: str) -> None:
-        self.count += 1
-        sys.stderr.write(f"\r\x1b[K{self.count} sessions handled")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.count:
-            sys.stderr.write("\n")
+def _went_well(report) -> bool:
+    """Nothing for a person to see (``run-once -q`` prints nothing, for cron): a pass that
+    planned nothing, failed nothing and found no archived copy lost or damaged."""
+    return (
+        not report.dry_run
+        and report.exit_code == EXIT_OK
+        and not any(a.lost for a in report.accounts)
+    )
 
 
 def _report_dict(report) -> dict:
@@ -806,9 +830,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run and args.command not in DRY_RUN_COMMANDS:
         # Accepted and ignored, it would promise "change nothing" to a command that changes.
         parser.error(f"--dry-run is for {', '.join(DRY_RUN_COMMANDS)}, not {args.command}")
+    import logging
+
     from e4sync.notify import setup_logging
 
-    setup_logging(-1 if args.quiet else args.verbose)
+    setup_logging(
+        -1 if args.quiet else args.verbose,
+        base=logging.INFO if args.command in PASS_COMMANDS else logging.WARNING,
+        level=args.log_level,
+        fmt=args.log_format,
+    )
     try:
         return args.func(args)
     except ConfigError as exc:

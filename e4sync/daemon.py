@@ -43,6 +43,7 @@ from e4sync.errors import (
     StateDamaged,
 )
 from e4sync.notify import Notifier
+from e4sync.progress import summary
 from e4sync.state import db as statedb
 from e4sync.sync import PassReport, SourceFactory, iso, run_pass
 
@@ -337,6 +338,8 @@ class Daemon:
                 dry_run=self.dry_run,
             )
             error = "; ".join(e for a in report.accounts for e in a.errors[:1])
+            # One line per pass, whatever it did: an idle pass is news in the journal too.
+            log.info("%s", summary(report))
         except LockBusy as exc:
             error = str(exc)
             log.warning("pass skipped: %s", exc)
