@@ -58,28 +58,43 @@ LOG_LEVELS = ("debug", "info", "warning", "error")  # as e4sync.notify's, withou
 LOG_FORMATS = ("text", "json")
 
 
-def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+# The commands that read no configuration: --config, --account and --base-url are not theirs.
+NO_CONFIG_COMMANDS = ("simulate", "demo", "accounts", "completion")
+CONFIG_OPTIONS = ("--config", "--account", "--base-url")
+
+
+def _global_options(
+    parser: argparse.ArgumentParser, suppress: bool, command: str | None = None
+) -> None:
     """Global options, accepted both before and after the command name: the sub-parsers
     get copies whose default is SUPPRESS, so a value given after the command wins and an
-    absent one leaves the value given before it alone."""
+    absent one leaves the value given before it alone. A sub-parser gets only those its
+    ``command`` honours (no --dry-run for `status`, no --config for `demo`), so neither
+    its --help nor the shell completion offers one it would refuse."""
+    from e4sync.completion import FILE, hint
+
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     parser.add_argument("--version", action="version", version=f"e4sync {__version__}")
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        default=d(None),
-        help="configuration file (default: $E4SYNC_CONFIG, else the user "
-        "config directory's config.toml)",
-    )
-    parser.add_argument(
-        "--account", metavar="NAME", default=d(None), help="act on this account only"
-    )
-    parser.add_argument(
-        "--base-url",
-        metavar="URL",
-        default=d(None),
-        help="E4 Connect address, overriding the account's base_url",
-    )
+    if command not in NO_CONFIG_COMMANDS:
+        hint(
+            parser.add_argument(
+                "--config",
+                metavar="PATH",
+                default=d(None),
+                help="configuration file (default: $E4SYNC_CONFIG, else the user "
+                "config directory's config.toml)",
+            ),
+            FILE,
+        )
+        parser.add_argument(
+            "--account", metavar="NAME", default=d(None), help="act on this account only"
+        )
+        parser.add_argument(
+            "--base-url",
+            metavar="URL",
+            default=d(None),
+            help="E4 Connect address, overriding the account's base_url",
+        )
     parser.add_argument(
         "-v",
         "--verbose",
@@ -107,12 +122,13 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         default=d("text"),
         help="text (default) or json: one JSON object per line (time, level, logger, message)",
     )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=d(False),
-        help="say what would be downloaded or deleted; change nothing",
-    )
+    if command is None or command in DRY_RUN_COMMANDS:
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            default=d(False),
+            help="say what would be downloaded or deleted; change nothing",
+        )
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -125,13 +141,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         epilog=f"exit status:\n{exit_status}\n\nDocumentation: docs/index.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from e4sync.completion import DIRECTORY, FILE, SHELLS, hint
+
     _global_options(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="`e4sync COMMAND --help` lists its options"
+    )
     sub.required = True
 
     def command(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _global_options(p, suppress=True)
+        _global_options(p, suppress=True, command=name)
         p.set_defaults(func=func)
         return p
 
@@ -139,23 +159,26 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = command("run-once", cmd_run_once, "one sync pass over every account, then exit")
     p.add_argument("--json", action="store_true", help="print the pass report as JSON")
     p = command("status", cmd_status, "per account: last pass, counts per state, failures")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p = command("sessions", cmd_sessions, "the remote session list, with each local state")
     _format_options(p)
     p = command("devices", cmd_devices, "purchased devices")
     _format_options(p)
     command("whoami", cmd_whoami, "the account's user id")
     p = command("download", cmd_download, "one session, verified, outside the archive")
-    p.add_argument("session_id", metavar="ID")
-    p.add_argument(
-        "-o",
-        "--output",
-        metavar="PATH",
-        default=".",
-        help="file or directory (default: the current directory)",
+    p.add_argument("session_id", metavar="ID", help="the session's id on the platform")
+    hint(
+        p.add_argument(
+            "-o",
+            "--output",
+            metavar="PATH",
+            default=".",
+            help="file or directory (default: the current directory)",
+        ),
+        FILE,
     )
     p = command("remove", cmd_remove, "remove a remote session that has a verified local copy")
-    p.add_argument("session_id", metavar="ID")
+    p.add_argument("session_id", metavar="ID", help="the session's id on the platform")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(
         "--force",
@@ -163,9 +186,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="remove even without a verified local copy (the recording may be lost)",
     )
     p = command("verify", cmd_verify, "re-hash the archive against the state database")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print what was found as JSON")
     p = command("retry", cmd_retry, "clear back-off so failed sessions are tried next pass")
-    p.add_argument("session_id", metavar="ID", nargs="?")
+    p.add_argument("session_id", metavar="ID", nargs="?", help="the session to try again")
     p.add_argument("--all", action="store_true", help="every failed or waiting session")
     p = command("reindex", cmd_reindex, "rebuild the state database from the sidecar files")
     p.add_argument(
@@ -176,12 +199,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = command("db", cmd_db, "state database maintenance")
     p.add_argument("action", choices=["upgrade"], help="apply schema migrations")
     p = command("config", cmd_config, "check or show the configuration")
-    p.add_argument("action", choices=["check", "show"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "action",
+        choices=["check", "show"],
+        help="check: read and validate it; show: print the effective configuration, secrets masked",
+    )
+    p.add_argument("--json", action="store_true", help="show: print it as JSON")
     p = command(
         "doctor", cmd_doctor, "check each account's password source and login, and the directories"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p = command("simulate", cmd_simulate, "run a platform's simulator on 127.0.0.1")
     _source_option(p)
     # Each kind's simulator has options of its own: those of the kind named on the line.
@@ -192,24 +219,44 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "start a simulator, sync it into a fresh folder, show the tree and status",
     )
     _source_option(p)
-    p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)")
-    p.add_argument("--sessions", type=int, default=6)
-    p = command("accounts", cmd_accounts, "import an e4client users file (email:password)")
-    p.add_argument("action", choices=["import"])
-    p.add_argument("users_file", metavar="FILE")
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        required=True,
-        help="folder for the password files (created 0700, files 0600)",
+    hint(
+        p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)"),
+        DIRECTORY,
     )
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=6,
+        help="sessions the simulated account starts with (default 6)",
+    )
+    p = command("accounts", cmd_accounts, "import an e4client users file (email:password)")
+    p.add_argument("action", choices=["import"], help="import: read a users file")
+    hint(
+        p.add_argument("users_file", metavar="FILE", help="one email:password per line"),
+        FILE,
+    )
+    hint(
+        p.add_argument(
+            "--out",
+            metavar="DIR",
+            required=True,
+            help="folder for the password files (created 0700, files 0600)",
+        ),
+        DIRECTORY,
+    )
+    p = command(
+        "completion",
+        cmd_completion,
+        "print a bash or zsh completion script (e4sync completion bash > FILE)",
+    )
+    p.add_argument("shell", choices=SHELLS, help="the shell the script is for")
     return parser
 
 
 def _format_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true")
-    group.add_argument("--csv", action="store_true")
+    group.add_argument("--json", action="store_true", help="print JSON")
+    group.add_argument("--csv", action="store_true", help="print CSV")
 
 
 # -- shared helpers ----------------------------------------------------------------------
@@ -813,6 +860,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir, sessions=args.sessions, quiet=args.quiet, source=args.source)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from e4sync.completion import script
+
+    sys.stdout.write(script(build_parser([]), args.shell))
+    return EXIT_OK
+
+
 def cmd_accounts(args: argparse.Namespace) -> int:
     from e4sync.credentials import import_users_file
 
@@ -826,10 +880,16 @@ def cmd_accounts(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    if args.dry_run and args.command not in DRY_RUN_COMMANDS:
+    args, unknown = parser.parse_known_args(argv)
+    given = {arg.split("=", 1)[0] for arg in unknown}
+    if (args.dry_run or "--dry-run" in given) and args.command not in DRY_RUN_COMMANDS:
         # Accepted and ignored, it would promise "change nothing" to a command that changes.
         parser.error(f"--dry-run is for {', '.join(DRY_RUN_COMMANDS)}, not {args.command}")
+    refused = [o for o in CONFIG_OPTIONS if o in given or getattr(args, o[2:].replace("-", "_"))]
+    if refused and args.command in NO_CONFIG_COMMANDS:
+        parser.error(f"{refused[0]} is not for {args.command}: it reads no configuration")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     import logging
 
     from e4sync.notify import setup_logging
