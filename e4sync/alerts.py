@@ -75,6 +75,31 @@ def wanted(cfg: Config) -> bool:
     return bool(cfg.notify.urls or cfg.notify.on_error)
 
 
+def problems(cfg: Config) -> list[str]:
+    """What would keep a notification from going out, found before one is due: Apprise
+    missing, a URL it cannot read (named by its scheme only), a hook that is not there.
+    Imports Apprise when URLs are set (the daemon asks at its start)."""
+    found = []
+    if cfg.notify.urls:
+        try:
+            import apprise
+        except ImportError:
+            found.append("[notify] urls are set but Apprise is not installed: "
+                         "pip install 'e4sync[notify]'")  # fmt: skip
+        else:
+            for url in cfg.notify.urls:
+                if apprise.Apprise.instantiate(url) is None:
+                    scheme = url.partition("://")[0]
+                    found.append(f"[notify] urls: Apprise cannot read this {scheme}:// URL")
+    if cfg.notify.on_error:
+        import shutil
+
+        program = shlex.split(cfg.notify.on_error)[0]
+        if shutil.which(program) is None:
+            found.append(f"[notify] on_error: {program} is not an executable on PATH")
+    return found
+
+
 # -- what a pass or a scrub says ---------------------------------------------------------
 
 

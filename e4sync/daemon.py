@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from e4sync import alerts
 from e4sync.config import Config
 from e4sync.errors import (
     AuthError,
@@ -109,6 +110,8 @@ class Daemon:
         self._install_signals()
         if check_login is not None:
             check_login()
+        for problem in alerts.problems(self.cfg):
+            log.error("%s", problem)  # said now, not at the first failure it would hide
         self.scheduler = self._start_scheduler()
         self.notifier.ready()
         log.info(

@@ -41,7 +41,7 @@ HEALTHCHECK_EVENTS = ("start", "success", "fail")
 HEALTHCHECK_MAX_BODY = 10_000
 METRIC_TYPES = ("gauge", "counter", "untyped")
 # Third-party loggers that are chatty at INFO (apscheduler logs every job run).
-NOISY_LOGGERS = ("urllib3", "apscheduler", "alembic", "apprise")
+NOISY_LOGGERS = ("urllib3", "apscheduler", "alembic")
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -419,6 +419,9 @@ def setup_logging(
         root.setLevel(_LADDER[min(start + verbosity, len(_LADDER) - 1)])
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbosity >= 2 else logging.WARNING)
+    # Apprise names a URL it cannot read with part of its password ("user:S...W@"): its
+    # own lines only at -vv; e4sync.alerts says what failed, naming schemes only.
+    logging.getLogger("apprise").setLevel(logging.NOTSET if verbosity >= 2 else logging.CRITICAL)
     retries = logging.getLogger(URLLIB3_POOL_LOGGER)
     if not any(isinstance(f, RetryWarnings) for f in retries.filters):
         retries.addFilter(RetryWarnings())

@@ -233,3 +233,23 @@ def test_a_hook_that_hangs_is_killed_at_its_timeout(sim, tmp_path):
     assert "killed after 2 s" in run.stderr, run.stderr
     memo = json.loads((tmp_path / "state" / "notify-state.json").read_text())
     assert "lab" not in memo["told"].get("hook", {}), "killed: tried again at the next pass"
+
+
+def test_a_url_apprise_cannot_read_is_named_by_its_scheme_only(sim, tmp_path, receiver):
+    secret = "Sup3rS3cretPw"
+    config = write_config(tmp_path, sim.base_url, accounts=[("lab", USER, "wrong")])
+    config.write_text(
+        config.read_text() + notify_toml(urls=[f"nope://me:{secret}@x", receiver.url])
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "e4sync", "run-once", "--config", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 77
+    assert "Apprise does not know nope:// URLs" in run.stderr, run.stderr
+    for form in (secret, secret[0] + "..." + secret[-1]):
+        assert form not in run.stderr + run.stdout
+    assert len(receiver.bodies) == 1  # the other URL was told

@@ -132,3 +132,17 @@ def test_notify_keys_load_mask_and_refuse_bad_values(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     env = {"E4SYNC_NOTIFY__URLS": "json://127.0.0.1:1/a  ntfy://t"}
     assert load_config(path, env=env).notify.urls == ("json://127.0.0.1:1/a", "ntfy://t")
+
+
+def test_problems_are_found_before_a_notification_is_due(tmp_path: Path) -> None:
+    pytest.importorskip("apprise")
+    cfg = config(
+        tmp_path,
+        'urls = ["json://127.0.0.1:1/x", "nope://user:Pa55word@x"]\n'
+        'on_error = "/nonexistent/e4sync-hook --flag"',
+    )
+    assert alerts.problems(cfg) == [
+        "[notify] urls: Apprise cannot read this nope:// URL",
+        "[notify] on_error: /nonexistent/e4sync-hook is not an executable on PATH",
+    ]
+    assert alerts.problems(config(tmp_path, 'urls = ["json://127.0.0.1:1/x"]')) == []
