@@ -298,6 +298,8 @@ def _elapsed(report: PassReport) -> float:
 def footer(report: PassReport) -> str:
     """The pass's last line: its elapsed time and throughput."""
     elapsed = _elapsed(report)
+    if report.dry_run:
+        return f"dry run took {human_duration(elapsed)}"
     count = sum(a.downloaded for a in report.accounts)
     size = sum(a.bytes for a in report.accounts)
     rate = human_size(size / elapsed) + "/s" if elapsed > 0 else "-"
