@@ -51,42 +51,84 @@ if TYPE_CHECKING:
 
 # The commands that change something and can say instead what they would change (SPEC 3).
 DRY_RUN_COMMANDS = ("run", "run-once", "remove")
+# The commands that make passes: their log shows INFO by default (the journal, a cron mail);
+# the others log warnings only unless -v (a login is no news to a person who asked).
+PASS_COMMANDS = ("run", "run-once")
+LOG_LEVELS = ("debug", "info", "warning", "error")  # as e4sync.notify's, without importing it
+LOG_FORMATS = ("text", "json")
 
 
-def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+# The commands that read no configuration: --config, --account and --base-url are not theirs.
+NO_CONFIG_COMMANDS = ("simulate", "demo", "accounts", "completion")
+CONFIG_OPTIONS = ("--config", "--account", "--base-url")
+
+
+def _global_options(
+    parser: argparse.ArgumentParser, suppress: bool, command: str | None = None
+) -> None:
     """Global options, accepted both before and after the command name: the sub-parsers
     get copies whose default is SUPPRESS, so a value given after the command wins and an
-    absent one leaves the value given before it alone."""
+    absent one leaves the value given before it alone. A sub-parser gets only those its
+    ``command`` honours (no --dry-run for `status`, no --config for `demo`), so neither
+    its --help nor the shell completion offers one it would refuse."""
+    from e4sync.completion import FILE, hint
+
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     parser.add_argument("--version", action="version", version=f"e4sync {__version__}")
+    if command not in NO_CONFIG_COMMANDS:
+        hint(
+            parser.add_argument(
+                "--config",
+                metavar="PATH",
+                default=d(None),
+                help="configuration file (default: $E4SYNC_CONFIG, else the user "
+                "config directory's config.toml)",
+            ),
+            FILE,
+        )
+        parser.add_argument(
+            "--account", metavar="NAME", default=d(None), help="act on this account only"
+        )
+        parser.add_argument(
+            "--base-url",
+            metavar="URL",
+            default=d(None),
+            help="E4 Connect address, overriding the account's base_url",
+        )
     parser.add_argument(
-        "--config",
-        metavar="PATH",
-        default=d(None),
-        help="configuration file (default: $E4SYNC_CONFIG, else the user "
-        "config directory's config.toml)",
+        "-v",
+        "--verbose",
+        action="count",
+        default=d(0),
+        help="more log output: each -v one level more (-vv: debug, the HTTP library's too)",
     )
     parser.add_argument(
-        "--account", metavar="NAME", default=d(None), help="act on this account only"
-    )
-    parser.add_argument(
-        "--base-url",
-        metavar="URL",
-        default=d(None),
-        help="E4 Connect address, overriding the account's base_url",
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=d(0), help="more log output (-vv for debug)"
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", default=d(False), help="only warnings and errors"
-    )
-    parser.add_argument(
-        "--dry-run",
+        "-q",
+        "--quiet",
         action="store_true",
         default=d(False),
-        help="say what would be downloaded or deleted; change nothing",
+        help="only warnings and errors; run-once prints nothing when the pass went well",
     )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=d(None),
+        help="log this level and above (instead of -v/-q; default: info for run and "
+        "run-once, warning for the other commands)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=d("text"),
+        help="text (default) or json: one JSON object per line (time, level, logger, message)",
+    )
+    if command is None or command in DRY_RUN_COMMANDS:
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            default=d(False),
+            help="say what would be downloaded or deleted; change nothing",
+        )
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -99,13 +141,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         epilog=f"exit status:\n{exit_status}\n\nDocumentation: docs/index.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from e4sync.completion import DIRECTORY, FILE, SHELLS, hint
+
     _global_options(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="`e4sync COMMAND --help` lists its options"
+    )
     sub.required = True
 
     def command(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _global_options(p, suppress=True)
+        _global_options(p, suppress=True, command=name)
         p.set_defaults(func=func)
         return p
 
@@ -113,23 +159,26 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = command("run-once", cmd_run_once, "one sync pass over every account, then exit")
     p.add_argument("--json", action="store_true", help="print the pass report as JSON")
     p = command("status", cmd_status, "per account: last pass, counts per state, failures")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p = command("sessions", cmd_sessions, "the remote session list, with each local state")
     _format_options(p)
     p = command("devices", cmd_devices, "purchased devices")
     _format_options(p)
     command("whoami", cmd_whoami, "the account's user id")
     p = command("download", cmd_download, "one session, verified, outside the archive")
-    p.add_argument("session_id", metavar="ID")
-    p.add_argument(
-        "-o",
-        "--output",
-        metavar="PATH",
-        default=".",
-        help="file or directory (default: the current directory)",
+    p.add_argument("session_id", metavar="ID", help="the session's id on the platform")
+    hint(
+        p.add_argument(
+            "-o",
+            "--output",
+            metavar="PATH",
+            default=".",
+            help="file or directory (default: the current directory)",
+        ),
+        FILE,
     )
     p = command("remove", cmd_remove, "remove a remote session that has a verified local copy")
-    p.add_argument("session_id", metavar="ID")
+    p.add_argument("session_id", metavar="ID", help="the session's id on the platform")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(
         "--force",
@@ -137,9 +186,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="remove even without a verified local copy (the recording may be lost)",
     )
     p = command("verify", cmd_verify, "re-hash the archive against the state database")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print what was found as JSON")
     p = command("retry", cmd_retry, "clear back-off so failed sessions are tried next pass")
-    p.add_argument("session_id", metavar="ID", nargs="?")
+    p.add_argument("session_id", metavar="ID", nargs="?", help="the session to try again")
     p.add_argument("--all", action="store_true", help="every failed or waiting session")
     p = command("reindex", cmd_reindex, "rebuild the state database from the sidecar files")
     p.add_argument(
@@ -150,12 +199,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = command("db", cmd_db, "state database maintenance")
     p.add_argument("action", choices=["upgrade"], help="apply schema migrations")
     p = command("config", cmd_config, "check or show the configuration")
-    p.add_argument("action", choices=["check", "show"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "action",
+        choices=["check", "show"],
+        help="check: read and validate it; show: print the effective configuration, secrets masked",
+    )
+    p.add_argument("--json", action="store_true", help="show: print it as JSON")
     p = command(
         "doctor", cmd_doctor, "check each account's password source and login, and the directories"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p = command("simulate", cmd_simulate, "run a platform's simulator on 127.0.0.1")
     _source_option(p)
     # Each kind's simulator has options of its own: those of the kind named on the line.
@@ -166,24 +219,44 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "start a simulator, sync it into a fresh folder, show the tree and status",
     )
     _source_option(p)
-    p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)")
-    p.add_argument("--sessions", type=int, default=6)
-    p = command("accounts", cmd_accounts, "import an e4client users file (email:password)")
-    p.add_argument("action", choices=["import"])
-    p.add_argument("users_file", metavar="FILE")
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        required=True,
-        help="folder for the password files (created 0700, files 0600)",
+    hint(
+        p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)"),
+        DIRECTORY,
     )
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=6,
+        help="sessions the simulated account starts with (default 6)",
+    )
+    p = command("accounts", cmd_accounts, "import an e4client users file (email:password)")
+    p.add_argument("action", choices=["import"], help="import: read a users file")
+    hint(
+        p.add_argument("users_file", metavar="FILE", help="one email:password per line"),
+        FILE,
+    )
+    hint(
+        p.add_argument(
+            "--out",
+            metavar="DIR",
+            required=True,
+            help="folder for the password files (created 0700, files 0600)",
+        ),
+        DIRECTORY,
+    )
+    p = command(
+        "completion",
+        cmd_completion,
+        "print a bash or zsh completion script (e4sync completion bash > FILE)",
+    )
+    p.add_argument("shell", choices=SHELLS, help="the shell the script is for")
     return parser
 
 
 def _format_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true")
-    group.add_argument("--csv", action="store_true")
+    group.add_argument("--json", action="store_true", help="print JSON")
+    group.add_argument("--csv", action="store_true", help="print CSV")
 
 
 # -- shared helpers ----------------------------------------------------------------------
@@ -344,6 +417,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     import threading
 
     from e4sync.monitoring import monitored_pass
+    from e4sync.progress import footer, for_terminal
     from e4sync.sync import run_pass
 
     cfg = load(args)
@@ -365,46 +439,43 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
-    progress = _Progress() if sys.stderr.isatty() and not args.quiet else None
-    report = monitored_pass(
-        cfg,
-        engine,
-        lambda: run_pass(
+    # Bars only on a terminal with tqdm installed (e4sync[progress]); never with -q.
+    progress = None if args.quiet else for_terminal(sys.stderr)
+    with progress or contextlib.nullcontext():
+        report = monitored_pass(
             cfg,
             engine,
+            lambda: run_pass(
+                cfg,
+                engine,
+                dry_run=args.dry_run,
+                stop=stop,
+                on_progress=progress.on_progress if progress else None,
+                on_bytes=progress.on_bytes if progress else None,
+                on_download=progress.on_download if progress else None,
+            ),
             dry_run=args.dry_run,
-            stop=stop,
-            on_progress=progress.tick if progress else None,
-        ),
-        dry_run=args.dry_run,
-    )
-    if progress:
-        progress.done()
+        )
     raise_if_damaged(engine)
     if args.json:
         print_json(_report_dict(report))
-    else:
+    elif not (args.quiet and _went_well(report)):
         _print_report(report)
+        out(footer(report))
     engine.dispose()
     if received:
         return EXIT_SIGTERM if received[0] == signal.SIGTERM else EXIT_SIGINT
     return report.exit_code
 
 
-class _Progress:
-    """A one-line counter on a terminal; logs stay one line per session everywhere else."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def tick(self, _what: str) -> None:
-        self.count += 1
-        sys.stderr.write(f"\r\x1b[K{self.count} sessions handled")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.count:
-            sys.stderr.write("\n")
+def _went_well(report) -> bool:
+    """Nothing for a person to see (``run-once -q`` prints nothing, for cron): a pass that
+    planned nothing, failed nothing and found no archived copy lost or damaged."""
+    return (
+        not report.dry_run
+        and report.exit_code == EXIT_OK
+        and not any(a.lost for a in report.accounts)
+    )
 
 
 def _report_dict(report) -> dict:
@@ -789,6 +860,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir, sessions=args.sessions, quiet=args.quiet, source=args.source)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from e4sync.completion import script
+
+    sys.stdout.write(script(build_parser([]), args.shell))
+    return EXIT_OK
+
+
 def cmd_accounts(args: argparse.Namespace) -> int:
     from e4sync.credentials import import_users_file
 
@@ -802,13 +880,26 @@ def cmd_accounts(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    if args.dry_run and args.command not in DRY_RUN_COMMANDS:
+    args, unknown = parser.parse_known_args(argv)
+    given = {arg.split("=", 1)[0] for arg in unknown}
+    if (args.dry_run or "--dry-run" in given) and args.command not in DRY_RUN_COMMANDS:
         # Accepted and ignored, it would promise "change nothing" to a command that changes.
         parser.error(f"--dry-run is for {', '.join(DRY_RUN_COMMANDS)}, not {args.command}")
+    refused = [o for o in CONFIG_OPTIONS if o in given or getattr(args, o[2:].replace("-", "_"))]
+    if refused and args.command in NO_CONFIG_COMMANDS:
+        parser.error(f"{refused[0]} is not for {args.command}: it reads no configuration")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    import logging
+
     from e4sync.notify import setup_logging
 
-    setup_logging(-1 if args.quiet else args.verbose)
+    setup_logging(
+        -1 if args.quiet else args.verbose,
+        base=logging.INFO if args.command in PASS_COMMANDS else logging.WARNING,
+        level=args.log_level,
+        fmt=args.log_format,
+    )
     try:
         return args.func(args)
     except ConfigError as exc:

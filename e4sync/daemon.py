@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from e4sync import alerts
 from e4sync.config import Config
 from e4sync.errors import (
     AuthError,
@@ -43,6 +44,7 @@ from e4sync.errors import (
     StateDamaged,
 )
 from e4sync.notify import Notifier
+from e4sync.progress import summary
 from e4sync.state import db as statedb
 from e4sync.sync import PassReport, SourceFactory, iso, run_pass
 
@@ -108,6 +110,8 @@ class Daemon:
         self._install_signals()
         if check_login is not None:
             check_login()
+        for problem in alerts.problems(self.cfg):
+            log.error("%s", problem)  # said now, not at the first failure it would hide
         self.scheduler = self._start_scheduler()
         self.notifier.ready()
         log.info(
@@ -337,6 +341,8 @@ class Daemon:
                 dry_run=self.dry_run,
             )
             error = "; ".join(e for a in report.accounts for e in a.errors[:1])
+            # One line per pass, whatever it did: an idle pass is news in the journal too.
+            log.info("%s", summary(report))
         except LockBusy as exc:
             error = str(exc)
             log.warning("pass skipped: %s", exc)

@@ -1,8 +1,9 @@
 """e4sync.monitoring: a pass wrapped in its health pings and followed by its metrics.
 
 Used the same way by `e4sync run` (each scheduled pass) and `e4sync run-once` (cron, the
-systemd timer, launchd), so a dead-man's switch and the Prometheus textfile see every pass
-whatever started it (GUIDE section 7). A failed ping or metrics write only warns: the
+systemd timer, launchd), so a dead-man's switch, the Prometheus textfile and the
+``[notify]`` channels (``e4sync.alerts``) see every pass whatever started it (GUIDE
+section 7). A failed ping or metrics write only warns: the
 pass's own outcome always wins. Dry runs are not reported: they changed nothing.
 
 An archived copy that is missing or damaged (``sessions.local_problem``) makes the ping a
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from e4sync import alerts
 from e4sync.config import Config
 from e4sync.notify import Metric, ping_healthcheck, write_metrics_textfile
 from e4sync.status import status_report
@@ -45,10 +47,13 @@ def monitored_pass(
     except BaseException as exc:
         if url:
             ping_healthcheck(url, "fail", body=f"{exc.__class__.__name__}: {exc}"[:1000])
+        if not dry_run:
+            alerts.pass_raised(cfg, exc)
         raise
     if dry_run:
         return report
-    status = _status(engine) if url or cfg.monitor.metrics_textfile else None
+    notify = alerts.wanted(cfg)
+    status = _status(engine) if url or cfg.monitor.metrics_textfile or notify else None
     if url:
         lost = local_problems_summary(status)
         ok = report.exit_code == 0 and not lost
@@ -56,6 +61,8 @@ def monitored_pass(
         ping_healthcheck(url, "success" if ok else "fail", body=summary[:1000])
     if cfg.monitor.metrics_textfile:
         _write(cfg, engine, report, status)
+    if notify:
+        alerts.after_pass(cfg, report, status)
     return report
 
 
@@ -71,6 +78,7 @@ def report_local_problems(cfg: Config, engine: Engine, last_report: PassReport |
     lost = local_problems_summary(status)
     if cfg.monitor.healthcheck_url and lost:
         ping_healthcheck(cfg.monitor.healthcheck_url, "fail", body="; ".join(lost)[:1000])
+    alerts.after_scrub(cfg, status)
 
 
 def local_problems_summary(status: dict | None) -> list[str]:

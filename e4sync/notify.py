@@ -3,7 +3,7 @@
 Owns: the systemd notification protocol (``sd_notify`` without a dependency: READY, STATUS,
 WATCHDOG, STOPPING), healthchecks.io-style dead-man's-switch pings, the Prometheus textfile
 for node_exporter, and the stderr logging setup (journald priority prefixes when stderr is
-the journal).
+the journal, ``--log-level``, ``--log-format json``, urllib3's retry warnings as one line).
 
 Nothing here ever raises to its caller once the configuration has been checked: a monitoring
 side channel that fails must not fail a sync pass, so every failure is logged (WARNING) and
@@ -374,27 +374,132 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(verbosity: int, env: Mapping[str, str] = os.environ) -> None:
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+_LADDER = (logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+def setup_logging(
+    verbosity: int,
+    env: Mapping[str, str] = os.environ,
+    *,
+    base: int = logging.INFO,
+    level: str | None = None,
+    fmt: str = "text",
+) -> None:
     """Send the root logger to stderr: journald style when stderr is the journal, else
-    ``"%(asctime)s %(levelname)s %(name)s: %(message)s"``. ``verbosity`` -1 (or less) shows
-    warnings, 0 info, 1 debug for e4sync, 2+ debug for urllib3 and apscheduler too. Calling
-    it again replaces the handler it installed before (tests, repeated ``main()``)."""
+    ``"%(asctime)s %(levelname)s %(name)s: %(message)s"``; ``fmt="json"``: one JSON object
+    per line (``JsonFormatter``), after the journal's priority prefix when stderr is the
+    journal. ``verbosity`` -1 (or less) shows warnings, 0 ``base`` (INFO for a pass, WARNING
+    for a command a person runs), each step above it one level more (WARNING, INFO, DEBUG),
+    and 2+ debug for urllib3 and apscheduler too. ``level`` (``--log-level``, one of
+    ``LOG_LEVELS``) decides the level instead. urllib3's retry warnings become one e4sync
+    line (``RetryWarnings``). Calling it again replaces the handler it installed before
+    (tests, repeated ``main()``)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _HANDLER_MARK, False):
             root.removeHandler(handler)
     handler = _StderrHandler()
     setattr(handler, _HANDLER_MARK, True)
-    if journal_logging_wanted(env, sys.stderr):
+    journal = journal_logging_wanted(env, sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(journal=journal))
+    elif journal:
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    if verbosity < 0:
+    if level is not None:
+        root.setLevel(getattr(logging, level.upper()))
+    elif verbosity < 0:
         root.setLevel(logging.WARNING)
-    elif verbosity == 0:
-        root.setLevel(logging.INFO)
     else:
-        root.setLevel(logging.DEBUG)
+        start = _LADDER.index(base) if base in _LADDER else 1
+        root.setLevel(_LADDER[min(start + verbosity, len(_LADDER) - 1)])
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbosity >= 2 else logging.WARNING)
+    # Apprise names a URL it cannot read with part of its password ("user:S...W@"): its
+    # own lines only at -vv; e4sync.alerts says what failed, naming schemes only.
+    logging.getLogger("apprise").setLevel(logging.NOTSET if verbosity >= 2 else logging.CRITICAL)
+    retries = logging.getLogger(URLLIB3_POOL_LOGGER)
+    if not any(isinstance(f, RetryWarnings) for f in retries.filters):
+        retries.addFilter(RetryWarnings())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC, milliseconds), ``level``,
+    ``logger``, ``message``, and ``exception`` when the record has one. Nothing else of
+    the record goes out (not its arguments, not its extras): a message is the only text
+    e4sync writes for a person, and it never holds a secret. Under journald the line
+    starts with the priority prefix, which journald strips (``journalctl -p`` works)."""
+
+    def __init__(self, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as dt
+        import json
+
+        when = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        data = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        line = json.dumps(data, ensure_ascii=False)
+        return JournalFormatter.prefix(record.levelno) + line if self.journal else line
+
+
+URLLIB3_POOL_LOGGER = "urllib3.connectionpool"
+_OBJECT_REPR = re.compile(r"<\S+ object at 0x[0-9a-fA-F]+>:?\s*")
+
+
+class RetryWarnings(logging.Filter):
+    """urllib3's raw ``Retrying (Retry(total=4, connect=None, read=None, redirect=None,
+    status=None)) after connection broken by 'NewConnectionError("<...HTTPConnection object
+    at 0x7f...>: Failed to establish a new connection: [Errno 111] Connection refused")':
+    /connect/...`` as one e4sync line: ``e4sync.http: connection broken (NewConnectionError:
+    Failed to establish a new connection: [Errno 111] Connection refused); retrying
+    /connect/..., 4 retries left``. The path loses its query (a signed URL's signature is
+    there). Installed on urllib3's pool logger, so it rewrites the record before any
+    handler sees it; other records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Retrying (")
+            and isinstance(args, tuple)
+            and len(args) == 3
+        ):
+            retries, err, url = args
+            left = getattr(retries, "total", None)
+            record.name = "e4sync.http"
+            record.msg = "connection broken (%s); retrying %s%s"
+            record.args = (
+                _reason(err),
+                str(url).split("?", 1)[0] or "/",
+                ""
+                if not isinstance(left, int)
+                else f", {left} {'retry' if left == 1 else 'retries'} left",
+            )
+        return True
+
+
+def _reason(err: object) -> str:
+    """An exception urllib3 retried after, in words: its type and its text without the
+    object reprs urllib3 puts in (``<...HTTPConnection object at 0x...>``)."""
+    if not isinstance(err, BaseException):
+        return str(err)[:200]
+    inner = [a for a in err.args if isinstance(a, BaseException)]
+    text = " ".join(str(a) for a in err.args if not isinstance(a, BaseException))
+    if inner:
+        text = f"{text} {_reason(inner[0])}".strip()
+    text = _OBJECT_REPR.sub("", text).strip(" :")
+    name = type(err).__name__
+    return (f"{name}: {text}" if text else name)[:200]

@@ -274,6 +274,8 @@ class _Loader:
                     f"expected true or false, got {_show(value)} ({_type_name(value)})"
                 )
             return value
+        if kind == "url_list":
+            return self._url_list(value, key)
         # Every other kind is a string.
         if not isinstance(value, str):
             shown = "" if key.sensitive else f"{_show(value)} "
@@ -281,6 +283,23 @@ class _Loader:
         if kind in ("layout", "layout_opt"):
             return self._layout(value, source) if value or kind == "layout" else ""
         return getattr(self, "_kind_" + kind)(value, base)
+
+    def _url_list(self, value: Any, key: Key) -> tuple[str, ...]:
+        """A list of URLs (Apprise's: any scheme, checked by Apprise when it sends); a
+        problem never echoes one, since each holds its service's credentials."""
+        if not isinstance(value, list | tuple):
+            raise ValueError(f'expected a list of URLs (urls = ["..."]), got {_type_name(value)}')
+        urls = []
+        for i, url in enumerate(value, 1):
+            if not isinstance(url, str):
+                raise ValueError(f"entry {i}: expected a string, got {_type_name(url)}")
+            scheme, sep, rest = url.strip().partition("://")
+            if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not rest:
+                raise ValueError(f"entry {i} is not a URL (scheme://...)")
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
+                raise ValueError(f"entry {i} holds a control character")
+            urls.append(url.strip())
+        return tuple(urls)
 
     # -- string kinds: each returns the converted value or raises ValueError -----------
 
@@ -682,6 +701,8 @@ def _coerce_env(kind: str, text: str) -> Any:
     stripped = text.strip()
     if kind == "int" and re.fullmatch(r"[+-]?\d{1,18}", stripped):
         return int(stripped)
+    if kind == "url_list":
+        return text.split()  # URLs separated by white space
     if kind == "bool":
         if stripped.lower() in _TRUE:
             return True

@@ -193,6 +193,35 @@ class MonitorConfig:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """Notifications: a pass failing, damage found, the deletion cap reached, recovery."""
+
+    urls: tuple[str, ...] = setting(
+        "url_list",
+        (),
+        "Apprise URLs told of each change, once (mailtos://, ntfy://, matrix://, slack://, "
+        "json://, ...; pip install 'e4sync[notify]'); [] = off",
+        sensitive=True,
+    )
+    on_error: str | None = setting(
+        "command",
+        "",
+        "command run (no shell) when a pass starts failing, damage is found or the deletion "
+        'cap is reached; the summary as JSON on stdin; "" = off',
+        sensitive=True,
+    )
+    hook_timeout: float = setting(_D, "1m", "longest on_error may run; then it is killed", low=1)
+
+    def __repr__(self) -> str:
+        # An Apprise URL holds its service's credentials; a hook's command line may too.
+        return (
+            f"NotifyConfig(urls={tuple(_mask_apprise_url(u) for u in self.urls)!r}, "
+            f"on_error={MASK if self.on_error else self.on_error!r}, "
+            f"hook_timeout={self.hook_timeout!r})"
+        )
+
+
 class Options(Mapping[str, Any]):
     """An account's source-specific keys (``username``, ``base_url``, ... for E4 Connect),
     converted, read-only. Its repr masks the values of the sensitive keys (``hidden``); an
@@ -281,6 +310,7 @@ class Config:
     remote: RemoteConfig
     state: StateConfig
     monitor: MonitorConfig
+    notify: NotifyConfig
     accounts: tuple[AccountConfig, ...]
 
     def account(self, name: str) -> AccountConfig:
@@ -305,6 +335,12 @@ def _mask_url_password(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{userinfo}:{MASK}@{netloc[1]}"))
+
+
+def _mask_apprise_url(url: str) -> str:
+    # Apprise URLs carry the service's user, password or token anywhere after the scheme.
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://{MASK}" if sep else MASK
 
 
 def _mask_ping_url(url: str) -> str:

@@ -22,6 +22,7 @@ from e4sync.config.model import (
     AccountConfig,
     Config,
     Key,
+    _mask_apprise_url,
     _mask_ping_url,
     _mask_url_password,
     format_duration,
@@ -41,6 +42,8 @@ def shown_value(key: Key, value: Any) -> Any:
         return _mask_url_password(value)
     if key.kind == "ping_url":
         return _mask_ping_url(value)
+    if key.kind == "url_list":
+        return [_mask_apprise_url(u) for u in value]
     if key.sensitive:
         return MASK if value else ""
     if isinstance(value, Path):
@@ -83,6 +86,8 @@ def effective_config(cfg: Config) -> dict[str, Any]:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

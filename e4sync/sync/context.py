@@ -67,6 +67,10 @@ class AccountContext:
     # Called after each session and step, and as a download's bytes reach the disk.
     on_progress: Callable[[str], None] = _ignore
     on_bytes: Callable[[int], None] | None = None
+    # A progress display's: ("queued", id, size) for each download a step is about to
+    # start, ("fetching", id, size) on the download thread as its bytes begin (on_bytes
+    # then follows on that thread); the size is the listing's (None: not listed).
+    on_download: Callable[[str, str, int | None], None] | None = None
     # Sessions a dry run saw for the first time (recorded nowhere): would be downloaded.
     dry_new: list[str] = field(default_factory=list)
     # Archived sessions whose platform copy changed: downloaded again this pass.

@@ -123,6 +123,9 @@ class Downloader:
             return
         if not due:
             return
+        if ctx.on_download is not None:
+            for _, rid in due:
+                ctx.on_download("queued", rid, listed[rid].size)
         # Every path taken, by any account (one archive): only a pass that downloads needs
         # them, so an idle pass over a large archive does not read them all.
         with ctx.sessions() as db:
@@ -209,6 +212,8 @@ class Downloader:
             adopted = self._adopt_existing(relpath, item, known_sha256)
             if adopted is not None:
                 return adopted
+            if self.ctx.on_download is not None:
+                self.ctx.on_download("fetching", item.id, item.size)
             fetched = self.source.fetch(
                 item, part, cancel=self.ctx.stop, progress=self.ctx.on_bytes
             )

@@ -153,10 +153,13 @@ def _run_pass(
     use_lock: bool | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    on_download: Callable[[str, str, int | None], None] | None = None,
     min_gap: float = 0.0,
 ) -> PassReport:
     """``on_progress`` is called after each session and step, ``on_bytes`` as a download's
-    bytes reach the disk (the daemon's watchdog: a slow big file is progress too). A
+    bytes reach the disk (the daemon's watchdog: a slow big file is progress too),
+    ``on_download`` as downloads are queued and begin (``AccountContext``; the terminal's
+    progress bars). A
     ``worker_id`` names a long-lived worker (the daemon), whose row stays between passes;
     ``min_gap`` skips accounts another worker listed less than that many seconds ago."""
     stop = stop or threading.Event()
@@ -198,6 +201,7 @@ def _run_pass(
                 stop=stop,
                 on_progress=on_progress or _ignore,
                 on_bytes=on_bytes,
+                on_download=on_download,
             )
             report.accounts.append(
                 AccountPass(ctx=ctx, source_factory=source_factory, min_gap=min_gap).run()

@@ -478,3 +478,78 @@ def test_setup_logging_levels(
     for name in ("urllib3", "apscheduler"):
         assert logging.getLogger(name).level == noisy_level
     assert logging.getLogger("urllib3").getEffectiveLevel() == max(root_level, noisy_level)
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "base", "level", "expected"),
+    [
+        (0, logging.WARNING, None, logging.WARNING),  # a command a person runs
+        (1, logging.WARNING, None, logging.INFO),  # -v: the login line shows
+        (2, logging.WARNING, None, logging.DEBUG),
+        (0, logging.INFO, None, logging.INFO),  # run, run-once
+        (-1, logging.INFO, None, logging.WARNING),  # -q
+        (0, logging.INFO, "error", logging.ERROR),  # --log-level wins
+        (1, logging.WARNING, "info", logging.INFO),
+    ],
+)
+def test_setup_logging_base_and_log_level(
+    verbosity: int, base: int, level: str | None, expected: int, restore_logging: None
+) -> None:
+    setup_logging(verbosity, env={}, base=base, level=level)
+    assert logging.getLogger().level == expected
+
+
+def test_json_log_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging) -> None:
+    import json
+
+    with open(tmp_path / "stderr", "w+") as fake_stderr:
+        monkeypatch.setattr(sys, "stderr", fake_stderr)
+        setup_logging(0, env={}, fmt="json")
+        log = logging.getLogger("e4sync.test")
+        log.info("two\nlines %s", "and an argument", extra={"password": "s3cret"})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+        st = os.fstat(fake_stderr.fileno())
+        setup_logging(0, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, fmt="json")
+        log.warning("to the journal")
+        fake_stderr.flush()
+        lines = (tmp_path / "stderr").read_text().splitlines()
+    assert len(lines) == 3
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    assert set(first) == {"time", "level", "logger", "message"}
+    assert first["message"] == "two\nlines and an argument" and first["level"] == "INFO"
+    assert first["logger"] == "e4sync.test" and first["time"].endswith("Z")
+    assert "s3cret" not in lines[0]  # extras never go out
+    assert second["exception"].startswith("Traceback") and "ValueError: boom" in second["exception"]
+    assert lines[2].startswith("<4>{") and json.loads(lines[2][3:])["level"] == "WARNING"
+
+
+def test_urllib3_retry_warning_becomes_one_e4sync_line() -> None:
+    from urllib3.exceptions import NewConnectionError
+    from urllib3.util.retry import Retry
+
+    class Conn:
+        pass
+
+    err = NewConnectionError(Conn(), "Failed to establish a new connection: [Errno 111] refused")
+    record = logging.LogRecord(
+        "urllib3.connectionpool",
+        logging.WARNING,
+        __file__,
+        1,
+        "Retrying (%r) after connection broken by '%r': %s",
+        (Retry(total=3), err, "/connect/download.php?id=1&X-Amz-Signature=abc"),
+        None,
+    )
+    assert notify.RetryWarnings().filter(record)
+    assert record.name == "e4sync.http"
+    assert record.getMessage() == (
+        "connection broken (NewConnectionError: Failed to establish a new connection: "
+        "[Errno 111] refused); retrying /connect/download.php, 3 retries left"
+    )
+    other = logging.LogRecord(
+        "urllib3.connectionpool", logging.WARNING, "", 1, "Pool full", (), None
+    )
+    assert notify.RetryWarnings().filter(other) and other.name == "urllib3.connectionpool"
