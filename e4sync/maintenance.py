@@ -89,6 +89,8 @@ class _Finding:
     downloaded_at: float | None
     verified_at: float
     local_problem: str | None
+    source: str = ""  # the account's kind of platform, named in the sidecar
+    content: dict | None = None  # what the file's content said when verified
     path: Path | None = None
     kind: str | None = None  # problems.MISSING/CHANGED/UNREADABLE, None when whole
     detail: str = ""
@@ -164,6 +166,8 @@ def _archived(sessions, account_names: list[str] | None) -> list[_Finding]:
             SessionRow.downloaded_at,
             SessionRow.verified_at,
             SessionRow.local_problem,
+            Account.source,
+            SessionRow.content_json,
         )
         .join(Account, Account.id == SessionRow.account_id)
         .where(
@@ -180,10 +184,12 @@ def _archived(sessions, account_names: list[str] | None) -> list[_Finding]:
         query = query.where(Account.name.in_(account_names))
     with sessions() as db:
         return [
-            _Finding(pk, name, user_id or "", rid, state, path, sha, size, dl, ver, problem)
-            for pk, name, user_id, rid, state, path, sha, size, dl, ver, problem in db.execute(
-                query
+            _Finding(
+                *row[:11],
+                source=row[11] or "",
+                content=_json_object(row[12]),
             )
+            for row in db.execute(query)
         ]
 
 
@@ -307,7 +313,17 @@ def _sidecar_of(
         verified_at=f.verified_at,
         etag=etag,
         last_modified=last_modified,
+        source=f.source,
+        content=f.content,
     )
+
+
+def _json_object(text: str | None) -> dict | None:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _remote_for(row: SessionRow, old: dict | None) -> dict:
