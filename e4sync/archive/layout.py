@@ -4,7 +4,8 @@
 Owns: turning the ``[archive] layout`` template and an item's fields into a safe relative
 path (whatever a platform sends as a value, the path stays inside the root: separators,
 ``..``, control and invisible characters, reserved Windows names and over-long values are
-made harmless, and no value adds or removes a folder); checking a template against the
+made harmless, and no value adds or removes a folder, but a path value, such as an S3 key
+below its prefix, whose folders are kept, each made safe alike); checking a template against the
 placeholders a source kind offers (``validate_layout``); and the names derived from a data
 file ``X<suffix>``: its partial file ``X<suffix>.part``, its sidecar ``X.json`` (or
 ``<name>.json`` when the file has no suffix or is itself ``.json``), the collision names
@@ -14,8 +15,9 @@ capped so that it and the names derived from it fit NAME_MAX.
 Placeholders come from the item, not from a fixed list: a source kind names the ones it
 offers, with an example value of each so that a format spec can be checked against its
 type (``{start_time:012d}`` needs a number). A ``datetime`` value is formatted in
-``archive.timezone`` with strftime codes; ``None`` (a value the source does not have)
-renders as ``unknown``. Standard library only.
+``archive.timezone`` with strftime codes (a plain ``date``, which has no zone, as it is:
+``2025-02-18`` without a spec); ``None`` (a value the source does not have) renders as
+``unknown``. Standard library only.
 
 Must not import: e4sync.archive.store, e4sync.sources, e4sync.state, e4sync.sync, e4sync.cli.
 """
@@ -31,12 +33,13 @@ import unicodedata
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
-from pathlib import PurePosixPath
+from pathlib import PurePath, PurePosixPath
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
     "DEFAULT_DATETIME_FORMAT",
+    "DEFAULT_DATE_FORMAT",
     "MAX_COLLISIONS",
     "MAX_COMPONENT_BYTES",
     "PART",
@@ -57,6 +60,7 @@ __all__ = [
 # A datetime placeholder without a format: sortable, and free of ":" so it is valid on every
 # filesystem.
 DEFAULT_DATETIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
+DEFAULT_DATE_FORMAT = "%Y-%m-%d"  # a plain date (a day folder's): no time to show
 UNKNOWN = "unknown"
 
 PART = ".part"  # X<suffix>.part: a download not yet committed
@@ -197,7 +201,9 @@ def render_relpath(
     IANA name; a naive one is taken as UTC) and formatted with strftime codes
     (``{start:%Y}``); ``None`` renders as ``unknown``. Every value is made safe: no
     separators, no ``..``, no control characters, no leading dots or spaces, capped at 100
-    characters; an empty value becomes ``_``.
+    characters; an empty value becomes ``_``. A ``PurePath`` value (an S3 key below its
+    prefix) keeps its folders: each of its parts is made safe so, and a root or a ``..``
+    among them never leaves the place the layout puts it.
 
     The layout may name the fields' keys, or ``placeholders`` (checked as
     :func:`validate_layout` does, with ``suffix``) when given. Raise ``ValueError`` only for
@@ -210,8 +216,7 @@ def render_relpath(
     pieces = _parse(layout, names, examples, suffix)
     zone = _zone(timezone)
     text = "".join(
-        piece.literal
-        + ("" if piece.name is None else _safe_value(_render_piece(piece, fields, zone)))
+        piece.literal + ("" if piece.name is None else _render_value(piece, fields, zone))
         for piece in pieces
     )
     parts = [part for part in text.split("/") if part not in ("", ".")]
@@ -355,7 +360,7 @@ def _check_spec(name: str, spec: str, example: Any, where: str) -> None:
     """Check a format spec against the example of its placeholder's type, if there is one."""
     if isinstance(example, date):
         try:
-            text = example.strftime(spec or DEFAULT_DATETIME_FORMAT)
+            text = example.strftime(spec or _default_format(example))
         except (ValueError, UnicodeError) as exc:
             raise ValueError(f"{where}: {{{name}:{spec}}}: bad strftime format: {exc}") from None
         if "/" in text or "\\" in text:
@@ -415,6 +420,16 @@ def _zone(name: str) -> tzinfo:
 # -- rendering values -----------------------------------------------------------------------
 
 
+def _render_value(piece: _Piece, fields: Mapping[str, Any], zone: tzinfo) -> str:
+    """One placeholder's value, safe: one path component, or for a path value its parts,
+    each one component (a format spec does not apply to a path)."""
+    value = fields.get(piece.name)  # type: ignore[arg-type]
+    if isinstance(value, PurePath):
+        parts = [part for part in value.parts if part != value.anchor]
+        return "/".join(_safe_value(as_text(part)) for part in parts) or "_"
+    return _safe_value(_render_piece(piece, fields, zone))
+
+
 def _render_piece(piece: _Piece, fields: Mapping[str, Any], zone: tzinfo) -> str:
     spec = piece.spec
     value = fields.get(piece.name)  # type: ignore[arg-type]
@@ -426,7 +441,7 @@ def _render_piece(piece: _Piece, fields: Mapping[str, Any], zone: tzinfo) -> str
                 if value.tzinfo is None:
                     value = value.replace(tzinfo=UTC)
                 value = value.astimezone(zone)
-            return value.strftime(spec or DEFAULT_DATETIME_FORMAT)
+            return value.strftime(spec or _default_format(value))
         except (ValueError, OverflowError, OSError, UnicodeError):
             return UNKNOWN  # beyond the calendar in this zone, or a spec it cannot take
     if not spec or _too_wide(spec):
@@ -436,6 +451,10 @@ def _render_piece(piece: _Piece, fields: Mapping[str, Any], zone: tzinfo) -> str
     except (ValueError, TypeError, OverflowError):
         # A spec valid for the example's type but not for this hostile value.
         return as_text(value)
+
+
+def _default_format(value: date) -> str:
+    return DEFAULT_DATETIME_FORMAT if isinstance(value, datetime) else DEFAULT_DATE_FORMAT
 
 
 def _safe_value(text: str) -> str:

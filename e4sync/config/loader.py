@@ -9,8 +9,9 @@ malformed, gives a traceback.
 It validates against ``e4sync.config.schema``: an account's keys are the common ones plus
 those of its ``source`` kind; its default layout and layout placeholders, the account its
 kind's variables define when none is written (the default kind's ``env_account``) and
-whether two accounts may share a login all come from the kind's settings module. This
-module names no source's keys.
+whether two accounts may share a login all come from the kind's settings module, and so
+do the rules between a kind's keys (its ``check_options``). This module names no source's
+keys.
 
 Imports the standard library, platformdirs, ``e4sync.errors``, ``e4sync.sources`` (the
 default kind's name), ``e4sync.config.model``, ``e4sync.config.schema`` and
@@ -370,6 +371,49 @@ class _Loader:
             raise ValueError("must be at most 64 characters")
         return value
 
+    def _kind_url_opt(self, value: str, base: Path | None) -> str:
+        """An optional address (an S3-compatible store): "" for none; plain http only
+        for loopback, as for base_url."""
+        return _check_http_url(value, loopback_only_http=True) if value else ""
+
+    def _kind_text_opt(self, value: str, base: Path | None) -> str:
+        _no_control(value)
+        return value
+
+    def _kind_token_opt(self, value: str, base: Path | None) -> str:
+        """An optional word (an access key id): "" for none, else no spaces."""
+        if value and not re.fullmatch(r"[\x21-\x7e]{1,256}", value):
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
+    def _kind_s3_bucket(self, value: str, base: Path | None) -> str:
+        # S3's rules (3-63 of a-z 0-9 . -), and what older us-east-1 buckets and
+        # S3-compatible stores allow besides (capitals, _): never a / or a space.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]", value):
+            raise ValueError(
+                f"{_show(value)} is not a bucket name (3 to 255 letters, digits, '.', '-', "
+                "'_', starting and ending with a letter or digit)"
+            )
+        return value
+
+    def _kind_s3_prefix(self, value: str, base: Path | None) -> str:
+        _no_control(value)
+        if not value.endswith("/") or value.startswith("/"):
+            raise ValueError(
+                f'{_show(value)} must be a folder of the bucket, ending in "/" and not '
+                'starting with it, e.g. "v2/829/1/1/"'
+            )
+        if any(part in ("", ".", "..") for part in value[:-1].split("/")):
+            raise ValueError(f"{_show(value)} must not hold '//', '.' or '..' folders")
+        if len(value.encode("utf-8")) > 512:
+            raise ValueError("must be at most 512 bytes")
+        return value
+
+    def _kind_aws_region(self, value: str, base: Path | None) -> str:
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?", value):
+            raise ValueError(f'{_show(value)} is not a region name like "us-east-1"')
+        return value
+
     def _kind_username(self, value: str, base: Path | None) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
@@ -674,6 +718,11 @@ class _Loader:
         effective = own_layout or layout or getattr(kind, "DEFAULT_LAYOUT", "")
         if not effective:
             self.problems.add(where, "layout", f"required: source {source!r} has no default")
+        check = getattr(kind, "check_options", None)
+        if check is not None and all(key in got for key in item if key in schema):
+            # Rules between the kind's keys (a secret without the key id it belongs to).
+            for key, text in check(values):
+                self.problems.add(where, key, text)
         hidden = {key for key, spec in schema.items() if spec.sensitive and key in values}
         account = AccountConfig(
             name=common["name"],

@@ -95,6 +95,9 @@ class Capabilities:
     # folder under the account's own (``{account}/.versions/...``), so a mirrored tree
     # holds only the platform's files.
     versions_folder: str = ""
+    # Kinds of item the platform writes once (S3: raw recordings): a new version of one is
+    # downloaded all the same (``refetch_changed``), and said as a warning.
+    write_once: tuple[str, ...] = ()
 
 
 # What `e4sync sessions` shows of a source that names no columns of its own.

@@ -427,7 +427,16 @@ class AccountPass:
                         row.attempts = 0
                         row.next_attempt_at = now
                         row.last_error = "a new version is on the platform"
-                        log.info("%s: a new version is on the platform; downloading it", rid)
+                        if item.kind and item.kind in capabilities.write_once:
+                            log.warning(
+                                "%s: a new version of a %s file, which the platform writes "
+                                "once, is on the platform; downloading it (the archived "
+                                "copy is kept)",
+                                rid,
+                                item.kind,
+                            )
+                        else:
+                            log.info("%s: a new version is on the platform; downloading it", rid)
                     else:
                         log.info("session %s: remote metadata changed", rid)
                 if state == REMOTE_GONE:

@@ -358,8 +358,13 @@ def test_source_defaults_to_e4connect_and_an_unknown_one_is_named(tmp_path: Path
     assert problems(tmp_path, ACCOUNT + "source = 7\n") == [
         f"{where} source: expected a string, got 7 (an integer)"
     ]
-    (found,) = problems(tmp_path, ACCOUNT + 'source = "embraceplus"\n')
-    assert found.startswith(f"{where} source: ") and "'embraceplus' is not available" in found
+    # A known source judges the keys by its own: E4 Connect's username is not one of them.
+    assert problems(tmp_path, ACCOUNT + 'source = "embraceplus"\n') == [
+        f"{where} username: a key of source 'e4connect' accounts; this account's source is "
+        "'embraceplus'",
+        f"{where} bucket: required key is missing",
+        f"{where} prefix: required key is missing",
+    ]
 
 
 def test_an_account_takes_the_keys_of_its_source(tmp_path: Path, monkeypatch) -> None:
@@ -389,7 +394,8 @@ def test_an_account_takes_the_keys_of_its_source(tmp_path: Path, monkeypatch) ->
     assert found == [
         f"{path}: [account \"study\"] username: a key of source 'e4connect' accounts; this "
         "account's source is 'fakes3'",
-        f"{path}: [account \"lab\"] bucket: a key of source 'fakes3' accounts; this "
+        # Named after the first kind that has the key: EmbracePlus has a bucket too.
+        f"{path}: [account \"lab\"] bucket: a key of source 'embraceplus' accounts; this "
         "account's source is 'e4connect'",
     ]
     assert problems(tmp_path, '[[account]]\nname = "s"\nsource = "fakes3"\nbucket = "b"\n') == [
@@ -399,6 +405,108 @@ def test_an_account_takes_the_keys_of_its_source(tmp_path: Path, monkeypatch) ->
     assert "secret_access_key: secret access keys never go in the configuration file" in found
     assert "secret_access_key_file = PATH" in found and "e4sync-s3-secret" in found
     assert "abc123" not in found
+
+
+EMBRACEPLUS = (
+    '[[account]]\nname = "study-829"\nsource = "embraceplus"\n'
+    'bucket = "empatica-us-east-1-prod-data"\nprefix = "v2/829/1/1/"\n'
+)
+
+
+def test_a_minimal_embraceplus_account_takes_the_defaults_of_section_9(tmp_path: Path) -> None:
+    (acct,) = load(tmp_path, EMBRACEPLUS).accounts
+    assert (acct.name, acct.source, acct.layout) == ("study-829", "embraceplus", "{account}/{key}")
+    assert dict(acct.options) == {
+        "bucket": "empatica-us-east-1-prod-data",
+        "prefix": "v2/829/1/1/",
+        "region": "us-east-1",
+        "access_key_id": "",
+        "secret_access_key_file": None,
+        "secret_access_key_env": None,
+        "secret_access_key_command": None,
+        "keyring": False,
+        "profile": "",
+        "endpoint_url": "",
+        "lookback": 14 * 86400,
+        "full_listing": 86400,
+    }
+    # Every key of section 9's example, an S3-compatible store on loopback over http.
+    secret = write(tmp_path, "s3cr3t\n", "study.secret")
+    secret.chmod(0o600)
+    full = EMBRACEPLUS + (
+        f'region = "eu-west-1"\naccess_key_id = "AKIAEXAMPLE"\n'
+        f'secret_access_key_file = "{secret}"\n'
+        'endpoint_url = "http://127.0.0.1:9000/"\nlookback = "3d"\nfull_listing = "6h"\n'
+        'layout = "{account}/{participant}/{date:%Y}/{date}/{kind}/{file}"\n'
+    )
+    (acct,) = load(tmp_path, full).accounts
+    assert acct.options["endpoint_url"] == "http://127.0.0.1:9000"
+    assert (acct.options["lookback"], acct.options["full_listing"]) == (3 * 86400, 6 * 3600)
+    assert acct.options["secret_access_key_file"] == secret
+
+
+def test_embraceplus_keys_are_checked_and_named(tmp_path: Path) -> None:
+    where = f'{tmp_path / "config.toml"}: [account "study-829"]'
+    assert problems(tmp_path, EMBRACEPLUS + 'username = "lab@example.org"\n') == [
+        f"{where} username: a key of source 'e4connect' accounts; this account's source is "
+        "'embraceplus'"
+    ]
+    cases = {
+        'prefix = "v2/829/1/1"': 'prefix: "v2/829/1/1" must be a folder of the bucket, ending in',
+        'prefix = "/v2/829/"': "prefix: ",
+        'prefix = "v2//1/"': "must not hold '//', '.' or '..' folders",
+        'prefix = "v2/../1/"': "must not hold '//', '.' or '..' folders",
+        'bucket = "a/b"': 'bucket: "a/b" is not a bucket name',
+        'region = "US East"': 'region: "US East" is not a region name',
+        'endpoint_url = "http://s3.example.org"': "endpoint_url: plain http:// is only allowed",
+        'endpoint_url = "ftp://127.0.0.1"': "endpoint_url: must start with https://",
+        'access_key_id = "AKIA EXAMPLE"': "access_key_id: must be printable ASCII",
+        'lookback = "two weeks"': "lookback: expected a duration",
+        'profile = "lab\\u0007"': "profile: must not contain control characters",
+    }
+    for line, expected in cases.items():
+        text = (
+            EMBRACEPLUS.replace('prefix = "v2/829/1/1/"\n', "") if "prefix" in line else EMBRACEPLUS
+        )
+        text = (
+            text.replace('bucket = "empatica-us-east-1-prod-data"\n', "")
+            if "bucket" in line
+            else text
+        )
+        (found,) = problems(tmp_path, text + line + "\n")
+        assert found.startswith(where) and expected in found, (line, found)
+    # A secret needs the key id it belongs to; a profile and a key id exclude each other.
+    assert problems(tmp_path, EMBRACEPLUS + 'secret_access_key_env = "S3_SECRET"\n') == [
+        f"{where} access_key_id: required with secret_access_key_env: the secret access key "
+        "belongs to a key id"
+    ]
+    (found,) = problems(tmp_path, EMBRACEPLUS + 'access_key_id = "AKIA1"\nprofile = "lab"\n')
+    assert found.startswith(f"{where} profile: give either a profile or access_key_id")
+    # The secret itself is refused, never echoed, with where it goes instead.
+    (found,) = problems(tmp_path, EMBRACEPLUS + 'secret_access_key = "wJalrXUtnFEMI"\n')
+    assert found.startswith(f"{where} secret_access_key: secret access keys never go in")
+    assert "e4sync-s3-secret" in found and "wJalrXUtnFEMI" not in found
+    # Two accounts mirroring one prefix would archive each object twice.
+    twice = EMBRACEPLUS + EMBRACEPLUS.replace('"study-829"', '"again"')
+    (found,) = problems(tmp_path, twice)
+    assert "[account \"again\"] prefix: same login as account 'study-829'" in found
+    # Layouts: the placeholders of section 9; {key} keeps its folders and takes no spec.
+    (found,) = problems(tmp_path, EMBRACEPLUS + 'layout = "{account}/{session_id}.zip"\n')
+    assert "unknown placeholder {session_id} for source 'embraceplus'" in found
+    assert found.endswith("Known: account, key, participant, serial, date, kind, metric, file")
+    (found,) = problems(tmp_path, EMBRACEPLUS + 'layout = "{account}/{key:>9}"\n')
+    assert "{key:>9}: bad format spec" in found
+
+
+def test_an_embraceplus_secret_command_is_masked(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        EMBRACEPLUS + 'access_key_id = "AKIA1"\nsecret_access_key_command = "vault -t=t0k3n"\n',
+    )
+    (acct,) = cfg.accounts
+    shown = C.render_toml(C.effective_config(cfg))
+    assert "t0k3n" not in repr(acct) and "t0k3n" not in shown
+    assert 'secret_access_key_command = "***"' in shown and 'access_key_id = "AKIA1"' in shown
 
 
 def test_layouts_use_the_placeholders_and_the_default_of_the_source(

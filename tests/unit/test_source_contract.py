@@ -2,9 +2,11 @@
 against each real one.
 
 Sources under test: ``E4Source`` over a real ``E4Connect`` client logged in to the real E4
-Connect simulator on 127.0.0.1 (nothing mocked: every answer travels over HTTP), and
-``MemorySource`` (tests/fakes.py), both as a platform that accepts deletions and as a
-read-only one. The kind of each is found the way the core finds it,
+Connect simulator on 127.0.0.1 (nothing mocked: every answer travels over HTTP),
+``S3Source`` (EmbracePlus) over boto3 against moto's real S3 server on 127.0.0.1 behind a
+counting proxy (tests/moto_s3.py), holding the real EmbracePlus recording, a biomarker
+CSV and another file, and ``MemorySource`` (tests/fakes.py), both as a platform that
+accepts deletions and as a read-only one. The kind of each is found the way the core finds it,
 ``e4sync.sources.kind(source.name)``; for ``memory`` that lookup answers through the
 test-only registration in ``tests.fakes.register_memory_kind``.
 
@@ -41,8 +43,15 @@ class Platform:
     requests: Callable[[], dict[str, int]]  # what was asked of the platform so far
 
 
-@pytest.fixture(params=["e4connect", "memory", "memory-read-only"])
-def platform(request, monkeypatch) -> Iterator[Platform]:
+@pytest.fixture(scope="module")
+def moto_server():
+    from tests.moto_s3 import serve_moto
+
+    yield from serve_moto()
+
+
+@pytest.fixture(params=["e4connect", "embraceplus", "memory", "memory-read-only"])
+def platform(request, monkeypatch, tmp_path) -> Iterator[Platform]:
     if request.param == "e4connect":
         from e4sync.sources.e4connect.adapter import E4Source
         from e4sync.sources.e4connect.client import E4Connect
@@ -64,6 +73,9 @@ def platform(request, monkeypatch) -> Iterator[Platform]:
             finally:
                 source.close()
         return
+    if request.param == "embraceplus":
+        yield from embraceplus(request.getfixturevalue("moto_server"), monkeypatch, tmp_path)
+        return
     register_memory_kind(monkeypatch)
     items = {
         S3_KEY: b"Obj\x01" + bytes(range(256)) * 40,  # several fetch chunks
@@ -79,6 +91,45 @@ def platform(request, monkeypatch) -> Iterator[Platform]:
         return counts
 
     yield Platform(source, source.data, requests)
+
+
+def embraceplus(moto_server, monkeypatch, tmp_path) -> Iterator[Platform]:
+    from e4sync.sources.embraceplus.adapter import S3Source
+    from tests.moto_s3 import (
+        PREFIX,
+        REAL_DAY,
+        REAL_PARTICIPANT,
+        REAL_SERIAL,
+        REAL_START,
+        csv_bytes,
+        csv_key,
+        fresh_bucket,
+        raw_key,
+        real_avro,
+    )
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    bucket = fresh_bucket(moto_server)
+    s3 = next(bucket)
+    s3.put(raw_key(REAL_DAY, REAL_PARTICIPANT, REAL_SERIAL, REAL_START), real_avro())
+    s3.put(csv_key(REAL_DAY, REAL_PARTICIPANT, REAL_SERIAL), csv_bytes(REAL_DAY, 90))
+    s3.put(PREFIX + "notes.txt", b"mirrored as it is\n", ChecksumAlgorithm="SHA256")
+    source = S3Source(
+        account="contract",
+        bucket=s3.bucket,
+        prefix=PREFIX,
+        endpoint_url=s3.url,
+        access_key_id="AKIACONTRACT",
+        secret=lambda: "contract-secret",
+        timeout=10.0,
+        connect_timeout=2.0,
+    )
+    try:
+        yield Platform(source, s3.get, s3.proxy.counts)
+    finally:
+        source.close()
+        next(bucket, None)
 
 
 def listed(platform: Platform) -> list[Item]:
