@@ -44,6 +44,11 @@ class AccountReport:
     errors: list[str] = field(default_factory=list)
     would_download: list[str] = field(default_factory=list)
     would_delete: list[str] = field(default_factory=list)
+    # A dry run's plan, one entry per would-be download: ``id``, ``path`` (the archive path
+    # it would get), ``size`` (None when the listing does not say), ``recorded`` (ISO 8601
+    # UTC, None when unknown) and ``why``; per would-be deletion: ``id``, ``path``, ``why``.
+    planned_downloads: list[dict] = field(default_factory=list)
+    planned_deletions: list[dict] = field(default_factory=list)
     deletion_cap_reached: bool = False
     # Why the deletion step did not run although remote.delete_after_verify is on (the
     # source cannot delete); "" when it ran or deletion is off.
