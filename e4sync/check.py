@@ -273,12 +273,13 @@ def _check_account(
                     "listed on the platform, no archived copy (the next pass downloads it)",
                 )
                 continue
+            said = len(result.differences)
             whole = _check_copy(result, archive, copy, item)
             if whole and scratch is not None:
                 path = _path(archive, copy.relpath)
                 whole = _compare_with_platform(result, source, copy, item, Path(scratch), path)
-            if whole:
-                result.matched += 1
+            if whole and len(result.differences) == said:
+                result.matched += 1  # archived, whole, and nothing else to say of it
         for item_id in sorted(set(archived) - set(listed)):
             copy = archived[item_id]
             if copy.state in GONE_STATES:
@@ -317,8 +318,8 @@ def _check_copy(result: AccountCheck, archive: Archive, copy: _Archived, item: I
         result.add(
             item.id,
             NOT_IN_DATABASE,
-            "archived (its sidecar is here), but the state database does not know it; "
-            "`e4sync reindex` records it",
+            "archived (its sidecar is here), but the state database does not record it as "
+            "archived; `e4sync reindex` records it",
             path,
         )
     sidecar = copy.sidecar

@@ -187,3 +187,18 @@ def test_check_works_on_any_source_kind(tmp_path, monkeypatch):
         assert not source.calls_to("delete")
     finally:
         engine.dispose()
+
+
+def test_a_missing_sidecar_is_a_difference_that_verify_repairs(sim, setup, run_cli):
+    config = str(setup.write(sim.base_url))
+    run_cli("run-once", "--config", config)
+    sid, zip_path = sorted(archived(setup.archive).items())[0]
+    zip_path.with_suffix(".json").unlink()
+    result = run_cli("check", "--config", config, exit_code=1)
+    assert (
+        f"  sidecar: {sid} {zip_path.with_suffix('.json')}: its sidecar is missing "
+        "(`e4sync verify` rewrites it)"
+    ) in result.out.splitlines()
+    assert "4 match" in result.out
+    run_cli("verify", "--config", config)
+    assert "no differences" in run_cli("check", "--config", config).out
