@@ -119,6 +119,25 @@ class CheckReport:
             return max(codes)
         return EXIT_DIFFERENCES if self.differences else EXIT_OK
 
+    def lines(self) -> list[str]:
+        """The report for people: a line per account, one per difference, a total."""
+        lines = []
+        for a in self.accounts:
+            if a.error:
+                lines.append(f"{a.name}: not checked: {a.error}")
+                continue
+            compared = f", {a.compared} compared with the platform's bytes" if self.download else ""
+            partial = "" if a.complete else " (a partial listing)"
+            lines.append(
+                f"{a.name}: {a.listed} listed{partial}, {a.archived} archived, {a.matched} "
+                f"match{compared}, {a.known_gone} known deleted or gone, "
+                f"{len(a.differences)} difference(s)"
+            )
+            lines.extend(f"  {d.line()}" for d in a.differences)
+        total = self.differences
+        lines.append("no differences" if not total else f"{total} difference(s)")
+        return lines
+
     def as_dict(self) -> dict:
         return {
             "schema": 1,

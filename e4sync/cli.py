@@ -456,6 +456,8 @@ def _report_dict(report) -> dict:
 
 
 def _print_report(report) -> None:
+    from e4sync.sync.report import plan_lines
+
     for a in report.accounts:
         if a.skipped:
             out(f"{a.name}: skipped ({a.skipped})")
@@ -475,34 +477,12 @@ def _print_report(report) -> None:
             line += f", {a.lost} archived copies lost or damaged on disk"
         out(line)
         if report.dry_run:
-            _print_plan(a)
+            for line in plan_lines(a):
+                out(line)
         for error in a.errors[:20]:
             out(f"  error: {error}")
         if len(a.errors) > 20:
             out(f"  ... and {len(a.errors) - 20} more errors (see `e4sync status`)")
-
-
-def _print_plan(a) -> None:
-    """A dry run's plan: each would-be download (target path, size, recorded date, why)
-    and each would-be deletion with its reason."""
-    from e4sync.units import human_size
-
-    downloads, deletions = a.planned_downloads, a.planned_deletions
-    if not downloads:
-        out("  would download: nothing")
-    else:
-        sizes = [d["size"] for d in downloads]
-        total = human_size(sum(sizes)) if None not in sizes else "sizes not listed"
-        out(f"  would download {len(downloads)} ({total}):")
-        for d in downloads:
-            recorded = d["recorded"] or "recorded at an unknown time"
-            out(f"    {d['id']}  {recorded}  {human_size(d['size'])}  -> {d['path']}  ({d['why']})")
-    if not deletions:
-        out("  would delete: nothing")
-    else:
-        out(f"  would delete {len(deletions)} from the platform:")
-        for d in deletions:
-            out(f"    {d['id']}  {d['path']}  ({d['why']})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -532,37 +512,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 STATUS_LOCAL_PROBLEMS_SHOWN = 10
 
 
-def _status_the_long_way(cfg: Config, names: list[str] | None, stale_after: float) -> dict:
-    """The report through SQLAlchemy (any database; an older schema is migrated), after the
-    state folder is checked (73 for one that is a file); a SQLite file that does not exist
-    yet is not created to say that nothing has run."""
-    from e4sync.folders import ensure_state
-    from e4sync.state.db import sqlite_path
-    from e4sync.status import empty_report, status_report
-
-    ensure_state(cfg)
-    path = sqlite_path(cfg.state.url) if cfg.state.url else None
-    if path is not None and not os.path.lexists(os.path.expanduser(path)):
-        return empty_report()
-    engine = open_state(cfg)
-    try:
-        return status_report(engine, names, stale_after=stale_after)
-    finally:
-        engine.dispose()
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from e4sync.status import quick_report, with_configured
+    from e4sync.status import report_for
     from e4sync.units import human_size
 
     cfg = load(args)
     names = [a.name for a in cfg.accounts] if args.account else None
     # A daemon heartbeats at least once a pass; it is stale only when it missed two.
     stale_after = 2 * (cfg.schedule.interval + cfg.schedule.jitter) + cfg.state.lease
-    report = quick_report(cfg.state.url, names, stale_after)
-    if report is None:
-        report = _status_the_long_way(cfg, names, stale_after)
-    report = with_configured(report, [(a.name, a.source) for a in cfg.accounts])
+    report = report_for(cfg, names, stale_after)
     # Any account NOT OK is a non-zero exit, for cron and Nagios-style checks (--json too).
     code = EXIT_OK if all(a["healthy"] for a in report["accounts"]) else EXIT_NOT_OK
     if args.json:
@@ -802,22 +760,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             engine.dispose()
     if args.json:
         print_json(report.as_dict())
-        return report.exit_code
-    for a in report.accounts:
-        if a.error:
-            out(f"{a.name}: not checked: {a.error}")
-            continue
-        compared = f", {a.compared} compared with the platform's bytes" if args.download else ""
-        partial = "" if a.complete else " (a partial listing)"
-        out(
-            f"{a.name}: {a.listed} listed{partial}, {a.archived} archived, {a.matched} "
-            f"match{compared}, {a.known_gone} known deleted or gone, "
-            f"{len(a.differences)} difference(s)"
-        )
-        for d in a.differences:
-            out(f"  {d.line()}")
-    total = report.differences
-    out("no differences" if not total else f"{total} difference(s)")
+    else:
+        for line in report.lines():
+            out(line)
     return report.exit_code
 
 

@@ -29,6 +29,8 @@ from e4sync.timestamps import iso
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from e4sync.config import Config
+
 # Runs one query with ``:name`` parameters (the style both sqlite3 and SQLAlchemy's text()
 # take) and returns its rows as tuples.
 Rows = Callable[[str, Mapping[str, Any]], Sequence[Sequence[Any]]]
@@ -208,6 +210,33 @@ def not_ok_reasons(
             "damaged (see docs/recovery.md)"
         )
     return reasons
+
+
+def report_for(
+    cfg: Config, account_names: list[str] | None = None, stale_after: float = 600.0
+) -> dict:
+    """``status``'s report for ``cfg``: the fast way when it can (``quick_report``), else,
+    once the state folder is known to be usable (``CantCreate``, 73, if not), through
+    SQLAlchemy (any database; an older schema is migrated). A SQLite file not created yet
+    is not created to say that nothing has run. Every configured account is in it
+    (``with_configured``)."""
+    from e4sync.folders import ensure_state
+
+    report = quick_report(cfg.state.url, account_names, stale_after)
+    if report is None:
+        ensure_state(cfg)
+        path = sqlite_file(cfg.state.url) if cfg.state.url else None
+        if path is not None and not path.expanduser().exists():
+            report = empty_report()
+        else:
+            from e4sync.state.db import default_sqlite_url, open_db
+
+            engine = open_db(cfg.state.url or default_sqlite_url(cfg.state.dir))
+            try:
+                report = status_report(engine, account_names, stale_after=stale_after)
+            finally:
+                engine.dispose()
+    return with_configured(report, [(a.name, a.source) for a in cfg.accounts])
 
 
 def empty_report() -> dict:

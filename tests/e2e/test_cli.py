@@ -674,4 +674,9 @@ def test_doctor_fails_on_an_unwritable_archive_root(sim, setup, run_cli):
     config = str(setup.write(sim.base_url))
     result = run_cli("doctor", "--config", config, exit_code=1)
     (line,) = [x for x in result.out.splitlines() if x.startswith("[FAIL]")]
-    assert line.startswith(f"[FAIL] archive root: {setup.archive} is not writable")
+    assert line == (
+        f"[FAIL] archive root: the archive root {setup.archive} cannot be created: {blocker} "
+        f"is a file, not a folder; move {blocker} away or point [archive] root at a folder "
+        f"this user (uid {os.geteuid()}) can write"
+    )
+    assert not setup.archive.exists(), "doctor creates nothing"
