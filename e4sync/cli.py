@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from e4sync import __version__
 from e4sync.errors import (
     EXIT_CODES,
+    EXIT_NOT_OK,
     EXIT_OK,
     EXIT_SESSIONS_FAILED,
     EXIT_SIGINT,
@@ -173,9 +174,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             "--output",
             metavar="PATH",
             default=".",
-            help="file or directory (default: the current directory)",
+            help="file or directory (default: the current directory); an existing file is "
+            "never overwritten",
         ),
         FILE,
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing file (never one inside the archive root)",
     )
     p = command("remove", cmd_remove, "remove a remote session that has a verified local copy")
     p.add_argument("session_id", metavar="ID", help="the session's id on the platform")
@@ -187,6 +194,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     p = command("verify", cmd_verify, "re-hash the archive against the state database")
     p.add_argument("--json", action="store_true", help="print what was found as JSON")
+    p = command(
+        "check", cmd_check, "the platform's listing against the archive, read-only: differences"
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="also fetch each archived item's bytes from the platform (to a temporary file) "
+        "and compare their sha256",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p = command("retry", cmd_retry, "clear back-off so failed sessions are tried next pass")
     p.add_argument("session_id", metavar="ID", nargs="?", help="the session to try again")
     p.add_argument("--all", action="store_true", help="every failed or waiting session")
@@ -222,6 +239,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     hint(
         p.add_argument("--dir", metavar="PATH", help="folder for the demo (default: a new one)"),
         DIRECTORY,
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the simulator running after the sync, until Ctrl-C, so the commands "
+        "it suggests work",
     )
     p.add_argument(
         "--sessions",
@@ -295,12 +318,21 @@ def one_account(cfg: Config) -> AccountConfig:
     return cfg.accounts[0]
 
 
-def open_state(cfg: Config, check: bool = False):
+def open_state(cfg: Config, check: bool = False, dry_run: bool = False):
     """The state database, migrated; ``check``: its integrity checked first (for the
-    commands that trust the whole file or act on its word)."""
+    commands that trust the whole file or act on its word). An unusable state folder or
+    database is one line first (exit 73), before any login. A ``dry_run`` creates nothing:
+    with no database yet it plans against an empty one in a temporary folder."""
+    from e4sync.folders import ensure_state
     from e4sync.state.db import default_sqlite_url, open_db
 
-    return open_db(cfg.state.url or default_sqlite_url(cfg.state.dir), check=check)
+    ensure_state(cfg)
+    url = cfg.state.url or default_sqlite_url(cfg.state.dir)
+    if dry_run:
+        from e4sync.state.db import scratch_url_if_missing
+
+        url = scratch_url_if_missing(url)
+    return open_db(url, check=check)
 
 
 def raise_if_damaged(engine) -> None:
@@ -421,7 +453,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     from e4sync.sync import run_pass
 
     cfg = load(args)
-    engine = open_state(cfg)
+    engine = open_state(cfg, dry_run=args.dry_run)
     stop = threading.Event()
     received: list[int] = []
 
@@ -495,6 +527,8 @@ def _report_dict(report) -> dict:
 
 
 def _print_report(report) -> None:
+    from e4sync.sync.report import plan_lines
+
     for a in report.accounts:
         if a.skipped:
             out(f"{a.name}: skipped ({a.skipped})")
@@ -514,8 +548,8 @@ def _print_report(report) -> None:
             line += f", {a.lost} archived copies lost or damaged on disk"
         out(line)
         if report.dry_run:
-            out(f"  would download: {' '.join(a.would_download) or 'nothing'}")
-            out(f"  would delete:   {' '.join(a.would_delete) or 'nothing'}")
+            for line in plan_lines(a):
+                out(line)
         for error in a.errors[:20]:
             out(f"  error: {error}")
         if len(a.errors) > 20:
@@ -528,7 +562,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from e4sync.sync import default_source_factory
 
     cfg = load(args)
-    engine = open_state(cfg)
+    engine = open_state(cfg, dry_run=args.dry_run)
+    if not args.dry_run:
+        from e4sync.folders import ensure_archive
+
+        ensure_archive(cfg)  # before the first login: a daemon that cannot archive says so
     worker_id = make_worker_id()
     # SIGHUP reads the file found at start again (not a new lookup), with the same options.
     again = argparse.Namespace(**{**vars(args), "config": cfg.path or args.config})
@@ -546,26 +584,29 @@ STATUS_LOCAL_PROBLEMS_SHOWN = 10
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from e4sync.status import quick_report, status_report
+    from e4sync.status import report_for
+    from e4sync.units import human_size
 
     cfg = load(args)
     names = [a.name for a in cfg.accounts] if args.account else None
     # A daemon heartbeats at least once a pass; it is stale only when it missed two.
     stale_after = 2 * (cfg.schedule.interval + cfg.schedule.jitter) + cfg.state.lease
-    report = quick_report(cfg.state.url, names, stale_after)
-    if report is None:
-        report = status_report(open_state(cfg), names, stale_after=stale_after)
+    report = report_for(cfg, names, stale_after)
+    # Any account NOT OK is a non-zero exit, for cron and Nagios-style checks (--json too).
+    code = EXIT_OK if all(a["healthy"] for a in report["accounts"]) else EXIT_NOT_OK
     if args.json:
         print_json(report)
-        return EXIT_OK
+        return code
     if not report["accounts"]:
         out("no pass has run yet: try `e4sync run-once`")
     for a in report["accounts"]:
         c = a["counts"]
         health = "ok" if a["healthy"] else "NOT OK"
         out(f"{a['name']} (user {a['user_id'] or '?'}): {health}")
+        for reason in a["reasons"]:
+            out(f"  why: {reason}")
         out("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
-        out(f"  archive: {a['archive_bytes'] / 1e6:.1f} MB")
+        out(f"  archive: {human_size(a['archive_bytes'])}")
         p = a["last_pass"]
         if p:
             out(
@@ -574,7 +615,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             if p["paused"]:
                 out(f"  downloads paused in the last pass: {p['paused']}")
-        if a["last_error"]:
+        if a["last_error"] and not any(a["last_error"] in r for r in a["reasons"]):
             out(f"  last error: {a['last_error']}")
         if a.get("deletions_refused"):
             out(
@@ -600,7 +641,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for w in report["workers"]:
         stale = " (stale)" if w["stale"] else ""
         out(f"worker {w['id']}: {w['current'] or 'idle'}, last seen {w['heartbeat']}{stale}")
-    return EXIT_OK
+    return code
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -697,20 +738,16 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from e4sync.download import download_one, plan_target
 
     cfg = load(args)
     account = one_account(cfg)
     remote_id = item_id([account], args.session_id)
-    if args.output.endswith(("/", os.sep)):
-        # "-o newdir/" names a folder, even one that does not exist yet. Made before the
-        # source, which may log in at once: a folder that cannot be made is one line.
-        try:
-            os.makedirs(args.output, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create {args.output}: {exc.strerror or exc}") from None
+    # Before the source, which may log in at once: a target that is refused is one line.
+    plan_target(args.output, cfg.archive.root, args.force)
     with account_source(cfg, account) as source:
-        path = offered(source, "download", "download")(remote_id, Path(args.output))
+        fetch = offered(source, "download", "download")
+        path = download_one(fetch, remote_id, args.output, cfg.archive.root, force=args.force)
     out(str(path))
     return EXIT_OK
 
@@ -776,6 +813,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_SESSIONS_FAILED
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from e4sync.check import check_accounts
+    from e4sync.folders import ensure_state
+    from e4sync.state.db import sqlite_path
+
+    cfg = load(args)
+    ensure_state(cfg)
+    path = sqlite_path(cfg.state.url) if cfg.state.url else None
+    # Read-only: a state database not created yet is not created to say nothing is archived.
+    missing = path is not None and not os.path.lexists(os.path.expanduser(path))
+    engine = None if missing else open_state(cfg)
+    try:
+        report = check_accounts(cfg, engine, download=args.download)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            out(line)
+    return report.exit_code
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     from e4sync.maintenance import retry
 
@@ -784,7 +845,23 @@ def cmd_retry(args: argparse.Namespace) -> int:
     cfg = load(args)
     ids = None if args.all else [item_id(cfg.accounts, args.session_id)]
     names = [a.name for a in cfg.accounts] if args.account else None
-    count = retry(open_state(cfg), ids, names)
+    engine = open_state(cfg)
+    if ids is not None:
+        from e4sync.maintenance import session_states
+        from e4sync.state.states import DUE_STATES, FAILED
+
+        states = session_states(engine, ids, names)
+        if not states:
+            where = f"account {args.account}" if args.account else "any account"
+            raise UsageError(
+                f"retry {ids[0]}: the state database knows no session {ids[0]} of {where} "
+                "(`e4sync sessions` lists the platform's; `e4sync status` the failed ones)"
+            )
+        if not set(states.values()) & {*DUE_STATES, FAILED}:
+            retry(engine, ids, names)  # still asks again for deletions a platform refused
+            out(f"session {ids[0]} is {', '.join(sorted(set(states.values())))}: nothing to retry")
+            return EXIT_OK
+    count = retry(engine, ids, names)
     out(f"{count} session(s) will be tried on the next pass")
     return EXIT_OK
 
@@ -821,7 +898,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     if args.action == "check":
+        from e4sync.doctor import offline_problems
+
         where = cfg.path or "the environment (no configuration file)"
+        problems, code = offline_problems(cfg)
+        if problems:
+            print(
+                f"e4sync: {where} reads, but {len(problems)} problem(s) would stop e4sync:",
+                file=sys.stderr,
+            )
+            for problem in problems:
+                print(f"e4sync: {problem}", file=sys.stderr)
+            return code
         out(
             f"{where}: ok, {len(cfg.accounts)} account(s): "
             f"{', '.join(a.name for a in cfg.accounts)}"
@@ -857,7 +945,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from e4sync.demo import run_demo
 
-    return run_demo(args.dir, sessions=args.sessions, quiet=args.quiet, source=args.source)
+    return run_demo(
+        args.dir, sessions=args.sessions, quiet=args.quiet, source=args.source, keep=args.keep
+    )
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from e4sync.config import AccountConfig, SecretKeys
 from e4sync.config.schema import kind_settings
-from e4sync.errors import AuthError, ConfigError, TransientError
+from e4sync.errors import AuthError, CantCreate, ConfigError, TransientError
 from e4sync.sources import DEFAULT_SOURCE
 
 KEYRING_SERVICE = "e4sync"
@@ -72,6 +72,7 @@ __all__ = [
     "SecretProvider",
     "SecretSource",
     "check_password_file_stat",
+    "check_secret",
     "import_users_file",
     "password_provider",
     "password_source",
@@ -194,6 +195,22 @@ def secret_source(
     (A keyring with no entry falls through to the next source when resolving.)"""
     found = _candidates(account, env, interactive)
     return found[0] if found else None
+
+
+def check_secret(account: AccountConfig, env: Mapping[str, str] = os.environ) -> SecretSource:
+    """The source the account's secret would come from, checked as far as it can be without
+    running anything: a secret file (``*_file``, a systemd credential) is read (the value is
+    dropped at once), so one that is missing, unreadable, unsafe or empty is found now, not
+    at the first login. A command, a keyring or a prompt is only named. Raise ConfigError
+    (78) for a file that cannot be used, AuthError (77) when no source is set up."""
+    source = secret_source(account, env, interactive=False)
+    keys = secret_keys(account)
+    if source is None:
+        raise AuthError(_options_text(account, keys))
+    if source.kind in (KIND_FILE, KIND_CREDENTIALS):
+        if not _read(source, account, env, None):
+            raise ConfigError(f"{source.detail}: the {keys.what} file is empty")
+    return source
 
 
 def resolve_secret(
@@ -542,10 +559,17 @@ def _account_name(username: str, taken: set[str]) -> str:
     return name
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str, exclusive: bool = False) -> None:
     # O_CREAT's mode only applies to a new file; fchmod covers a file that already
-    # existed with a wider mode. Neither depends on the umask.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    # existed with a wider mode. Neither depends on the umask. ``exclusive``: a file that
+    # appeared since it was checked is not replaced either (O_EXCL).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    if exclusive:
+        flags |= os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise CantCreate(f"refusing to overwrite the password file {path}", str(path)) from None
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, (text + "\n").encode("utf-8"))
@@ -575,6 +599,7 @@ def import_users_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[s
         raise ConfigError(f"{source}: cannot read the users file: {reason}") from None
     entries: list[tuple[str, str]] = []
     problems: list[str] = []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -583,6 +608,14 @@ def import_users_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[s
         if not sep or not user or not secret or not user.isprintable():
             problems.append(f"{source}: line {number}: expected email:password")
             continue
+        # Two accounts with one login would log each other out (one live login each).
+        seen = first_line.setdefault(user.lower(), number)
+        if seen != number:
+            problems.append(
+                f"{source}: line {number}: the login {user!r} is already on line {seen}; "
+                "keep one of them"
+            )
+            continue
         entries.append((user, secret))
     if problems:
         raise ConfigError(f"{source}: cannot import the users file", problems)
@@ -590,13 +623,29 @@ def import_users_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[s
         raise ConfigError(f"{source}: no email:password lines found")
 
     target = Path(out_dir)
-    target.mkdir(mode=0o700, parents=True, exist_ok=True)
     taken: set[str] = set()
+    planned = [(user, secret, _account_name(user, taken)) for user, secret in entries]
+    # Every file is checked before any is written: an import never replaces a password.
+    existing = [
+        str((target / f"{name}.password").absolute())
+        for _, _, name in planned
+        if os.path.lexists(target / f"{name}.password")
+    ]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise CantCreate(
+            f"refusing to overwrite the password file {existing[0]}{more}: an import never "
+            "replaces a password; remove the old files or choose another --out",
+            existing[0],
+        )
+    try:
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CantCreate(f"cannot create {target}: {exc.strerror or exc}", str(target)) from None
     blocks: list[str] = []
-    for user, secret in entries:
-        name = _account_name(user, taken)
+    for user, secret, name in planned:
         password_file = (target / f"{name}.password").absolute()
-        _write_private(password_file, secret)
+        _write_private(password_file, secret, exclusive=True)
         blocks.append(
             "[[account]]\n"
             f"name = {_toml_string(name)}\n"

@@ -13,7 +13,10 @@ Must not import: e4sync.cli, e4sync.sources.e4connect.
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from e4sync.errors import UsageError
@@ -26,10 +29,16 @@ def _toml_string(value: object) -> str:
 
 
 def run_demo(
-    directory: str | None = None, sessions: int = 6, quiet: bool = False, source: str = ""
+    directory: str | None = None,
+    sessions: int = 6,
+    quiet: bool = False,
+    source: str = "",
+    keep: bool = False,
 ) -> int:
     """Run ``source``'s platform (default: the default kind's) on loopback, sync it once
-    into ``directory`` (a new folder when None) and show the tree and the status."""
+    into ``directory`` (a new folder when None) and show the tree and the status. ``keep``:
+    the platform keeps running afterwards, until Ctrl-C or SIGTERM, so the commands it
+    suggests (which talk to it) work from another terminal."""
     from e4sync.config import load_config
     from e4sync.sources import DEFAULT_SOURCE, kind_module
     from e4sync.state.db import default_sqlite_url, open_db
@@ -75,6 +84,30 @@ def run_demo(
             counts = ", ".join(f"{k} {v}" for k, v in account["counts"].items() if v)
             who = f" (user {account['user_id']})" if account["user_id"] else ""
             print(f"  {account['name']}{who}: {counts}")
-        print(f"\nTry: e4sync --config {config_file} status")
         engine.dispose()
+        config = shlex.quote(str(config_file))
+        if not keep:
+            print(f"\nTry: e4sync --config {config} status")
+            print("(run `e4sync demo --keep` to keep the simulator running for more commands)")
+            return report.exit_code
+        print("\nThe simulator keeps running until Ctrl-C. In another terminal, try:")
+        for command in ("status", "sessions", "check", "run-once --dry-run", "run-once"):
+            print(f"  e4sync --config {config} {command}")
+        _wait_for_stop()
+        print("\nsimulator stopped", flush=True)
         return report.exit_code
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM, then return (the platform is stopped by the
+    caller's ``with``)."""
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

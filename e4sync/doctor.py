@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,17 +33,15 @@ if TYPE_CHECKING:
     from e4sync.config import AccountConfig
 
 
-def _writable(path: Path) -> tuple[bool, str]:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".e4sync-doctor-"):
-            pass
-        return True, f"{path} is writable"
-    except OSError as exc:
-        return False, (
-            f"{path} is not writable ({exc.strerror}); create it and give the user "
-            f"running e4sync write access (uid {os.getuid()})"
-        )
+def _folder_check(what: str, problems: list, path: Path) -> dict:
+    """A folder e4sync writes in: the first problem ``e4sync.folders`` found, else that it
+    is writable (or can be made: nothing is created here)."""
+    if problems:
+        return {"what": what, "ok": False, "detail": str(problems[0])}
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    if path.is_dir():
+        return {"what": what, "ok": True, "detail": f"{path} is writable"}
+    return {"what": what, "ok": True, "detail": f"{path} does not exist yet; it can be created"}
 
 
 def _state_database(cfg: Config) -> tuple[dict | None, StateDamaged | None]:
@@ -147,18 +144,49 @@ def _lease(engine: Engine | None, account: str, worker_id: str, seconds: float) 
         release_leases(engine, worker_id, [account])
 
 
+def offline_problems(cfg: Config) -> tuple[list[str], int]:
+    """What `config check` adds to a configuration that reads: the folders it names (the
+    state folder and database, the archive root) and each account's secret file, checked
+    without logging in or creating anything. Returns the problems, one line each, and the
+    exit code they mean: 73 for a folder, else the secret's (78 a file that cannot be
+    used, 77 no secret at all); 0 when there are none."""
+    from e4sync.credentials import check_secret
+    from e4sync.errors import EXIT_CANTCREAT, EXIT_OK
+    from e4sync.folders import archive_problems, state_problems
+    from e4sync.sources import kind
+
+    folders = [*state_problems(cfg), *archive_problems(cfg)]
+    problems = [str(p) for p in folders]
+    code = EXIT_CANTCREAT if folders else EXIT_OK
+    for account in cfg.accounts:
+        if kind(account.source).secret_source is None:
+            continue
+        try:
+            check_secret(account)
+        except E4SyncError as exc:
+            problems.append(f"account {account.name}: {exc}")
+            code = code or exc.exit_code
+    return problems, code
+
+
 def run_checks(cfg: Config) -> tuple[list[dict], StateDamaged | None]:
     """Every check, and the damage found in the state database if any (the CLI exits with
     its code rather than 1)."""
+    from e4sync.folders import archive_problems, folder_problem, state_problems
     from e4sync.state.db import make_worker_id
 
-    checks = []
-    for what, path in (("archive root", cfg.archive.root), ("state directory", cfg.state.dir)):
-        ok, detail = _writable(Path(path))
-        checks.append({"what": what, "ok": ok, "detail": detail})
-    state, damage = _state_database(cfg)
-    if state is not None:
-        checks.append(state)
+    state = state_problems(cfg)
+    if not state and not cfg.state.url.startswith("sqlite"):
+        # PostgreSQL: the state folder holds nothing of the database, but is still e4sync's.
+        found = folder_problem("state folder", Path(cfg.state.dir), "[state] dir")
+        state = [found] if found is not None else []
+    checks = [
+        _folder_check("archive root", archive_problems(cfg), cfg.archive.root),
+        _folder_check("state directory", state, cfg.state.dir),
+    ]
+    state_check, damage = _state_database(cfg) if not state else (None, None)
+    if state_check is not None:
+        checks.append(state_check)
     engine, unusable = _lease_database(cfg, damage)
     worker_id = f"doctor:{make_worker_id()}"
     try:
@@ -177,6 +205,7 @@ def _account_checks(
     the account's lease."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from e4sync.credentials import check_secret
     from e4sync.sources import kind, make_source
 
     source_kind = kind(account.source)
@@ -185,6 +214,8 @@ def _account_checks(
         what = f"account {account.name} {source_kind.secret_name}"
         try:
             detail = source_kind.secret_source(account)
+            # Read, when it is a file: a missing or unreadable one fails here, not at login.
+            check_secret(account)
         except E4SyncError as exc:
             return [{"what": what, "ok": False, "detail": str(exc)}]
         checks.append({"what": what, "ok": True, "detail": detail})

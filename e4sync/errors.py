@@ -10,10 +10,17 @@ Must not import: e4sync.
 from __future__ import annotations
 
 EXIT_OK = 0
-EXIT_SESSIONS_FAILED = 1
+# 1 means "something needs a look" for every command that checks: a pass with failed
+# sessions, `status` with an account NOT OK, `check` with a difference, `verify`/`reindex`
+# with damage, `doctor` with a failed check.
+EXIT_PROBLEMS = 1
+EXIT_SESSIONS_FAILED = EXIT_PROBLEMS
+EXIT_NOT_OK = EXIT_PROBLEMS
+EXIT_DIFFERENCES = EXIT_PROBLEMS
 EXIT_USAGE = 2
 EXIT_NOT_OFFERED = 64  # sysexits EX_USAGE: the account's source does not offer the command
 EXIT_DATAERR = 65
+EXIT_CANTCREAT = 73  # sysexits EX_CANTCREAT: a folder, database or output file e4sync must write
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
@@ -22,12 +29,16 @@ EXIT_SIGTERM = 143
 
 EXIT_CODES = {
     EXIT_OK: "all went well (including nothing to do)",
-    EXIT_SESSIONS_FAILED: "one or more sessions failed this pass and will be retried",
-    EXIT_USAGE: "bad usage",
+    EXIT_PROBLEMS: "something needs a look: sessions failed this pass (run-once), an account "
+    "is NOT OK (status), the platform and the archive differ (check), damage found (verify, "
+    "reindex), a check failed (doctor)",
+    EXIT_USAGE: "bad usage (an unknown option, a bad id, an id the state database does not know)",
     EXIT_NOT_OFFERED: "the account's source does not offer this command (such as `devices` "
     "for a source with no device list)",
     EXIT_DATAERR: "the state database is damaged: move it aside, then `e4sync reindex` "
     "rebuilds it from the archive",
+    EXIT_CANTCREAT: "a folder, database or file e4sync must write cannot be created or "
+    "written (the message names it and the fix); `download` never overwrites a file",
     EXIT_TEMPFAIL: (
         "temporary: the platform could not be reached or sent an error object for a list,"
         " or another e4sync holds the lock"
@@ -55,6 +66,18 @@ class NotOffered(UsageError):
     source in one line."""
 
     exit_code = EXIT_NOT_OFFERED
+
+
+class CantCreate(E4SyncError):
+    """A folder, database or output file e4sync must write cannot be created or written: a
+    state folder that is a file, a read-only archive root, an existing file ``download``
+    will not overwrite. ``path`` is what it names; the message says the fix."""
+
+    exit_code = EXIT_CANTCREAT
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class ConfigError(E4SyncError):
@@ -156,6 +179,13 @@ class StorageError(E4SyncError):
     def __init__(self, message: str = "", errno: int | None = None):
         super().__init__(message)
         self.errno = errno
+
+
+class ArchiveUnwritable(StorageError):
+    """The archive root cannot be made or written at all (a file in its place, a read-only
+    filesystem, no permission): nothing can be archived until a person fixes it."""
+
+    exit_code = EXIT_CANTCREAT
 
 
 class VerificationError(E4SyncError):

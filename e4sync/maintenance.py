@@ -465,5 +465,21 @@ def retry(
         return result.rowcount or 0
 
 
+def session_states(
+    engine: Engine, session_ids: list[str], account_names: list[str] | None = None
+) -> dict[str, str]:
+    """remote id -> state of each of ``session_ids`` the state database knows (of the
+    named accounts, when given): what `retry ID` checks before it says what it did."""
+    query = (
+        select(SessionRow.remote_id, SessionRow.state)
+        .join(Account, Account.id == SessionRow.account_id)
+        .where(SessionRow.remote_id.in_(session_ids))
+    )
+    if account_names is not None:
+        query = query.where(Account.name.in_(account_names))
+    with statedb.sessionmaker_for(engine)() as db:
+        return {rid: state for rid, state in db.execute(query)}
+
+
 def dumps(data: object) -> str:
     return json.dumps(data, indent=2, sort_keys=False)

@@ -128,7 +128,15 @@ def build_metrics(
         "gauge",
         [],
     )
+    healthy = Metric(
+        "e4sync_account_ok",
+        "1 if the account is OK as `e4sync status` says (its last pass went well, no session "
+        "given up on, no archived copy missing or damaged), else 0.",
+        "gauge",
+        [],
+    )
     for account in status["accounts"]:
+        healthy.samples.append(({"account": account["name"]}, 1.0 if account["healthy"] else 0.0))
         for state, n in account["counts"].items():
             sessions.samples.append(({"account": account["name"], "state": state}, float(n)))
         archive.samples.append(({"account": account["name"]}, float(account["archive_bytes"])))
@@ -143,6 +151,7 @@ def build_metrics(
         last_ok,
         archive,
         problems,
+        healthy,
         Metric(
             "e4sync_last_run_timestamp_seconds",
             "When the last pass ended.",

@@ -29,6 +29,8 @@ from e4sync.timestamps import iso
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from e4sync.config import Config
+
 # Runs one query with ``:name`` parameters (the style both sqlite3 and SQLAlchemy's text()
 # take) and returns its rows as tuples.
 Rows = Callable[[str, Mapping[str, Any]], Sequence[Sequence[Any]]]
@@ -126,6 +128,7 @@ def build_report(
         account_counts = counts.get(account_id, dict.fromkeys(STATES, 0))
         lease_live = bool(lease_owner and lease_until and lease_until > now)
         problem_total = problem_totals.get(account_id, 0)
+        reasons = not_ok_reasons(last_error, last_pass, account_counts[FAILED], problem_total)
         out.append(
             {
                 "name": name,
@@ -133,11 +136,9 @@ def build_report(
                 "user_id": user_id,
                 # A session given up on needs a person (`e4sync retry`), whatever came after;
                 # so does an archived copy that is missing or damaged, until it is whole.
-                "healthy": last_error is None
-                and last_pass is not None
-                and last_pass["ok"]
-                and account_counts[FAILED] == 0
-                and problem_total == 0,
+                "healthy": not reasons,
+                # Why it is not healthy, one line each (empty when it is).
+                "reasons": reasons,
                 "last_error": last_error,
                 # The platform refused deletions as not permitted; none is asked for until
                 # `e4sync retry`.
@@ -170,6 +171,109 @@ def build_report(
             for worker_id, current, host, pid, heartbeat_at in rows(WORKERS_SQL, {})
         ],
     }
+
+
+def not_ok_reasons(
+    last_error: str | None, last_pass: dict | None, failed: int, local_problems: int
+) -> list[str]:
+    """Why an account is NOT OK, one line per cause; empty when it is ok. An account is ok
+    when its last pass went well, it has no account error, no session was given up on and
+    no archived copy is missing or damaged."""
+    reasons = []
+    if last_pass is None:
+        # A row with no pass: `reindex` rebuilt it, or a pass never got as far as its row.
+        reasons.append("no pass has run yet for this account: run `e4sync run-once`")
+        if last_error:
+            reasons.append(f"last error: {last_error}")
+    elif not last_pass["ok"] or last_error:
+        error = last_error or (last_pass["errors"][-1] if last_pass["errors"] else "")
+        if last_pass["paused"]:
+            reasons.append(f"the last pass paused its downloads: {last_pass['paused']}")
+        if last_pass["failed"]:
+            said = f" (last error: {error})" if error else ""
+            reasons.append(
+                f"the last pass could not download {last_pass['failed']} session(s){said}; "
+                "the next passes try again"
+            )
+        elif error:
+            reasons.append(f"the last pass failed: {error}")
+        elif not last_pass["paused"]:
+            reasons.append("the last pass did not finish well")
+    if failed:
+        reasons.append(
+            f"{failed} session(s) given up on after download.max_attempts: `e4sync retry` "
+            "tries them again"
+        )
+    if local_problems:
+        reasons.append(
+            f"{local_problems} archived cop{'y' if local_problems == 1 else 'ies'} missing or "
+            "damaged (see docs/recovery.md)"
+        )
+    return reasons
+
+
+def report_for(
+    cfg: Config, account_names: list[str] | None = None, stale_after: float = 600.0
+) -> dict:
+    """``status``'s report for ``cfg``: the fast way when it can (``quick_report``), else,
+    once the state folder is known to be usable (``CantCreate``, 73, if not), through
+    SQLAlchemy (any database; an older schema is migrated). A SQLite file not created yet
+    is not created to say that nothing has run. Every configured account is in it
+    (``with_configured``)."""
+    from e4sync.folders import ensure_state
+
+    report = quick_report(cfg.state.url, account_names, stale_after)
+    if report is None:
+        ensure_state(cfg)
+        path = sqlite_file(cfg.state.url) if cfg.state.url else None
+        if path is not None and not path.expanduser().exists():
+            report = empty_report()
+        else:
+            from e4sync.state.db import default_sqlite_url, open_db
+
+            engine = open_db(cfg.state.url or default_sqlite_url(cfg.state.dir))
+            try:
+                report = status_report(engine, account_names, stale_after=stale_after)
+            finally:
+                engine.dispose()
+    return with_configured(report, [(a.name, a.source) for a in cfg.accounts])
+
+
+def empty_report() -> dict:
+    """The report of a state database that does not exist yet (nothing is created to say so)."""
+    return build_report(lambda _sql, _params: [])
+
+
+def with_configured(report: dict, accounts: Sequence[tuple[str, str]]) -> dict:
+    """``report`` with an entry for each configured account (``(name, source)``) that the
+    state database does not know yet: NOT OK, because nothing of it is archived or checked
+    (a new configuration, a dry run, a pass that never started)."""
+    known = {a["name"] for a in report["accounts"]}
+    unseen = [
+        {
+            "name": name,
+            "source": source,
+            "user_id": None,
+            "healthy": False,
+            "reasons": not_ok_reasons(None, None, 0, 0),
+            "last_error": None,
+            "deletions_refused": None,
+            "last_ok": None,
+            "counts": dict.fromkeys(STATES, 0),
+            "archive_bytes": 0,
+            "last_pass": None,
+            "failures": [],
+            "local_problems": [],
+            "local_problems_total": 0,
+            "lease": {"owner": None, "until": None},
+        }
+        for name, source in accounts
+        if name not in known
+    ]
+    if not unseen:
+        return report
+    merged = sorted([*report["accounts"], *unseen], key=lambda a: a["name"])
+    return {**report, "accounts": merged}
 
 
 def _pass(row: Sequence[Any]) -> dict:

@@ -48,7 +48,7 @@ from e4sync.archive.sidecar import (
     read_sidecar,
 )
 from e4sync.crashpoints import crashpoint
-from e4sync.errors import StorageError
+from e4sync.errors import ArchiveUnwritable, StorageError
 from e4sync.fsutil import explain, fsync_dir, fsync_file, sha256_file
 
 __all__ = ["Archive", "UnsafePathError"]
@@ -103,7 +103,7 @@ class Archive:
                 os.close(fd)
                 _unlink_quietly(probe)
         except OSError as exc:
-            raise StorageError(
+            raise ArchiveUnwritable(
                 f"the archive root {self.root} is not writable: {explain(exc)}. Fix: {_ROOT_HINT}"
             ) from exc
 

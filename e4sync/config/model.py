@@ -162,7 +162,8 @@ class StateConfig:
     dir: Path = setting(
         "path",
         "",
-        'state dir (database, cookies, lock); "" = $STATE_DIRECTORY or <user state dir>/e4sync',
+        'state dir (database and lock; cookies stay in memory); "" = $STATE_DIRECTORY or '
+        "<user state dir>/e4sync",
     )
     lease: float = setting(
         _D, "5m", "how long a worker holds an account before another may take it", low=1

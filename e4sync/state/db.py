@@ -85,6 +85,22 @@ def sqlite_path(url: str | sa.URL) -> str | None:
     return parsed.database
 
 
+def scratch_url_if_missing(url: str) -> str:
+    """``url``, or for a SQLite file not created yet the URL of an empty database in a new
+    temporary folder (removed when the process exits): what a dry run plans against, so
+    that it creates no state database, no folder and no account row of its own."""
+    path = sqlite_path(url)
+    if path is None or os.path.lexists(Path(path).expanduser()):
+        return url
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="e4sync-dry-run-")
+    atexit.register(shutil.rmtree, scratch, True)
+    return f"sqlite:///{Path(scratch, 'state.db').as_posix()}"
+
+
 def database_damaged(exc: BaseException, url: str = "") -> StateDamaged | None:
     """The ``StateDamaged`` (exit 65) that ``exc`` means when it is SQLite saying the file
     at ``url`` is damaged (or is a ``StateDamaged`` already), else None. Never matches a

@@ -56,7 +56,7 @@ from e4sync.state.models import (
     Deletion,
 )
 from e4sync.state.models import Session as SessionRow
-from e4sync.sync.common import describe
+from e4sync.sync.common import describe, iso
 from e4sync.sync.context import AccountContext, SourceFactory
 from e4sync.sync.report import AccountReport
 
@@ -112,7 +112,8 @@ class Deleter:
             )
             return
         with ctx.sessions() as db:
-            refused = db.get(Account, ctx.account_id).deletions_refused
+            account = db.get(Account, ctx.account_id)
+            refused = account.deletions_refused if account is not None else None
         if refused:
             ctx.report.deletions_skipped = (
                 f"the platform refused deletions as not permitted ({refused}); "
@@ -159,7 +160,17 @@ class Deleter:
                 # GET), so a dry run never promises a deletion the pass would refuse.
                 if self._proven(row, item):
                     ctx.report.would_delete.append(row.remote_id)
-                    log.info("dry run: would delete remote session %s", row.remote_id)
+                    why = (
+                        f"{decision.reason}: verified {iso(row.verified_at)}, recorded "
+                        f"{iso(row.recorded_at) if row.recorded_at else 'at an unknown time'}; "
+                        "the local copy re-hashes to its sha256 and the platform's copy is "
+                        "the archived version"
+                    )
+                    path = str(ctx.archive.resolve(PurePosixPath(row.local_path)))
+                    ctx.report.planned_deletions.append(
+                        {"id": row.remote_id, "path": path, "why": why}
+                    )
+                    log.info("dry run: would delete remote session %s (%s)", row.remote_id, why)
                 continue
             ledger_id = self._delete_one(row, item)
             if ledger_id is not None:
@@ -396,6 +407,15 @@ class Deleter:
         ctx.report.content_changed += 1
         if ctx.dry_run:
             ctx.report.would_download.append(row.remote_id)
+            ctx.report.planned_downloads.append(
+                {
+                    "id": row.remote_id,
+                    "path": str(ctx.archive.resolve(PurePosixPath(row.local_path))),
+                    "size": row.size,
+                    "recorded": iso(row.recorded_at) if row.recorded_at else None,
+                    "why": message,
+                }
+            )
             return message
         with ctx.sessions() as db, db.begin():
             db.execute(

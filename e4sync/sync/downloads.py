@@ -118,8 +118,7 @@ class Downloader:
         due = [(pk, rid) for pk, rid in due if rid in listed and (only is None or rid in only)]
         if ctx.dry_run:
             ctx.report.would_download = [rid for _, rid in due] + ctx.dry_new
-            for rid in ctx.report.would_download:
-                log.info("dry run: would download session %s", rid)
+            self._plan(due, listed)
             return
         if not due:
             return
@@ -166,6 +165,52 @@ class Downloader:
                         for other in in_flight:
                             other.cancel()
                         raise
+
+    def _plan(self, due: list[tuple[int, str]], listed: dict[str, Item]) -> None:
+        """A dry run's plan: each would-be download with the archive path it would get,
+        its size (when the listing says) and its recorded date, and why it is due. Reads
+        the state database and the archive; writes nothing."""
+        ctx = self.ctx
+        rows: dict[int, SessionRow] = {}
+        with ctx.sessions() as db:
+            self.claimed_paths = set(
+                db.scalars(
+                    select(SessionRow.local_path).where(
+                        SessionRow.local_path.is_not(None), SessionRow.state != NEW
+                    )
+                )
+            )
+            for chunk in chunks([pk for pk, _ in due], 1000):
+                rows.update(
+                    (row.id, row)
+                    for row in db.scalars(select(SessionRow).where(SessionRow.id.in_(chunk)))
+                )
+        wanted = [(rows.get(pk), rid) for pk, rid in due]
+        wanted += [(None, rid) for rid in ctx.dry_new]
+        for row, rid in wanted:
+            item = listed[rid]
+            if row is None:
+                why = "new on the platform"
+            else:
+                why = row.last_error or f"{row.state}, not archived yet"
+            try:
+                if row is not None:
+                    relpath = self._choose_path(row, item)
+                else:
+                    relpath = self._choose_new_path(item)
+                path = str(ctx.archive.resolve(relpath))
+            except (E4SyncError, OSError, ValueError) as exc:
+                path = f"(no path: {exc})"
+            ctx.report.planned_downloads.append(
+                {
+                    "id": rid,
+                    "path": path,
+                    "size": item.size,
+                    "recorded": iso(item.recorded_at) if item.recorded_at else None,
+                    "why": why,
+                }
+            )
+            log.info("dry run: would download session %s to %s", rid, path)
 
     def _download_one(
         self,
@@ -400,6 +445,9 @@ class Downloader:
             # downloaded again (lost, damaged, or replaced on the platform): the new file
             # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
+        return self._choose_new_path(item)
+
+    def _choose_new_path(self, item: Item) -> PurePosixPath:
         layout = self.ctx.account.layout or self.ctx.cfg.archive.layout
         fields = {"account": self.ctx.account.name, "user_id": self.ctx.user_id, **item.fields}
         # Lenient: the layout was checked against the account's kind when it was loaded.

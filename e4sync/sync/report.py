@@ -19,7 +19,7 @@ from e4sync.errors import (
     EXIT_TEMPFAIL,
 )
 
-__all__ = ["AccountReport", "PassReport"]
+__all__ = ["AccountReport", "PassReport", "plan_lines"]
 
 
 @dataclass
@@ -44,6 +44,11 @@ class AccountReport:
     errors: list[str] = field(default_factory=list)
     would_download: list[str] = field(default_factory=list)
     would_delete: list[str] = field(default_factory=list)
+    # A dry run's plan, one entry per would-be download: ``id``, ``path`` (the archive path
+    # it would get), ``size`` (None when the listing does not say), ``recorded`` (ISO 8601
+    # UTC, None when unknown) and ``why``; per would-be deletion: ``id``, ``path``, ``why``.
+    planned_downloads: list[dict] = field(default_factory=list)
+    planned_deletions: list[dict] = field(default_factory=list)
     deletion_cap_reached: bool = False
     # Why the deletion step did not run although remote.delete_after_verify is on (the
     # source cannot delete); "" when it ran or deletion is off.
@@ -69,3 +74,29 @@ class PassReport:
         if any(a.failed or a.errors for a in self.accounts):
             return EXIT_SESSIONS_FAILED
         return EXIT_OK
+
+
+def plan_lines(a: AccountReport) -> list[str]:
+    """A dry run's plan for people: each would-be download (its id, recorded date, size,
+    target path and why) and each would-be deletion with its reason."""
+    from e4sync.units import human_size
+
+    lines = []
+    downloads, deletions = a.planned_downloads, a.planned_deletions
+    if not downloads:
+        lines.append("  would download: nothing")
+    else:
+        sizes = [d["size"] for d in downloads]
+        total = human_size(sum(sizes)) if None not in sizes else "sizes not listed"
+        lines.append(f"  would download {len(downloads)} ({total}):")
+        for d in downloads:
+            recorded = d["recorded"] or "recorded at an unknown time"
+            lines.append(
+                f"    {d['id']}  {recorded}  {human_size(d['size'])}  -> {d['path']}  ({d['why']})"
+            )
+    if not deletions:
+        lines.append("  would delete: nothing")
+    else:
+        lines.append(f"  would delete {len(deletions)} from the platform:")
+        lines.extend(f"    {d['id']}  {d['path']}  ({d['why']})" for d in deletions)
+    return lines

@@ -36,12 +36,14 @@ from sqlalchemy.orm import Session as DbSession
 from e4sync.archive import Archive
 from e4sync.config import AccountConfig, Config
 from e4sync.errors import (
+    ArchiveUnwritable,
     E4SyncError,
     Interrupted,
     LockBusy,
     StateDamaged,
     TransientError,
 )
+from e4sync.folders import archive_problems
 from e4sync.sources import Capabilities, DryRunSource, Listing, Source, kind, make_source
 from e4sync.state import db as statedb
 from e4sync.state import rows
@@ -176,13 +178,25 @@ def _run_pass(
         use_lock = engine.dialect.name == "sqlite"
     lock = pass_lock(lock_path(engine, cfg.state.dir)) if use_lock else contextlib.nullcontext()
     with lock:
-        if not dry_run:
-            archive.check_writable()
-            _remove_stale_parts(archive, cfg, shared=not use_lock)
         sessions = statedb.sessionmaker_for(engine)
-        if use_lock:
+        if not dry_run:
+            try:
+                archive.check_writable()
+            except ArchiveUnwritable as exc:
+                # Before any login; the pass is recorded as failed, so `status` says why,
+                # in the words (and with the fix) `config check` and `doctor` give.
+                found = archive_problems(cfg)
+                error = ArchiveUnwritable(str(found[0])) if found else exc
+                _record_failed_pass(cfg, sessions, chosen, worker_id, str(error))
+                if error is exc:
+                    raise
+                raise error from exc
+            _remove_stale_parts(archive, cfg, shared=not use_lock)
+        # A dry run writes nothing to the state database: no lease, no worker row.
+        if use_lock and not dry_run:
             _clear_dead_leases(sessions, worker_id)
-        statedb.heartbeat(engine, worker_id, "pass")
+        if not dry_run:
+            statedb.heartbeat(engine, worker_id, "pass")
         for account in chosen:
             if stop.is_set():
                 report.interrupted = True
@@ -208,12 +222,47 @@ def _run_pass(
             )
         if stop.is_set():
             report.interrupted = True
-        if one_off:
+        if dry_run:
+            pass
+        elif one_off:
             statedb.remove_worker(engine, worker_id)
         else:
             statedb.heartbeat(engine, worker_id, "idle")
     report.finished_at = time.time()
     return report
+
+
+def _record_failed_pass(
+    cfg: Config,
+    sessions: Callable[[], DbSession],
+    accounts: list[AccountConfig],
+    worker_id: str,
+    message: str,
+) -> None:
+    """A pass that could not start (the archive root cannot be written), recorded for each
+    account as a failed pass with its reason, so `status`, the metrics and the next person
+    see it. Best effort: the error itself is what the caller raises."""
+    now = time.time()
+    try:
+        with sessions() as db, db.begin():
+            for account in accounts:
+                row = statedb.ensure_account(
+                    db, account.name, account.source, kind(account.source).endpoint(account)
+                )
+                db.add(
+                    Pass(
+                        account_id=row.id,
+                        worker=worker_id,
+                        started_at=now,
+                        finished_at=now,
+                        ok=False,
+                        dry_run=False,
+                        errors=message[:20000],
+                    )
+                )
+                row.last_error = message[:2000]
+    except Exception as exc:  # the database may be what is unusable too
+        log.warning("could not record the failed pass: %s", exc)
 
 
 def _clear_dead_leases(sessions: Callable[[], DbSession], worker_id: str) -> None:
@@ -260,18 +309,24 @@ class AccountPass:
     def run(self) -> AccountReport:
         ctx = self.ctx
         started = time.time()
-        with ctx.sessions() as db, db.begin():
-            row = statedb.ensure_account(
-                db,
-                ctx.account.name,
-                ctx.account.source,
-                kind(ctx.account.source).endpoint(ctx.account),
-            )
-            ctx.account_id = row.id
+        if ctx.dry_run:
+            # Nothing is written: an account never served has no row (id 0: nothing known),
+            # and one another worker serves now is left to it, as a pass would.
+            if self._dry_run_skipped():
+                return ctx.report
+        else:
+            with ctx.sessions() as db, db.begin():
+                row = statedb.ensure_account(
+                    db,
+                    ctx.account.name,
+                    ctx.account.source,
+                    kind(ctx.account.source).endpoint(ctx.account),
+                )
+                ctx.account_id = row.id
         if self.min_gap and self._served_recently():
             ctx.report.skipped = "served by another worker less than half an interval ago"
             return ctx.report
-        claimed = statedb.claim_accounts(
+        claimed = ctx.dry_run or statedb.claim_accounts(
             ctx.engine, ctx.worker_id, [ctx.account.name], ctx.cfg.state.lease
         )
         if not claimed:
@@ -283,7 +338,8 @@ class AccountPass:
         )
         source: Source | None = None
         try:
-            keeper.start()
+            if not ctx.dry_run:
+                keeper.start()
             source = self.source_factory(ctx.account)
             if ctx.dry_run:
                 source = DryRunSource(source)
@@ -302,14 +358,35 @@ class AccountPass:
                 message = f"{message} (temporary: the next pass tries again)"
             self._account_failed(exc.exit_code, message)
         finally:
-            keeper.stop()
+            if not ctx.dry_run:
+                keeper.stop()
             if source is not None:
                 source.close()
-            # Nothing more is written into a damaged file: it is to be rebuilt anyway.
-            if statedb.damage_found(ctx.engine) is None:
+            # Nothing more is written into a damaged file: it is to be rebuilt anyway; and
+            # nothing at all by a dry run.
+            if not ctx.dry_run and statedb.damage_found(ctx.engine) is None:
                 statedb.release_leases(ctx.engine, ctx.worker_id, [ctx.account.name])
                 self._write_pass_row(started)
         return ctx.report
+
+    def _dry_run_skipped(self) -> bool:
+        """For a dry run: the account's row id, read (0 when it has none), and whether
+        another worker holds its lease now (then the dry run skips it, as a pass would)."""
+        ctx = self.ctx
+        with ctx.sessions() as db:
+            row = db.execute(
+                select(Account.id, Account.lease_owner, Account.lease_until).where(
+                    Account.name == ctx.account.name
+                )
+            ).first()
+        if row is None:
+            return False
+        ctx.account_id, owner, until = row
+        if owner and owner != ctx.worker_id and until and until > time.time():
+            ctx.report.skipped = "leased by another worker"
+            log.info("account %s: served by another worker this pass", ctx.account.name)
+            return True
+        return False
 
     def _served_recently(self) -> bool:
         """With several workers each pass of each would otherwise log in to every account:
@@ -332,7 +409,8 @@ class AccountPass:
         deleter = Deleter(ctx=ctx, source=source)
         ctx.user_id = source.identity()
         with ctx.sessions() as db:
-            ctx.last_complete = db.get(Account, ctx.account_id).last_complete_listing_at
+            row = db.get(Account, ctx.account_id)
+            ctx.last_complete = row.last_complete_listing_at if row is not None else None
         listing = source.list_items(ctx.last_complete)
         listing_ok = self._record_listing(listing, deleter, source.capabilities)
         copies = check_archived_copies(
@@ -368,10 +446,11 @@ class AccountPass:
         listed = {i.id: i for i in items}
         with self.ctx.sessions() as db, db.begin():
             account = db.get(Account, self.ctx.account_id)
-            account.user_id = self.ctx.user_id
-            account.last_listed_at = now
-            if listing.complete and not self.ctx.dry_run:
-                account.last_complete_listing_at = now
+            if account is not None and not self.ctx.dry_run:
+                account.user_id = self.ctx.user_id
+                account.last_listed_at = now
+                if listing.complete:
+                    account.last_complete_listing_at = now
             known = {
                 rid: (pk, state, mhash)
                 for rid, pk, state, mhash in db.execute(

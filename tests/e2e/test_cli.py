@@ -203,9 +203,10 @@ def test_download_into_a_folder_that_cannot_be_made_is_one_line(sim, envcli, tmp
     (tmp_path / "plain-file").write_text("x")
     target = str(tmp_path / "plain-file" / "sub") + os.sep
     row = sim.sessions()[0]
-    result = envcli("download", row["id"], "-o", target, "--base-url", sim.base_url, exit_code=2)
+    result = envcli("download", row["id"], "-o", target, "--base-url", sim.base_url, exit_code=73)
     (line,) = error_lines(result.err)
-    assert f"cannot create {target}" in line and "Traceback" not in result.err
+    assert f"cannot create {target.rstrip(os.sep)}" in line and "Traceback" not in result.err
+    assert sim.stats()["requests"].get("authenticate", 0) == 0, "refused before any login"
 
 
 def test_remove_is_refused_without_a_verified_local_copy(sim, envcli):
@@ -345,9 +346,9 @@ def test_remove_is_refused_when_the_platform_copy_changed_since_it_was_archived(
 
 def test_run_once_dry_run_prints_what_it_would_download(sim, envcli, home):
     result = envcli("run-once", "--dry-run", "--base-url", sim.base_url)
-    (line,) = [x for x in result.out.splitlines() if "would download:" in x]
-    assert set(line.split(":", 1)[1].split()) == {r["id"] for r in sim.sessions()}
-    assert "would delete:   nothing" in result.out
+    plan = result.out.split("would download 5 (sizes not listed):\n")[1].split("  would delete")[0]
+    assert {x.split()[0] for x in plan.splitlines()} == {r["id"] for r in sim.sessions()}
+    assert "would delete: nothing" in result.out
     assert not list(home.archive.rglob("*.zip"))
     assert sim.stats()["requests"].get("download", 0) == 0
 
@@ -600,10 +601,10 @@ def test_status_and_retry_bring_a_failed_session_back(setup, run_cli):
     with Simulator(port=0, seed=2, sessions=2, faults=Faults(missing_session=1.0)) as sim:
         # `extra` lands inside setup's [download] table: one attempt, then 'failed'.
         config = str(setup.write(sim.base_url, extra="max_attempts = 1"))
-        assert "no pass has run yet" in run_cli("status", "--config", config).out
+        assert "no pass has run yet" in run_cli("status", "--config", config, exit_code=1).out
         run_cli("run-once", "--config", config, exit_code=1)
         first, second = (r["id"] for r in sim.sessions())
-        status = run_cli("status", "--config", config).out
+        status = run_cli("status", "--config", config, exit_code=1).out
         assert "lab (user " in status and "failed 2" in status
         assert f"session {first}: failed, 1 attempts, next after `e4sync retry`" in status
 
@@ -611,14 +612,20 @@ def test_status_and_retry_bring_a_failed_session_back(setup, run_cli):
         run_cli("run-once", "--config", config)  # failed sessions wait for `retry`
         assert sim.stats()["requests"].get("download", 0) == 2
         # That pass went through, but sessions given up on keep the account unhealthy.
-        (account,) = json.loads(run_cli("status", "--json", "--config", config).out)["accounts"]
+        status_json = run_cli("status", "--json", "--config", config, exit_code=1).out
+        (account,) = json.loads(status_json)["accounts"]
         assert account["last_pass"]["ok"] and not account["healthy"]
-        assert "lab (user " in status and ": NOT OK" in run_cli("status", "--config", config).out
+        assert account["reasons"] == [
+            "2 session(s) given up on after download.max_attempts: `e4sync retry` tries them again"
+        ]
+        status = run_cli("status", "--config", config, exit_code=1).out
+        assert "lab (user " in status and ": NOT OK" in status
+        assert "  why: 2 session(s) given up on" in status
 
         run_cli("retry", "--config", config, exit_code=2)
         run_cli("retry", first, "--all", "--config", config, exit_code=2)
         assert "1 session(s)" in run_cli("retry", first, "--config", config).out
-        counts = json.loads(run_cli("status", "--json", "--config", config).out)
+        counts = json.loads(run_cli("status", "--json", "--config", config, exit_code=1).out)
         assert counts["accounts"][0]["counts"]["new"] == 1
         assert counts["accounts"][0]["counts"]["failed"] == 1
 
@@ -667,4 +674,9 @@ def test_doctor_fails_on_an_unwritable_archive_root(sim, setup, run_cli):
     config = str(setup.write(sim.base_url))
     result = run_cli("doctor", "--config", config, exit_code=1)
     (line,) = [x for x in result.out.splitlines() if x.startswith("[FAIL]")]
-    assert line.startswith(f"[FAIL] archive root: {setup.archive} is not writable")
+    assert line == (
+        f"[FAIL] archive root: the archive root {setup.archive} cannot be created: {blocker} "
+        f"is a file, not a folder; move {blocker} away or point [archive] root at a folder "
+        f"this user (uid {os.geteuid()}) can write"
+    )
+    assert not setup.archive.exists(), "doctor creates nothing"

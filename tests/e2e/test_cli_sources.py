@@ -187,8 +187,9 @@ def test_sessions_of_a_source_without_columns_shows_the_item_and_its_local_state
 def test_an_id_is_checked_by_the_accounts_kind(setup, run_cli, standin):
     config = str(setup.write("http://127.0.0.1:9/connect"))
     # A key with slashes is a good id for this kind (E4's rule would refuse it) ...
-    result = run_cli("retry", STANDIN_ITEMS[0].id, "--config", config)
-    assert "0 session(s)" in result.out
+    # (accepted, it is then looked up: the state database does not know it, exit 2)
+    result = run_cli("retry", STANDIN_ITEMS[0].id, "--config", config, exit_code=2)
+    assert f"knows no session {STANDIN_ITEMS[0].id} of any account" in result.err
     # ... and the kind's own rule refuses what it must, before any source is built.
     result = run_cli("download", "a/../b", "--config", config, exit_code=2)
     (line,) = error_lines(result.err)

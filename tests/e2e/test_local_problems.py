@@ -28,8 +28,10 @@ def rows(setup) -> dict[str, tuple]:
 
 
 def lab_status(run_cli, config: Path) -> dict:
-    report = json.loads(run_cli("status", "--json", "--config", str(config)).out)
-    [lab] = report["accounts"]
+    """The account's `status --json`; its exit code says the same (1 when NOT OK)."""
+    result = run_cli("status", "--json", "--config", str(config), exit_code=None)
+    [lab] = json.loads(result.out)["accounts"]
+    assert result.code == (0 if lab["healthy"] else 1), result
     return lab
 
 
@@ -58,12 +60,14 @@ def test_verify_marks_a_lost_and_a_changed_copy_until_the_next_pass_downloads_th
     assert again["lost"] == [] and again["clean"] is False
     assert rows(setup) == marked
 
-    # status: NOT OK, naming both files, until they are whole again.
-    text = run_cli("status", "--config", str(config)).out
+    # status: NOT OK (exit 1), naming both files and why, until they are whole again.
+    text = run_cli("status", "--config", str(config), exit_code=1).out
     assert "lab (user" in text and "NOT OK" in text
+    assert "  why: 2 archived copies missing or damaged (see docs/recovery.md)" in text
     assert str(gone) in text and str(flipped) in text
     lab = lab_status(run_cli, config)
     assert lab["healthy"] is False and lab["local_problems_total"] == 2
+    assert lab["reasons"] == ["2 archived copies missing or damaged (see docs/recovery.md)"]
     assert sorted(lab["local_problems"], key=lambda p: p["session"]) == [
         {"session": gone_id, "state": "new", "problem": f"missing: {gone}"},
         {"session": flipped_id, "state": "new", "problem": f"changed: {flipped}"},
@@ -120,10 +124,11 @@ def test_a_lost_copy_the_platform_no_longer_holds_is_reported_until_restored(
     lab = lab_status(run_cli, config)
     assert lab["healthy"] is False and lab["local_problems_total"] == 1
     assert str(victim) in lab["local_problems"][0]["problem"]
-    assert "NOT OK" in run_cli("status", "--config", str(config)).out
+    assert "NOT OK" in run_cli("status", "--config", str(config), exit_code=1).out
     assert [path for path, _ in seen] == ["/ping/abc123/start", "/ping/abc123/fail"]
     assert str(victim) in seen[-1][1]
     assert 'e4sync_local_problems{account="lab"} 1' in prom.read_text()
+    assert 'e4sync_account_ok{account="lab"} 0' in prom.read_text()
 
     # Restored from a backup: verify clears it, and the next pass pings success again.
     victim.write_bytes(saved)
@@ -135,6 +140,7 @@ def test_a_lost_copy_the_platform_no_longer_holds_is_reported_until_restored(
     run_cli("run-once", "--config", str(config))
     assert [path for path, _ in seen] == ["/ping/abc123/start", "/ping/abc123"]
     assert 'e4sync_local_problems{account="lab"} 0' in prom.read_text()
+    assert 'e4sync_account_ok{account="lab"} 1' in prom.read_text()
 
 
 def test_verify_refuses_to_mark_anything_when_the_archive_root_is_gone(sim, setup, run_cli):

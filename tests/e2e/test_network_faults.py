@@ -137,7 +137,7 @@ def test_attempts_are_capped_then_retry_brings_sessions_back(tmp_path, run_cli):
         sim.set_faults(Faults())
         run_cli("run-once", "--config", str(config), exit_code=0)
         assert sim.stats()["requests"]["download"] == downloads
-        status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+        status = json.loads(run_cli("status", "--config", str(config), "--json", exit_code=1).out)
         (account,) = status["accounts"]
         assert account["counts"]["failed"] == len(ids)
         assert all("HTML" in f["last_error"] for f in account["failures"])

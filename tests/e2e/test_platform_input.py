@@ -192,7 +192,7 @@ def run_with_extra_rows(tmp_path: Path, run_cli, extra: list[dict]) -> None:
         assert {s for s, row in rows.items() if row.state == "verified"} == set(genuine)
         assert {str(r["id"]) for r in extra} <= set(rows)
         run_cli("sessions", "--config", str(config), "--json")
-        run_cli("status", "--config", str(config), "--json")
+        run_cli("status", "--config", str(config), "--json", exit_code=1)  # failed: NOT OK
 
 
 def test_extreme_numbers_in_listed_rows_are_coerced_not_fatal(tmp_path, run_cli, watched):
@@ -231,7 +231,7 @@ def test_an_empty_list_where_sessions_existed_is_never_everything_deleted(
             ids, "verified"
         )
         assert sim.deleted_ids() == set()
-        status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+        status = json.loads(run_cli("status", "--config", str(config), "--json", exit_code=1).out)
         assert status["accounts"][0]["counts"]["remote_gone"] == 0
         after = {sid: p.read_bytes() for sid, p in archived(tmp_path / "deep" / "archive").items()}
         assert after == before
@@ -408,7 +408,7 @@ def test_a_listing_that_is_not_a_list_is_a_platform_problem(tmp_path, run_cli, w
         after = {s: row[:2] for s, row in states(tmp_path / "state").items()}
         assert after == before, "nothing recorded as vanished or gone"
         assert "vanished" not in result.err
-        status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+        status = json.loads(run_cli("status", "--config", str(config), "--json", exit_code=1).out)
         assert status["accounts"][0]["counts"]["remote_gone"] == 0
         shown = run_cli("sessions", "--config", str(config), exit_code=75)
         (line,) = shown.err.strip().splitlines()[-1:]

@@ -94,32 +94,65 @@ def test_late_published_session_with_an_old_start_time_is_archived(sim, setup, r
     assert zips[late["id"]].read_bytes() == sim.zip_bytes(late["id"])
 
 
-def test_dry_run_changes_nothing(sim, setup, run_cli):
+def _dump(state_db) -> list[str]:
+    """Every row of the state database, as SQL (the lease and worker tables included)."""
+    db = sqlite3.connect(state_db)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
+def test_dry_run_changes_nothing_and_shows_the_plan(sim, setup, run_cli):
     config = setup.write(
         sim.base_url,
         account_extra=DELETE_AT_ONCE,
     )
+    before = run_cli("status", "--json", "--config", str(config), exit_code=1).out
     result = run_cli("run-once", "--config", str(config), "--dry-run")
-    assert "would download" in result.out
+    # The plan: each would-be download with its target path, its size (the E4 listing has
+    # none) and its recorded date; the counts say the same (5 listed, 5 new).
+    assert "lab: 5 listed, 5 new, 0 downloaded" in result.out
+    assert "would download 5 (sizes not listed):" in result.out
     for row in sim.sessions():
-        assert row["id"] in result.out
+        start = dt.datetime.fromtimestamp(int(row["start_time"]), dt.UTC)
+        target = setup.archive / "lab" / start.strftime("%Y/%m/%d")
+        line = next(x for x in result.out.splitlines() if x.strip().startswith(row["id"]))
+        assert start.isoformat().replace("+00:00", "Z") in line and "size unknown" in line
+        assert f"-> {target}/{row['start_time']}_" in line and "(new on the platform)" in line
+    assert "would delete: nothing" in result.out
     assert not setup.archive.exists() or not any(setup.archive.rglob("*.zip"))
     assert downloads(sim) == 0
-    db = sqlite3.connect(setup.state / "state.db")
-    assert db.execute("select count(*) from sessions").fetchone() == (0,)
-    assert db.execute("select count(*) from passes").fetchone() == (0,)
+    # Nothing written: no state folder, no database, no account row; status as before.
+    assert not setup.state.exists()
+    assert run_cli("status", "--json", "--config", str(config), exit_code=1).out == before
+    as_json = json.loads(run_cli("run-once", "--json", "--dry-run", "--config", str(config)).out)
+    (planned,) = as_json["accounts"]
+    assert sorted(d["id"] for d in planned["planned_downloads"]) == sorted(
+        r["id"] for r in sim.sessions()
+    )
+    assert all(d["size"] is None and d["recorded"] for d in planned["planned_downloads"])
+    assert not setup.state.exists()
+
     # After a real pass (deletion off), a dry run with deletion on names the sessions it
-    # would delete, and deletes none.
+    # would delete, each with its reason, deletes none and writes nothing to the database.
     plain = setup.write(sim.base_url)
     run_cli("run-once", "--config", str(plain))
     setup.write(
         sim.base_url,
         account_extra=DELETE_AT_ONCE,
     )
+    rows_before = _dump(setup.state / "state.db")
     again = run_cli("run-once", "--config", str(config), "--dry-run")
+    assert "would download: nothing" in again.out
+    plan = again.out.split("would delete 5 from the platform:")[1]
     for row in sim.sessions():
-        assert row["id"] in again.out.split("would delete:")[1]
+        line = next(x for x in plan.splitlines() if x.strip().startswith(row["id"]))
+        assert str(archived(setup.archive)[row["id"]]) in line
+        assert "(verified copy older than the grace period: verified 20" in line
     assert sim.deleted_ids() == set()
+    assert _dump(setup.state / "state.db") == rows_before
+    assert run_cli("status", "--config", str(config)).code == 0
 
 
 def test_remote_deletion_removes_exactly_the_verified_sessions(sim, setup, run_cli):
@@ -232,11 +265,18 @@ def test_reindex_rebuilds_the_database_from_sidecars(sim, setup, run_cli):
         f.unlink()
     result = run_cli("reindex", "--config", str(config))
     assert f"{len(sim.sessions())} sessions added" in result.out
-    status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+    # No pass is recorded yet: NOT OK (exit 1), and it says why.
+    status = json.loads(run_cli("status", "--config", str(config), "--json", exit_code=1).out)
     assert status["accounts"][0]["counts"]["verified"] == len(sim.sessions())
+    assert status["accounts"][0]["reasons"] == [
+        "no pass has run yet for this account: run `e4sync run-once`"
+    ]
+    text = run_cli("status", "--config", str(config), exit_code=1).out
+    assert "NOT OK\n  why: no pass has run yet for this account" in text
     before = downloads(sim)
     run_cli("run-once", "--config", str(config))
     assert downloads(sim) == before, "a reindexed archive is not downloaded again"
+    assert ": ok" in run_cli("status", "--config", str(config)).out
 
 
 def test_a_session_that_vanishes_is_remote_gone_and_its_copy_kept(sim, setup, run_cli):
@@ -258,8 +298,11 @@ def test_an_empty_listing_is_never_taken_as_everything_deleted(sim, setup, run_c
         remove_remotely(sim, row["id"])
     result = run_cli("run-once", "--config", str(config), exit_code=1)
     assert "empty session list" in result.out
-    status = json.loads(run_cli("status", "--config", str(config), "--json").out)
+    status = json.loads(run_cli("status", "--config", str(config), "--json", exit_code=1).out)
     assert status["accounts"][0]["counts"]["remote_gone"] == 0
+    assert status["accounts"][0]["reasons"] == [
+        "the last pass failed: empty session list where sessions existed"
+    ]
 
 
 def test_wrong_password_exits_77_and_says_so(sim, setup, run_cli):

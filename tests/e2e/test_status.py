@@ -92,7 +92,8 @@ def test_status_command_reads_sqlite_without_sqlalchemy(sim, setup, run_cli):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     report_text, _, last = proc.stdout.rstrip().rpartition("\n")
-    assert json.loads(last) == {"code": 0, "sqlalchemy": False}
+    # Both accounts are NOT OK (a session given up on; a wrong password): exit 1.
+    assert json.loads(last) == {"code": 1, "sqlalchemy": False}
     report = json.loads(report_text)
     assert {a["name"] for a in report["accounts"]} == {"lab", "wrong"}
     # The command's answer is the SQLAlchemy one (times aside: they were read apart).
@@ -149,6 +150,8 @@ def test_status_of_one_account_names_only_it_both_ways(sim, setup, run_cli):
     for report in (through_sqlalchemy, through_sqlite3):
         assert [a["name"] for a in report["accounts"]] == ["lab"]
     command = json.loads(
-        run_cli("status", "--json", "--account", "lab", "--config", str(setup.config)).out
+        run_cli(
+            "status", "--json", "--account", "lab", "--config", str(setup.config), exit_code=1
+        ).out
     )
     assert [a["name"] for a in command["accounts"]] == ["lab"]

@@ -7,8 +7,9 @@ Each must give a clear error and its exit code (SPEC section 3), leave the archi
 (no file under a final name that is not whole; earlier files unchanged), keep the database
 consistent, and let the next pass recover once the cause is gone. The exit codes, decided
 here and in docs/reliability.md: a session that cannot be written is a per-session failure
-(1, retried next pass); an archive root that cannot be written at all is also 1 (nothing was
-listed or changed; the pass is retried); a locked state database is temporary (75).
+(1, retried next pass); an archive root that cannot be written at all is 73 (EX_CANTCREAT:
+found before any login, nothing listed or changed, recorded as a failed pass; the next pass
+tries again); a locked state database is temporary (75).
 """
 
 from __future__ import annotations
@@ -236,9 +237,11 @@ def test_a_weekend_of_a_full_disk_spends_no_attempts_and_says_so_once_per_pass(
         finally:
             db.close()
         assert "no space left on device" in paused
-        status = run_cli("status", "--config", str(config), exit_code=None)
+        status = run_cli("status", "--config", str(config), exit_code=1)
         assert "downloads paused in the last pass: no space left on device" in status.out
-        (lab,) = json.loads(run_cli("status", "--json", "--config", str(config)).out)["accounts"]
+        assert "why: the last pass paused its downloads: no space left on device" in status.out
+        as_json = run_cli("status", "--json", "--config", str(config), exit_code=1).out
+        (lab,) = json.loads(as_json)["accounts"]
         assert "no space left on device" in lab["last_pass"]["paused"]
         text = (tmp_path / "e4sync.prom").read_text()  # the textfile says so too
         assert 'e4sync_pass_downloads_paused{account="lab"} 1' in text
@@ -256,12 +259,25 @@ def test_a_read_only_archive_is_reported_and_changes_nothing(tmp_path, tmpfs, ru
         new = sim.add_session(size_bytes=60_000)["id"]
         downloads = sim.stats()["requests"]["download"]
 
+        logins = sim.login_count()
         remount(tmpfs, "ro")
-        result = run_cli("run-once", "--config", str(config), exit_code=1)
-        assert "read-only" in result.err and str(tmpfs) in result.err, result.err
+        result = run_cli("run-once", "--config", str(config), exit_code=73)
+        (line,) = [x for x in result.err.splitlines() if x.startswith("e4sync:")]
+        assert f"the archive root {tmpfs} cannot be written (read-only file system (EROFS))" in line
+        assert "remount it read-write, or point [archive] root at" in line
+        assert "Traceback" not in result.err
         assert snapshot(tmpfs) == before
         assert db_rows(tmp_path / "state") == rows_before
         assert sim.stats()["requests"]["download"] == downloads
+        assert sim.login_count() == logins, "found before any login"
+        # Recorded as a failed pass: status is NOT OK and says why; `config check` (which
+        # never logs in) and `doctor` find it too.
+        status = run_cli("status", "--config", str(config), exit_code=1).out
+        assert f"why: the last pass failed: the archive root {tmpfs} cannot be written" in status
+        check = run_cli("config", "check", "--config", str(config), exit_code=73)
+        assert f"the archive root {tmpfs} cannot be written" in check.out + check.err
+        doctor = run_cli("doctor", "--config", str(config), exit_code=1).out
+        assert f"[FAIL] archive root: the archive root {tmpfs} cannot be written" in doctor
 
         remount(tmpfs, "rw")
         run_cli("run-once", "--config", str(config))
