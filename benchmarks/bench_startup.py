@@ -30,7 +30,9 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
     }
     results = {}
     for name, argv in commands.items():
-        runs = [run_child(argv).check(name) for _ in range(mode.startup_runs)]
+        # `status` exits 1 while an account is NOT OK, as an account no pass has served is.
+        ok = (0, 1) if name.startswith("e4sync status") else (0,)
+        runs = [run_child(argv).check(name, ok) for _ in range(mode.startup_runs)]
         results[name] = (
             median([r.seconds for r in runs]),
             min(r.seconds for r in runs),

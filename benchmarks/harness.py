@@ -73,8 +73,9 @@ class Measured:
     out: str
     err: str
 
-    def check(self, what: str) -> Measured:
-        if self.code != 0:
+    def check(self, what: str, ok: tuple[int, ...] = (0,)) -> Measured:
+        """This run, if it exited with one of the ``ok`` codes; RuntimeError otherwise."""
+        if self.code not in ok:
             raise RuntimeError(f"{what} exited {self.code}\n{self.out[-2000:]}\n{self.err[-2000:]}")
         return self
 
