@@ -178,6 +178,7 @@ def _bad_value(kind: str) -> object:
         "bool": "yes",
         "duration": "5.5.x",
         "duration_off": [1],
+        "hours": "twenty",
     }.get(kind, 42)
 
 
