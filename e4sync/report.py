@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -314,3 +315,41 @@ def as_table(report: Report) -> str:
     if report.target_hours:
         lines.append(f"* under the daily target of {report.target_hours:g} hours")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def report_for(cfg: Any, *, by: str, first: date | None = None, last: date | None = None) -> Report:
+    """The report of ``cfg``'s accounts from its state database (``e4sync report``)."""
+    from e4sync.participants import load_participants
+    from e4sync.state.db import default_sqlite_url, open_db, sqlite_path
+
+    people = load_participants(cfg.participants.file) if by == "participant" else None
+    url = cfg.state.url or default_sqlite_url(cfg.state.dir)
+    spans: list[Span] = []
+    listed: list[str] = []
+    path = sqlite_path(url)
+    if path is None or Path(path).expanduser().exists():  # no pass yet: nothing archived
+        engine = open_db(url)
+        try:
+            spans, listed = spans_from_db(
+                engine,
+                [(a.name, a.source) for a in cfg.accounts],
+                by=by,
+                timezone=cfg.archive.timezone,
+                participants=people,
+            )
+        finally:
+            engine.dispose()
+    elif people is not None:
+        listed = people.names()
+    return compute(
+        spans,
+        by=by,
+        timezone=cfg.archive.timezone,
+        first=first,
+        last=last,
+        groups=listed,
+        target_hours=cfg.report.target_hours,
+    )
