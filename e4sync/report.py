@@ -298,7 +298,7 @@ def as_table(report: Report) -> str:
     names = [t.group for t in report.groups]
     if not names:
         return "no archived recordings\n"
-    width = max(6, *(len(n) for n in names))
+    width = max(6, len(report.by), *(len(n) for n in names))
     lines = [f"hours per {report.by} and day ({report.timezone})"]
     lines.append("date        " + " ".join(n.rjust(width) for n in names))
     for i, day in enumerate(report.days):

@@ -43,7 +43,9 @@ def _figure(report: Report) -> Any:
     width = min(16.0, 2.5 + 0.32 * max(len(days), 1))
     height = 1.6 + 0.4 * max(len(groups), 1)
     fig, ax = plt.subplots(figsize=(width, height), dpi=100)
-    image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=24, interpolation="none")
+    peak = max((h for row in data for h in row), default=0.0)
+    top = max(1.0, peak, report.target_hours or 0.0)
+    image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=top, interpolation="none")
     ax.set_yticks(range(len(groups)), groups or [""])
     step = max(1, len(days) // 20)
     ax.set_xticks(
@@ -53,14 +55,18 @@ def _figure(report: Report) -> Any:
     ax.set_ylabel(report.by)
     title = f"hours recorded per {report.by} and day"
     if report.target_hours:
-        title += f" (x: under {report.target_hours:g} h)"
-        for y, g in enumerate(groups):
-            for x, under in enumerate(report.under_target(g)):
-                if under:
-                    ax.add_patch(
-                        Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.2)
-                    )
-                    ax.text(x, y, "x", ha="center", va="center", color="red", fontsize=8)
+        title += f" (red: under {report.target_hours:g} h)"
+    small = len(days) <= 45 and len(groups) <= 40  # room to write each day's hours
+    for y, g in enumerate(groups):
+        under = report.under_target(g)
+        for x, hours in enumerate(report.grid[g]):
+            if under[x]:
+                ax.add_patch(
+                    Rectangle((x - 0.46, y - 0.46), 0.92, 0.92, fill=False, edgecolor="red", lw=1.5)
+                )
+            if small and hours > 0:
+                colour = "black" if hours > 0.6 * top else "white"
+                ax.text(x, y, f"{hours:.1f}", ha="center", va="center", color=colour, fontsize=7)
     ax.set_title(title)
     bar = fig.colorbar(image, ax=ax)
     bar.set_label("hours")
@@ -108,7 +114,7 @@ def html_page(report: Report) -> str:
             "</td></tr>"
         )
     target = (
-        f"<p>Days under the daily target of {report.target_hours:g} hours are crossed in red.</p>"
+        f"<p>Days under the daily target of {report.target_hours:g} hours are outlined in red.</p>"
         if report.target_hours
         else ""
     )
@@ -119,7 +125,8 @@ def html_page(report: Report) -> str:
 <body>
 <h1>Hours recorded per {esc(report.by)} and day</h1>
 <p>{esc(span)}, days in {esc(report.timezone)}; archived recordings only.
-Colour: hours recorded that day, 0 (dark) to 24 (yellow).</p>
+Colour: hours recorded that day, from none (dark) to the most (yellow); each cell
+shows its hours.</p>
 {target}
 <img id="heatmap" alt="heatmap of hours per {esc(report.by)} and day"
  src="data:image/png;base64,{png}">
