@@ -58,7 +58,7 @@ def hours_by_day(start: float, seconds: float) -> dict[date, float]:
 
 
 # The sessions the E4 simulator lists: (label, start, duration in seconds).
-A, B = 2588, 4096
+A, B, C = 2588, 4096, 7777
 SESSIONS = [
     (A, local(2026, 3, 27, 9), 3 * 3600),
     (A, local(2026, 3, 28, 22), 4 * 3600),  # across midnight and the DST change (real 4 h)
@@ -68,6 +68,7 @@ SESSIONS = [
     (B, local(2026, 3, 30, 23, 30), 3600),  # across midnight
     (B, local(2026, 4, 2, 12), 1800),
 ]
+OTHER = (C, local(2026, 3, 29, 1), 3 * 3600)  # the other account's: across the DST jump
 # Wristband A is handed from P1 to P2 on 2026-03-30; P4 never recorded.
 PARTICIPANTS = (
     "serial,participant,from,to\n"
@@ -91,11 +92,15 @@ def e4lab(tmp_path: Path, run_cli):
     with Simulator(port=0, seed=1, sessions=0) as sim:
         for label, start, duration in SESSIONS:
             sim.add_session(start_time=start, duration=duration, label=label)
+        # A second account with a wristband of its own (in no participants row).
+        sim.add_account("other@example.org", "pw2")
+        sim.add_session("other@example.org", start_time=OTHER[1], duration=OTHER[2], label=C)
         (tmp_path / "participants.csv").write_text(PARTICIPANTS)
         config = write_config(
             tmp_path,
             sim.base_url,
             archive={"timezone": TZ},
+            accounts=[("lab", "demo@example.org", "demo"), ("other", "other@example.org", "pw2")],
             extra='[participants]\nfile = "participants.csv"\n\n[report]\ntarget_hours = 3\n',
         )
         run_cli("--config", str(config), "run-once")
@@ -121,7 +126,7 @@ def test_hours_per_device_per_day_are_the_listed_durations_split_at_local_midnig
 ) -> None:
     config, listing = e4lab
     assert len(listing) == len(SESSIONS)
-    doc = report_json(run_cli, config)
+    doc = report_json(run_cli, config, "--account", "lab")
     assert doc["schema"] == 1 and doc["by"] == "device" and doc["timezone"] == TZ
     got = {(r["group"], date.fromisoformat(r["date"])): r["hours"] for r in doc["rows"]}
     want = expected(listing, lambda row, _: serial(int(row["label"])))
@@ -147,11 +152,28 @@ def test_hours_per_device_per_day_are_the_listed_durations_split_at_local_midnig
     assert {r["account"] for r in doc["rows"]} == {"lab"}
 
 
+def test_every_account_is_reported_unless_one_is_named(e4lab, run_cli) -> None:
+    config, _ = e4lab
+    doc = report_json(run_cli, config)
+    assert {r["account"] for r in doc["rows"]} == {"lab", "other"}
+    other = [r for r in doc["rows"] if r["account"] == "other"]
+    assert {r["group"] for r in other} == {serial(C)}
+    # 01:00 CET + 3 h of real time: 05:00 CEST, all on the 29th.
+    assert sum(r["hours"] for r in other) == pytest.approx(3.0)
+    assert [r["hours"] for r in other if r["date"] == "2026-03-29"] == [pytest.approx(3.0)]
+    by_person = report_json(run_cli, config, "--by", "participant")
+    unknown = {g["group"]: g for g in by_person["groups"]}["(unknown)"]
+    assert unknown["hours"] == pytest.approx(3.0)  # its wristband is in no row
+    run_cli("--config", str(config), "report", "--account", "nope", exit_code=2)
+
+
 def test_from_and_to_pick_days_and_a_group_without_data_is_listed_with_zeros(
     e4lab, run_cli
 ) -> None:
     config, _ = e4lab
-    doc = report_json(run_cli, config, "--from", "2026-04-01", "--to", "2026-04-03")
+    doc = report_json(
+        run_cli, config, "--account", "lab", "--from", "2026-04-01", "--to", "2026-04-03"
+    )
     assert sorted({r["date"] for r in doc["rows"]}) == ["2026-04-01", "2026-04-02", "2026-04-03"]
     totals = {g["group"]: g for g in doc["groups"]}
     assert totals[serial(A)] == {
