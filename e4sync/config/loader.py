@@ -575,6 +575,15 @@ class _Loader:
         state["url"] = state["url"] or "sqlite:///" + (state["dir"] / "state.db").as_posix()
 
         accounts = self.accounts(raw.get("account"), archive["layout"], sections["remote"])
+        people = sections["participants"]["file"]
+        if people is not None:
+            # Read now, so `config check` and every command say what is wrong with it.
+            from e4sync.participants import load_participants
+
+            try:
+                load_participants(people)
+            except ConfigError as exc:
+                self.problems.add(f"{self.label}: [participants]", "file", str(exc))
 
         if self.problems.items:
             raise _config_error(self.problems.items)

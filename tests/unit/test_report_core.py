@@ -73,3 +73,26 @@ def test_participants_hand_over_and_overlaps(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"participants.csv: rows 2 and 3"):
         load_participants(f)
+
+
+def test_config_check_reads_the_participants_file(tmp_path: Path) -> None:
+    from e4sync.config import load_config
+
+    (tmp_path / "participants.csv").write_text(
+        "serial,participant,from,to\nA01234,P1,2026-03-01,\nA01234,P2,2026-04-01,2026-04-02\n"
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[participants]\nfile = "participants.csv"\n\n[report]\ntarget_hours = 20\n\n'
+        '[[account]]\nname = "lab"\nusername = "a@example.org"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    text = "\n".join([str(caught.value), *getattr(caught.value, "problems", [])])
+    assert "[participants] file:" in text and "participants.csv: rows 2 and 3" in text
+    (tmp_path / "participants.csv").write_text(
+        "serial,participant,from,to\nA01234,P1,2026-03-01,\n"
+    )
+    cfg = load_config(config)
+    assert cfg.participants.file == tmp_path / "participants.csv"
+    assert cfg.report.target_hours == 20.0
