@@ -309,9 +309,8 @@ class ParticipantsConfig:
     file: Path | None = setting(
         "path",
         "",
-        "CSV with the columns serial,participant,from,to (ISO dates, to empty while "
-        'ongoing); "" = none',
-        example="participants.csv",
+        'e.g. "participants.csv": columns serial,participant,from,to (ISO dates, to empty '
+        'while ongoing); "" = none',
     )
 
 
