@@ -423,3 +423,29 @@ def test_without_matplotlib_a_picture_is_one_line_and_exit_2(
     )
     assert not (tmp_path / "x.png").exists()
     run_cli("--config", str(config), "report", "--json")  # the numbers need no matplotlib
+
+
+def test_participant_is_a_layout_placeholder(tmp_path: Path, run_cli) -> None:
+    from e4sync.sources.e4connect.simulator import Simulator
+
+    with Simulator(port=0, seed=1, sessions=0) as sim:
+        for label, start, duration in [*SESSIONS, (C, local(2026, 3, 29, 1), 60)]:
+            sim.add_session(start_time=start, duration=duration, label=label)
+        (tmp_path / "participants.csv").write_text(PARTICIPANTS)
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            archive={"timezone": TZ, "layout": "{participant}/{start_time}_{device_serial}.zip"},
+            extra='[participants]\nfile = "participants.csv"\n',
+        )
+        run_cli("--config", str(config), "run-once")
+        listing = sim.sessions()
+    handover = local(2026, 3, 30, 0)
+    want = {
+        f"{OWNER.get((serial(int(r['label'])), int(r['start_time']) < handover), '_')}/"
+        f"{r['start_time']}_{serial(int(r['label']))}.zip"
+        for r in listing
+    }
+    got = {p.relative_to(tmp_path / "archive").as_posix() for p in tmp_path.rglob("*.zip")}
+    assert got == want
+    assert any(p.startswith("_/") for p in got)  # the wristband in no row
