@@ -226,6 +226,41 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "doctor", cmd_doctor, "check each account's password source and login, and the directories"
     )
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p = command("report", cmd_report, "hours recorded per device or participant and day")
+    p.add_argument(
+        "--by",
+        choices=["device", "participant"],
+        default="device",
+        help="group by device (default) or by participant ([participants] file)",
+    )
+    p.add_argument(
+        "--from",
+        dest="first",
+        metavar="DATE",
+        type=_iso_date,
+        help="first day (YYYY-MM-DD, in archive.timezone; default: the first with data)",
+    )
+    p.add_argument(
+        "--to",
+        dest="last",
+        metavar="DATE",
+        type=_iso_date,
+        help="last day, included (default: the last with data)",
+    )
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print the report as JSON")
+    shape.add_argument("--csv", action="store_true", help="print the rows as CSV, with a header")
+    for fmt, what in (
+        ("html", "a self-contained page: the heatmap and the totals"),
+        ("png", "the heatmap alone as PNG"),
+        ("svg", "the heatmap alone as SVG"),
+    ):
+        hint(
+            shape.add_argument(
+                f"--{fmt}", metavar="FILE", help=f"write {what} (needs e4sync[report])"
+            ),
+            FILE,
+        )
     p = command("simulate", cmd_simulate, "run a platform's simulator on 127.0.0.1")
     _source_option(p)
     # Each kind's simulator has options of its own: those of the kind named on the line.
@@ -936,6 +971,45 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if damage is not None:
         raise damage  # its own exit code and line, after every check was shown
     return EXIT_OK if all(c["ok"] for c in checks) else EXIT_SESSIONS_FAILED
+
+
+def _iso_date(text: str) -> Any:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from e4sync.report import as_csv, as_json, as_table, report_for
+
+    cfg = load(args)
+    if args.first and args.last and args.last < args.first:
+        raise UsageError("--to is before --from")
+    report = report_for(cfg, by=args.by, first=args.first, last=args.last)
+    if args.json:
+        print_json(as_json(report))
+    elif args.csv:
+        sys.stdout.write(as_csv(report))
+    elif args.html or args.png or args.svg:
+        from pathlib import Path
+
+        from e4sync import report_plot
+        from e4sync.errors import CantCreate
+
+        target = Path(args.html or args.png or args.svg)
+        try:
+            if args.html:
+                report_plot.write_html(report, target)
+            else:
+                report_plot.write_heatmap(report, target, "png" if args.png else "svg")
+        except OSError as exc:
+            raise CantCreate(f"cannot write {target}: {exc.strerror or exc}", str(target)) from None
+    else:
+        sys.stdout.write(as_table(report))
+    return EXIT_OK
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -269,6 +269,12 @@ class _Loader:
             ):
                 raise ValueError(f"must be between {key.low:g} and {key.high:g}, got {value}")
             return value
+        if kind == "hours":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"expected a number of hours, got {_show(value)}")
+            if not key.low <= value <= key.high:
+                raise ValueError(f"must be between {key.low:g} and {key.high:g}, got {value}")
+            return float(value)
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(
@@ -569,6 +575,15 @@ class _Loader:
         state["url"] = state["url"] or "sqlite:///" + (state["dir"] / "state.db").as_posix()
 
         accounts = self.accounts(raw.get("account"), archive["layout"], sections["remote"])
+        people = sections["participants"]["file"]
+        if people is not None:
+            # Read now, so `config check` and every command say what is wrong with it.
+            from e4sync.participants import load_participants
+
+            try:
+                load_participants(people)
+            except ConfigError as exc:
+                self.problems.add(f"{self.label}: [participants]", "file", str(exc))
 
         if self.problems.items:
             raise _config_error(self.problems.items)
@@ -750,6 +765,8 @@ def _coerce_env(kind: str, text: str) -> Any:
     stripped = text.strip()
     if kind == "int" and re.fullmatch(r"[+-]?\d{1,18}", stripped):
         return int(stripped)
+    if kind == "hours" and re.fullmatch(r"\d{1,2}(\.\d+)?", stripped):
+        return float(stripped)
     if kind == "url_list":
         return text.split()  # URLs separated by white space
     if kind == "bool":

@@ -303,6 +303,27 @@ class AccountConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ParticipantsConfig:
+    """Who wore which wristband when, for `e4sync report --by participant`."""
+
+    file: Path | None = setting(
+        "path",
+        "",
+        'e.g. "participants.csv": columns serial,participant,from,to (ISO dates, to empty '
+        'while ongoing); "" = none',
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConfig:
+    """What `e4sync report` marks."""
+
+    target_hours: float = setting(
+        "hours", 0, "daily wear target: days with fewer hours are marked; 0 = none", low=0, high=24
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
     archive: ArchiveConfig
@@ -312,6 +333,8 @@ class Config:
     state: StateConfig
     monitor: MonitorConfig
     notify: NotifyConfig
+    participants: ParticipantsConfig
+    report: ReportConfig
     accounts: tuple[AccountConfig, ...]
 
     def account(self, name: str) -> AccountConfig:

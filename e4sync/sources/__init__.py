@@ -213,6 +213,12 @@ class Kind:
     # when one is set up wrongly. None: the kind has no secret of its own to check.
     secret_source: Callable[[AccountConfig], str] | None = None
     secret_name: str = "secret"  # what `doctor` calls it ("password")
+    # For `e4sync report`: the item field that names the device an item was recorded on,
+    # and the item kinds whose span is recording time (None: every kind). ``merge_spans``:
+    # one device's items may overlap (files cut from one recording), counted once.
+    device_field: str = "serial"
+    timed_kinds: tuple[str, ...] | None = None
+    merge_spans: bool = False
 
 
 def kind(name: str) -> Kind:

@@ -26,7 +26,10 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -100,6 +103,7 @@ class Downloader:
         # Every archive path taken, by any account (one archive): read when a call has
         # something to download, extended as paths are chosen.
         self.claimed_paths: set[str] = set()
+        self._people: Any = None  # the [participants] file, read when first needed
 
     def download_due(self, listed: dict[str, Item], only: set[str] | None = None) -> None:
         """Download what is due and listed (of ``only``, when given)."""
@@ -447,9 +451,25 @@ class Downloader:
             return PurePosixPath(row.local_path)
         return self._choose_new_path(item)
 
+    def _participant(self, item: Item) -> str | None:
+        """Who had the item's device on its start day ([participants] file), if anyone."""
+        path = self.ctx.cfg.participants.file
+        if path is None or not item.recorded_at:
+            return None
+        if self._people is None:
+            from e4sync.participants import load_participants
+
+            self._people = load_participants(path)  # checked when the config was loaded
+        serial = item.fields.get(kind(self.ctx.account.source).device_field)
+        zone = ZoneInfo(self.ctx.cfg.archive.timezone)
+        day = datetime.fromtimestamp(item.recorded_at, zone).date()
+        return self._people.who(str(serial or ""), day)
+
     def _choose_new_path(self, item: Item) -> PurePosixPath:
         layout = self.ctx.account.layout or self.ctx.cfg.archive.layout
         fields = {"account": self.ctx.account.name, "user_id": self.ctx.user_id, **item.fields}
+        if "participant" in fields and not fields["participant"]:
+            fields["participant"] = self._participant(item) or ""
         # Lenient: the layout was checked against the account's kind when it was loaded.
         wanted = render_relpath(layout, fields, self.ctx.cfg.archive.timezone)
         chosen = self.ctx.archive.choose_path(

@@ -178,6 +178,7 @@ def _bad_value(kind: str) -> object:
         "bool": "yes",
         "duration": "5.5.x",
         "duration_off": [1],
+        "hours": "twenty",
     }.get(kind, 42)
 
 
@@ -523,8 +524,8 @@ def test_layouts_use_the_placeholders_and_the_default_of_the_source(
         "'fakes3'"
     )
     assert found.endswith("Known: account, key")
-    (found,) = problems(tmp_path, ACCOUNT + 'layout = "{participant}/{session_id}.zip"\n')
-    assert "unknown placeholder {participant} for source 'e4connect'" in found
+    (found,) = problems(tmp_path, ACCOUNT + 'layout = "{metric}/{session_id}.zip"\n')
+    assert "unknown placeholder {metric} for source 'e4connect'" in found
     # The archive's layout is used by every account that sets none: its kind must fill it.
     archive = '[archive]\nlayout = "{account}/{session_id}.zip"\n'
     (found,) = problems(tmp_path, archive + ACCOUNT + s3)

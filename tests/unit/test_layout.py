@@ -106,6 +106,7 @@ def test_the_placeholder_list_is_what_the_spec_names() -> None:
         "start_time",
         "start",
         "duration",
+        "participant",  # SPEC section 10: from the [participants] file
     }
     assert tuple(REAL) == tuple(EXAMPLE_FIELDS) == PLACEHOLDERS, "E4 fields name them all"
     everything = "/".join("{" + name + "}" for name in PLACEHOLDERS) + ".zip"

@@ -78,4 +78,5 @@ KIND = Kind(
     endpoint=endpoint,
     secret_source=secret_source,
     secret_name="password",
+    device_field="device_serial",  # "A" + the label as 5 hex digits
 )

@@ -76,6 +76,7 @@ def layout_fields(
         "start_time": int(start) if start is not None else _text(start_time),
         "start": when,
         "duration": float(length) if length is not None else _text(duration),
+        "participant": "",  # the pass fills it in from the [participants] file
     }
 
 

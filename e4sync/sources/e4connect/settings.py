@@ -30,6 +30,7 @@ PLACEHOLDERS = (
     "start_time",
     "start",
     "duration",
+    "participant",  # who had the wristband on the start day ([participants] file; "" none)
 )
 # The older client's variables: with no [[account]] written they define the account
 # named "default".

@@ -78,4 +78,7 @@ KIND = Kind(
     endpoint=endpoint,
     secret_source=secret_source,
     secret_name="secret access key",
+    device_field="serial",
+    timed_kinds=("raw",),  # a biomarker CSV's day is not time worn
+    merge_spans=True,
 )
