@@ -35,7 +35,7 @@ def engine(pg_url: str) -> Iterator[sa.Engine]:
 def add_accounts(engine: sa.Engine, *names: str) -> None:
     with db.sessionmaker_for(engine)() as s:
         for name in names:
-            db.ensure_account(s, name, f"{name}@lab", "http://127.0.0.1:1")
+            db.ensure_account(s, name, "e4connect", f"{name}@lab at http://127.0.0.1:1")
         s.commit()
 
 
@@ -269,10 +269,10 @@ def test_workers_creating_one_account_at_once_all_get_the_same_row(engine: sa.En
         assert c.execute(sa.text("SELECT count(*) FROM accounts")).scalar() == 1
 
 
-def test_an_empty_username_never_blanks_the_recorded_one(engine: sa.Engine) -> None:
+def test_empty_values_never_blank_the_recorded_source_and_endpoint(engine: sa.Engine) -> None:
     add_accounts(engine, "lab")
     with db.sessionmaker_for(engine)() as s, s.begin():
         db.ensure_account(s, "lab", "", "")  # what reindex knows of an account
     with db.sessionmaker_for(engine)() as s:
         row = s.scalars(sa.select(models.Account)).one()
-        assert row.username == "lab@lab" and row.base_url == "http://127.0.0.1:1"
+        assert row.source == "e4connect" and row.endpoint == "lab@lab at http://127.0.0.1:1"
