@@ -7,7 +7,10 @@ slot is free as soon as a body is on disk. A failed attempt is recorded with its
 stopped one removes its ``.part`` (no later process could resume it); a full disk pauses the
 account's downloads for the pass without counting an attempt. A file on disk is adopted only
 when it is not the copy the database already knows (a re-download of a lost, damaged or
-replaced copy fetches anew). Also ``backoff_delay`` and ``disk_full``.
+replaced copy fetches anew). A file another tool left at an item's path (no sidecar: an
+``aws s3 sync`` copy) is adopted without a download when the source pins the item's bytes
+(``pinned_version``: S3's MD5 ETag) and ``verify`` passes; otherwise it is never touched.
+Also ``backoff_delay`` and ``disk_full``.
 
 Everything it shares with the rest of the pass is in its ``AccountContext``.
 Must not import: e4sync.cli, e4sync.sources.e4connect, e4sync.sync.run, e4sync.sync.deletions.
@@ -20,7 +23,9 @@ import errno
 import itertools
 import json
 import logging
+import os
 import random
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +45,8 @@ from e4sync.errors import (
     StateDamaged,
     StorageError,
 )
-from e4sync.sources import Item, Source, Verdict, kind
+from e4sync.fsutil import fsync_file
+from e4sync.sources import Item, RemoteVersion, Source, Verdict, kind
 from e4sync.state import problems as local_problems
 from e4sync.state.models import (
     DOWNLOADING,
@@ -71,6 +77,8 @@ class _Fetched:
     version: str | None = None
     etag: str | None = None  # the validators the platform sent with the bytes
     last_modified: str | None = None
+    verdict: Verdict | None = None  # an adopted file's verification, for its row
+    foreign: bool = False  # a copy another tool made, adopted: nothing was downloaded
 
 
 class _Finishing:
@@ -100,6 +108,11 @@ class Downloader:
         # Every archive path taken, by any account (one archive): read when a call has
         # something to download, extended as paths are chosen.
         self.claimed_paths: set[str] = set()
+        # Copies another tool made, adopted when their paths were chosen (sidecar written),
+        # waiting for their download slot to be recorded.
+        self._adopted: dict[PurePosixPath, _Fetched] = {}
+        self._adopted_lock = threading.Lock()
+        self._would_adopt: set[str] = set()  # a dry run's: items such a copy would be
 
     def download_due(self, listed: dict[str, Item], only: set[str] | None = None) -> None:
         """Download what is due and listed (of ``only``, when given)."""
@@ -195,9 +208,14 @@ class Downloader:
                 why = row.last_error or f"{row.state}, not archived yet"
             try:
                 if row is not None:
-                    relpath = self._choose_path(row, item)
+                    relpath = self._choose_path(row, item, adopt=False)
                 else:
-                    relpath = self._choose_new_path(item)
+                    relpath = self._choose_new_path(item, adopt=False)
+                if item.id in self._would_adopt:
+                    why = (
+                        "already in the archive, not written by e4sync, and its size, MD5 "
+                        "and content match: would be adopted, not downloaded"
+                    )
                 path = str(ctx.archive.resolve(relpath))
             except (E4SyncError, OSError, ValueError) as exc:
                 path = f"(no path: {exc})"
@@ -307,7 +325,7 @@ class Downloader:
                     # Archived all the same (the platform's data); said once, and in the sidecar.
                     log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
                 crashpoint("after-commit")
-            self._record_verified(pk, item, got, verdict)
+            self._record_verified(pk, item, got, verdict or got.verdict)
         except StateDamaged:
             # Not this session's failure, and nothing can be recorded: stop the account (the
             # engine remembers the damage and the pass raises it). A file already committed
@@ -388,8 +406,13 @@ class Downloader:
             row.next_attempt_at = None
             local_problems.clear(row)  # a whole copy is in place again
         with self.ctx.report_lock:
-            self.ctx.report.downloaded += 1
-            self.ctx.report.bytes += got.size
+            if got.foreign:
+                self.ctx.report.adopted += 1
+            else:
+                self.ctx.report.downloaded += 1
+                self.ctx.report.bytes += got.size
+        if got.foreign:
+            return  # said when it was adopted
         seconds = max(time.time() - got.started, 1e-6)
         log.info(
             "session %s: archived %s (%.1f MB, %.1f MB/s)",
@@ -438,20 +461,35 @@ class Downloader:
                 self.ctx.on_progress(item.id)
             yield from chosen
 
-    def _choose_path(self, row: SessionRow, item: Item) -> PurePosixPath:
+    def _choose_path(self, row: SessionRow, item: Item, adopt: bool = True) -> PurePosixPath:
         if row.local_path and (row.state == DOWNLOADING or row.sha256):
             # A download taken up again keeps the path it was given (a whole file a killed
             # pass committed there is adopted, not downloaded twice), and so does a copy
             # downloaded again (lost, damaged, or replaced on the platform): the new file
             # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
-        return self._choose_new_path(item)
+        return self._choose_new_path(item, adopt=adopt)
 
-    def _choose_new_path(self, item: Item) -> PurePosixPath:
+    def _wanted_path(self, item: Item) -> PurePosixPath:
+        """Where the layout puts ``item``, before any collision is resolved."""
         layout = self.ctx.account.layout or self.ctx.cfg.archive.layout
         fields = {"account": self.ctx.account.name, "user_id": self.ctx.user_id, **item.fields}
         # Lenient: the layout was checked against the account's kind when it was loaded.
-        wanted = render_relpath(layout, fields, self.ctx.cfg.archive.timezone)
+        return PurePosixPath(render_relpath(layout, fields, self.ctx.cfg.archive.timezone))
+
+    def _choose_new_path(self, item: Item, adopt: bool = True) -> PurePosixPath:
+        """A free path for ``item``: the layout's, unless another item or a file e4sync did
+        not write holds it. A copy another tool left there that is this item's bytes is
+        adopted first (its sidecar written), so the path is the item's; without ``adopt``
+        (a dry run) nothing is written and such a copy is only noted."""
+        wanted = self._wanted_path(item)
+        if not adopt:
+            if self._unrecorded_copy(wanted, item) is not None:
+                self._would_adopt.add(item.id)
+                return wanted
+        elif (adopted := self._adopt_unrecorded(wanted, item)) is not None:
+            with self._adopted_lock:
+                self._adopted[wanted] = adopted  # for its download slot to record
         chosen = self.ctx.archive.choose_path(
             wanted,
             session_key(self.ctx.account.name, item.id),
@@ -466,11 +504,18 @@ class Downloader:
         """A crash after the rename but before the database commit leaves a whole file and
         its sidecar: take it if it still hashes to what the sidecar says, and is not the
         copy the database already knows (that one is being downloaded again). It keeps
-        the metadata and validators of the listing it was downloaded under."""
+        the metadata and validators of the listing it was downloaded under. A copy another
+        tool made (no sidecar) is adopted when it is the item's bytes (``_adopt_unrecorded``)."""
+        with self._adopted_lock:
+            early = self._adopted.pop(relpath, None)
+        if early is not None:
+            return early  # adopted when its path was chosen
         final = self.ctx.archive.resolve(relpath)
         sidecar = self.ctx.archive.read_sidecar(relpath)
-        if not final.exists() or not sidecar:
+        if not final.exists():
             return None
+        if not sidecar:
+            return self._adopt_unrecorded(relpath, item)
         if sidecar.get("session_key") != session_key(self.ctx.account.name, item.id):
             return None
         if known_sha256 is not None and sidecar.get("sha256") == known_sha256:
@@ -479,7 +524,10 @@ class Downloader:
 
         started = time.time()
         size, sha256 = sha256_file(final)
-        if sha256 != sidecar.get("sha256") or not self.source.verify(final, item).ok:
+        if sha256 != sidecar.get("sha256"):
+            return None
+        verdict = self.source.verify(final, item)
+        if not verdict.ok:
             return None
         log.info("session %s: adopting the archived file left by an interrupted pass", item.id)
         # A kill between link(part, final) and unlink(part) leaves the part as a second name.
@@ -498,7 +546,83 @@ class Downloader:
             version=then.version if then is not None else None,
             etag=validators.get("etag"),
             last_modified=validators.get("last_modified"),
+            verdict=verdict,
         )
+
+    def _unrecorded_copy(
+        self, relpath: PurePosixPath, item: Item
+    ) -> tuple[Path, int, str, Verdict, RemoteVersion] | None:
+        """The file at ``relpath`` if another tool made it and it is ``item``'s bytes: a
+        regular file with no sidecar (named or staged), on a path no other item holds, of
+        the listed size, where the source pins the bytes (``pinned_version``: S3's MD5 ETag)
+        and its ``verify`` passes (the MD5 and the content). Returns the path, its size and
+        sha256, the verdict and the pinned version; None otherwise. Reads; writes nothing."""
+        pinned_version = getattr(self.source, "pinned_version", None)
+        pinned = pinned_version(item) if pinned_version is not None else None
+        if pinned is None or pinned.size is None or str(relpath) in self.claimed_paths:
+            return None
+        try:
+            final = self.ctx.archive.resolve(relpath)
+            side = self.ctx.archive.sidecar_path(relpath)
+            found = os.lstat(final)
+            if not stat.S_ISREG(found.st_mode) or found.st_size != pinned.size:
+                return None
+            if os.path.lexists(side) or os.path.lexists(f"{side}.tmp"):
+                return None
+            from e4sync.verify import sha256_file
+
+            size, sha256 = sha256_file(final)
+            verdict = self.source.verify(final, item)
+        except (E4SyncError, OSError):
+            return None
+        if not verdict.ok:
+            log.info(
+                "session %s: %s is not e4sync's and not this object's bytes (%s); it is left "
+                "as it is",
+                item.id,
+                final,
+                "; ".join(verdict.problems),
+            )
+            return None
+        return final, size, sha256, verdict, pinned
+
+    def _adopt_unrecorded(self, relpath: PurePosixPath, item: Item) -> _Fetched | None:
+        """Adopt a copy another tool made at ``relpath`` (an ``aws s3 sync`` mirror) when
+        it is ``item``'s bytes (``_unrecorded_copy``): fsync it, write its sidecar (the
+        listing's validators; the verdict's content), and return it as fetched; the
+        download step then records it verified, with no request to the platform. Called
+        when a new item's path is chosen, and by the download thread when a path chosen
+        earlier holds such a copy (it appeared after the choice)."""
+        found = self._unrecorded_copy(relpath, item)
+        if found is None:
+            return None
+        final, size, sha256, verdict, pinned = found
+        started = time.time()
+        got = _Fetched(
+            relpath,
+            part_of(final),
+            size,
+            sha256,
+            started,
+            adopted=True,
+            etag=pinned.etag,
+            last_modified=pinned.last_modified,
+            verdict=verdict,
+            foreign=True,
+        )
+        try:
+            fsync_file(final)  # the other tool may never have
+            self.ctx.archive.write_sidecar(relpath, self._sidecar(item, got, time.time(), verdict))
+        except (E4SyncError, OSError) as exc:
+            log.warning("session %s: could not adopt %s: %s", item.id, final, describe(exc))
+            return None
+        log.info(
+            "session %s: adopted an existing copy at %s (not written by e4sync; its size, MD5 "
+            "and content match the listing): not downloaded again",
+            item.id,
+            final,
+        )
+        return got
 
     def _sidecar(self, item: Item, got: _Fetched, verified_at: float, verdict: Verdict) -> dict:
         return sidecar.build(

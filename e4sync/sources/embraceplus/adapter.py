@@ -33,7 +33,9 @@ S3-compatible ``endpoint_url``. The only module of e4sync that imports boto3.
 - ``remote_version``: HeadObject. ``delete``: DeleteObject with ``If-Match``;
   AccessDenied is NotPermitted (the core records it once; Empatica's keys are read-only).
 - ``verify``: ``checks.check`` with what the fetch saw. ``download`` (``e4sync download``):
-  one object, checked the same way, to a file outside the archive.
+  one object, checked the same way, to a file outside the archive. ``pinned_version``: the
+  listing's size and ETag where the ETag is an MD5, so that a copy another tool made
+  (``aws s3 sync``) can be adopted once verified, not fetched again.
 
 No message says the secret: botocore's never hold it, and the ones made here name the
 account, the bucket, the prefix and S3's error code only.
@@ -676,6 +678,19 @@ class S3Source:
             log.warning("%s: %s", item_id, warning)
         os.replace(part, final)
         return final
+
+    def pinned_version(self, item: Item) -> RemoteVersion | None:
+        """The listed size, ETag and LastModified when the ETag is the object's MD5 (which
+        ``verify`` checks a file against): a copy another tool made is then known to be the
+        object's bytes without a GET. None for a multipart or encrypted upload's ETag."""
+        etag = str(item.raw.get("etag") or "")
+        if item.size is None or not is_plain_md5(etag):
+            return None
+        return RemoteVersion(
+            size=item.size,
+            etag=etag,
+            last_modified=str(item.raw.get("last_modified") or "") or None,
+        )
 
     def verify(self, path: Path, item: Item) -> Verdict:
         with self._lock:
