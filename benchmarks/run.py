@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: make `benchmarks` importable
 
-BENCHMARKS = ("throughput", "memory", "bigfile", "idle", "startup", "scale")
+BENCHMARKS = ("throughput", "memory", "bigfile", "idle", "startup", "scale", "s3")
 """Keys in run order; `startup` follows `idle` so that it can use the idle archive."""
 
 

@@ -60,6 +60,7 @@ _NO_HARDLINK_ERRNOS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 )
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_JOINED_MAX = 10_000  # relative paths ``resolve`` keeps joined (then it starts again)
 _ROOT_HINT = (
     "create it and give the user running e4sync write access (chown/chmod), or point "
     "[archive] root at a writable folder; under systemd, list it in ReadWritePaths="
@@ -83,6 +84,10 @@ class Archive:
         self._inside: set[str] = set()
         # Paths handed out by choose_path in this process, so two threads never get one.
         self._reserved: dict[PurePosixPath, str] = {}
+        # Relative paths already checked by their text to lie inside the root, joined to
+        # it (with their folder's text): a download resolves its path several times (its
+        # part, sidecar, commit). What the file system holds is looked at on every call.
+        self._joined: dict[str | PurePath, tuple[Path, str]] = {}
 
     def __repr__(self) -> str:
         return f"Archive({str(self.root)!r})"
@@ -112,14 +117,19 @@ class Archive:
         by its text or through a symbolic link: a folder (or file) inside the archive that
         links elsewhere would send an item's file outside it. The root itself may be a
         link; what counts is where the path really is, against where the root really is."""
-        rel = _relpath(relpath)
-        path = self.root.joinpath(*rel.parts)
-        if os.path.commonpath([self.root, os.path.normpath(path)]) != str(self.root):
-            raise UnsafePathError(f"{str(rel)!r} leaves the archive root {self.root}")
+        joined = self._joined.get(relpath)
+        if joined is None:
+            rel = _relpath(relpath)
+            path = self.root.joinpath(*rel.parts)
+            if os.path.commonpath([self.root, os.path.normpath(path)]) != str(self.root):
+                raise UnsafePathError(f"{str(rel)!r} leaves the archive root {self.root}")
+            if len(self._joined) >= _JOINED_MAX:
+                self._joined.clear()
+            joined = self._joined[relpath] = (path, str(path.parent))
+        path, folder = joined
         # The folder is resolved once per Archive (a pass): a realpath per call costs a
         # lstat per component, several times per item. The name itself is looked at
         # every time (one lstat): a file there may be a link too.
-        folder = str(path.parent)
         if folder not in self._inside:
             self._check_inside(path.parent)
             if os.path.isdir(folder):

@@ -28,12 +28,14 @@ import random
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session as DbSession
 
 from e4sync.archive import render_relpath, session_key, sidecar
 from e4sync.crashpoints import crashpoint
@@ -47,7 +49,6 @@ from e4sync.errors import (
 )
 from e4sync.fsutil import fsync_file
 from e4sync.sources import Item, RemoteVersion, Source, Verdict, kind
-from e4sync.state import problems as local_problems
 from e4sync.state.models import (
     DOWNLOADING,
     DUE_STATES,
@@ -98,6 +99,55 @@ class _Finishing:
             log.error("archiving failed and could not be recorded: %s", exc, exc_info=exc)
 
 
+class _GroupCommit:
+    """Verified downloads recorded a batch per transaction: a finisher hands its row's
+    new values to :meth:`record`, which returns once a transaction holding them has
+    committed (or raises what that transaction raised). Whoever finds no transaction
+    under way writes every record waiting then, the others wait for it, so finishers
+    that finish together share one transaction (one statement, one fsync of the WAL), not
+    one ORM load, flush and commit each. A file is still said verified only once the
+    database says so, and a kill loses no more than before: a record not yet committed
+    leaves its row ``downloading`` and its committed file, which the next pass adopts."""
+
+    def __init__(self, write: Callable[[list[dict]], None]):
+        self._write = write
+        self._cond = threading.Condition()
+        self._waiting: list[_Record] = []
+        self._writing = False
+
+    def record(self, values: dict) -> None:
+        mine = _Record(values)
+        with self._cond:
+            self._waiting.append(mine)
+            while not mine.done and self._writing:
+                self._cond.wait()
+            if mine.done:
+                if mine.error is not None:
+                    raise mine.error
+                return
+            batch, self._waiting = self._waiting, []
+            self._writing = True
+        error: BaseException | None = None
+        try:
+            self._write([r.values for r in batch])
+        except BaseException as exc:
+            error = exc
+        with self._cond:
+            for r in batch:
+                r.done, r.error = True, error
+            self._writing = False
+            self._cond.notify_all()
+        if error is not None:
+            raise error
+
+
+@dataclass(slots=True)
+class _Record:
+    values: dict
+    done: bool = False
+    error: BaseException | None = None
+
+
 class Downloader:
     """The download step of one account's pass: ``download_due`` fetches, verifies,
     commits and records what is due. Built once the source is connected."""
@@ -113,22 +163,30 @@ class Downloader:
         self._adopted: dict[PurePosixPath, _Fetched] = {}
         self._adopted_lock = threading.Lock()
         self._would_adopt: set[str] = set()  # a dry run's: items such a copy would be
+        self._recorder = _GroupCommit(self._write_verified)
 
     def download_due(self, listed: dict[str, Item], only: set[str] | None = None) -> None:
         """Download what is due and listed (of ``only``, when given)."""
         ctx = self.ctx
         now = time.time()
         with ctx.sessions() as db:
-            due = db.execute(
+            rows = db.execute(
                 select(SessionRow.id, SessionRow.remote_id)
                 .where(
                     SessionRow.account_id == ctx.account_id,
                     SessionRow.state.in_(DUE_STATES),
                     (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
                 )
-                .order_by(SessionRow.recorded_at, SessionRow.id)
-            ).all()
-        due = [(pk, rid) for pk, rid in due if rid in listed and (only is None or rid in only)]
+                .order_by(SessionRow.recorded_at, SessionRow.id),
+                execution_options={"yield_per": 2000},
+            )
+            # Read in batches, each id kept as the listing's own string, not the database's
+            # copy: a first pass may have 100,000 sessions due.
+            due = [
+                (pk, listed[rid].id)
+                for pk, rid in rows
+                if rid in listed and (only is None or rid in only)
+            ]
         if ctx.dry_run:
             ctx.report.would_download = [rid for _, rid in due] + ctx.dry_new
             self._plan(due, listed)
@@ -149,7 +207,9 @@ class Downloader:
                 )
             )
         workers = max(1, min(ctx.cfg.download.concurrency, len(due)))
-        pending = self._with_paths(due, listed, batch=4 * workers)
+        # Paths are chosen and recorded a few dozen at a time: one transaction (and one
+        # fsync of the WAL) per batch; the first downloads wait for the first batch only.
+        pending = self._with_paths(due, listed, batch=max(32, 4 * workers))
         in_flight: set[Future] = set()
         with (
             ThreadPoolExecutor(workers, thread_name_prefix=f"fin-{ctx.account.name}") as finisher,
@@ -384,27 +444,29 @@ class Downloader:
     def _record_verified(
         self, pk: int, item: Item, got: _Fetched, verdict: Verdict | None = None
     ) -> None:
-        with self.ctx.sessions() as db, db.begin():
-            row = db.get(SessionRow, pk)
-            row.state = VERIFIED
-            if verdict is not None:
-                if verdict.recorded is not None:
-                    # What the content says beats what the listing said.
-                    row.recorded_at, row.duration = verdict.recorded
-                row.content_json = (
-                    json.dumps(dict(verdict.facts), sort_keys=True) if verdict.facts else None
-                )
-            row.local_path = str(got.relpath)
-            row.size = got.size
-            row.sha256 = got.sha256
-            row.downloaded_version = got.version or item.version
-            row.downloaded_at = got.started
-            row.verified_at = time.time()
-            row.remote_etag = (got.etag or "")[:200] or None
-            row.remote_last_modified = (got.last_modified or "")[:100] or None
-            row.last_error = None
-            row.next_attempt_at = None
-            local_problems.clear(row)  # a whole copy is in place again
+        values = {
+            "id": pk,
+            "state": VERIFIED,
+            "local_path": str(got.relpath),
+            "size": got.size,
+            "sha256": got.sha256,
+            "downloaded_version": got.version or item.version,
+            "downloaded_at": got.started,
+            "verified_at": time.time(),
+            "remote_etag": (got.etag or "")[:200] or None,
+            "remote_last_modified": (got.last_modified or "")[:100] or None,
+            "last_error": None,
+            "next_attempt_at": None,
+            "local_problem": None,  # a whole copy is in place again (state.problems.clear)
+        }
+        if verdict is not None:
+            if verdict.recorded is not None:
+                # What the content says beats what the listing said.
+                values["recorded_at"], values["duration"] = verdict.recorded
+            values["content_json"] = (
+                json.dumps(dict(verdict.facts), sort_keys=True) if verdict.facts else None
+            )
+        self._recorder.record(values)  # returns once a transaction holding it committed
         with self.ctx.report_lock:
             if got.foreign:
                 self.ctx.report.adopted += 1
@@ -417,10 +479,15 @@ class Downloader:
         log.info(
             "session %s: archived %s (%.1f MB, %.1f MB/s)",
             item.id,
-            self.ctx.archive.resolve(got.relpath),
+            self.ctx.archive.join(str(got.relpath)),
             got.size / 1e6,
             got.size / 1e6 / seconds,
         )
+
+    def _write_verified(self, records: list[dict]) -> None:
+        """One transaction: each record's row updated by its primary key (``id``)."""
+        with self.ctx.sessions() as db, db.begin():
+            update_by_id(db, records)
 
     def _with_paths(
         self, due: list[tuple[int, str]], listed: dict[str, Item], batch: int
@@ -435,11 +502,15 @@ class Downloader:
             chosen = []
             unplaced: list[tuple[int, Item, BaseException]] = []
             with self.ctx.sessions() as db, db.begin():
-                # One SELECT per batch, not one per session (round trips on PostgreSQL).
-                rows = db.scalars(
-                    select(SessionRow).where(SessionRow.id.in_([pk for pk, _ in chunk]))
+                # One SELECT and one UPDATE per batch, not one per session (round trips on
+                # PostgreSQL), of the columns a path depends on, not whole ORM rows.
+                rows = db.execute(
+                    select(
+                        SessionRow.id, SessionRow.state, SessionRow.local_path, SessionRow.sha256
+                    ).where(SessionRow.id.in_([pk for pk, _ in chunk]))
                 )
                 by_pk = {row.id: row for row in rows}
+                placed = []
                 for pk, rid in chunk:
                     row = by_pk[pk]
                     try:
@@ -451,9 +522,9 @@ class Downloader:
                     ) as exc:  # ValueError: a layout its fields cannot fill
                         unplaced.append((pk, listed[rid], exc))
                         continue
-                    row.state = DOWNLOADING
-                    row.local_path = str(relpath)
+                    placed.append({"id": pk, "state": DOWNLOADING, "local_path": str(relpath)})
                     chosen.append((pk, listed[rid], relpath, row.sha256))
+                update_by_id(db, placed)
             # Recorded after the batch's transaction: one session without a path is its own
             # failure, not the batch's (and a nested write would wait for itself on SQLite).
             for pk, item, exc in unplaced:
@@ -461,7 +532,8 @@ class Downloader:
                 self.ctx.on_progress(item.id)
             yield from chosen
 
-    def _choose_path(self, row: SessionRow, item: Item, adopt: bool = True) -> PurePosixPath:
+    def _choose_path(self, row: Any, item: Item, adopt: bool = True) -> PurePosixPath:
+        """``row``: the session's row, or its ``state``, ``local_path`` and ``sha256``."""
         if row.local_path and (row.state == DOWNLOADING or row.sha256):
             # A download taken up again keeps the path it was given (a whole file a killed
             # pass committed there is adopted, not downloaded twice), and so does a copy
@@ -559,7 +631,15 @@ class Downloader:
         sha256, the verdict and the pinned version; None otherwise. Reads; writes nothing."""
         pinned_version = getattr(self.source, "pinned_version", None)
         pinned = pinned_version(item) if pinned_version is not None else None
-        if pinned is None or pinned.size is None or str(relpath) in self.claimed_paths:
+        if pinned is None or pinned.size is None:
+            return None
+        try:
+            # A quick look first: most new items have no file at their path.
+            if not os.path.lexists(self.ctx.archive.join(str(relpath))):
+                return None
+        except (TypeError, ValueError):
+            return None
+        if str(relpath) in self.claimed_paths:
             return None
         try:
             final = self.ctx.archive.resolve(relpath)
@@ -672,6 +752,23 @@ class Downloader:
         with self.ctx.report_lock:
             self.ctx.report.failed += 1
             self.ctx.report.errors.append(f"session {item.id}: {message}")
+
+
+def update_by_id(db: DbSession, records: list[dict]) -> None:
+    """Update session rows by their ``id``, each to its record's other values: one Core
+    statement per set of columns, run for many rows (SQLAlchemy's ORM bulk update does the
+    same, at several times the cost in Python for a few rows)."""
+    by_columns: dict[tuple[str, ...], list[dict]] = {}
+    for record in records:
+        by_columns.setdefault(tuple(sorted(record)), []).append(record)
+    table = SessionRow.__table__
+    for columns, group in by_columns.items():
+        statement = (
+            table.update()
+            .where(table.c.id == bindparam("_id"))
+            .values({c: bindparam(f"_{c}") for c in columns if c != "id"})
+        )
+        db.execute(statement, [{f"_{c}": r[c] for c in columns} for r in group])
 
 
 def disk_full(exc: BaseException) -> str:
