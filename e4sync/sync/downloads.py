@@ -99,53 +99,71 @@ class _Finishing:
             log.error("archiving failed and could not be recorded: %s", exc, exc_info=exc)
 
 
-class _GroupCommit:
-    """Verified downloads recorded a batch per transaction: a finisher hands its row's
-    new values to :meth:`record`, which returns once a transaction holding them has
-    committed (or raises what that transaction raised). Whoever finds no transaction
-    under way writes every record waiting then, the others wait for it, so finishers
-    that finish together share one transaction (one statement, one fsync of the WAL), not
-    one ORM load, flush and commit each. A file is still said verified only once the
-    database says so, and a kill loses no more than before: a record not yet committed
-    leaves its row ``downloading`` and its committed file, which the next pass adopts."""
+class _Recorder:
+    """Verified downloads recorded in the state database in batches, by a thread of their
+    own: a finisher hands its row's new values over (``record``) and goes on to the next
+    file, and the recorder writes whatever has gathered meanwhile (up to ``BATCH``) in one
+    transaction: one statement and one fsync of the WAL for many files, not an ORM load,
+    flush and commit each. ``done(entry)`` or ``failed(entry, exc)`` runs for each entry
+    once its transaction ended. ``close`` writes what is left and returns once every entry
+    has, so the pass's next step (deletion) reads every row. A kill loses no more than it
+    did: a record not yet committed leaves a committed file (and sidecar) whose row still
+    says ``downloading``, which the next pass adopts."""
 
-    def __init__(self, write: Callable[[list[dict]], None]):
-        self._write = write
+    BATCH = 256
+
+    def __init__(
+        self,
+        write: Callable[[list[dict]], None],
+        done: Callable[[_Entry], None],
+        failed: Callable[[_Entry, BaseException], None],
+        name: str,
+    ):
+        self._write, self._done, self._failed = write, done, failed
         self._cond = threading.Condition()
-        self._waiting: list[_Record] = []
-        self._writing = False
+        self._queue: list[_Entry] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
-    def record(self, values: dict) -> None:
-        mine = _Record(values)
+    def record(self, entry: _Entry) -> None:
         with self._cond:
-            self._waiting.append(mine)
-            while not mine.done and self._writing:
-                self._cond.wait()
-            if mine.done:
-                if mine.error is not None:
-                    raise mine.error
-                return
-            batch, self._waiting = self._waiting, []
-            self._writing = True
-        error: BaseException | None = None
-        try:
-            self._write([r.values for r in batch])
-        except BaseException as exc:
-            error = exc
+            self._queue.append(entry)
+            self._cond.notify()
+
+    def close(self) -> None:
         with self._cond:
-            for r in batch:
-                r.done, r.error = True, error
-            self._writing = False
-            self._cond.notify_all()
-        if error is not None:
-            raise error
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue[: self.BATCH], self._queue[self.BATCH :]
+            try:
+                self._write([entry.values for entry in batch])
+            except BaseException as exc:
+                for entry in batch:
+                    self._failed(entry, exc)
+            else:
+                for entry in batch:
+                    self._done(entry)
 
 
 @dataclass(slots=True)
-class _Record:
+class _Entry:
+    """One verified download waiting for its row: the new values, and what the report,
+    the log and a failure need."""
+
     values: dict
-    done: bool = False
-    error: BaseException | None = None
+    pk: int
+    item: Item
+    got: _Fetched
 
 
 class Downloader:
@@ -163,7 +181,7 @@ class Downloader:
         self._adopted: dict[PurePosixPath, _Fetched] = {}
         self._adopted_lock = threading.Lock()
         self._would_adopt: set[str] = set()  # a dry run's: items such a copy would be
-        self._recorder = _GroupCommit(self._write_verified)
+        self._recorder: _Recorder | None = None  # while download_due runs
 
     def download_due(self, listed: dict[str, Item], only: set[str] | None = None) -> None:
         """Download what is due and listed (of ``only``, when given)."""
@@ -206,6 +224,20 @@ class Downloader:
                     )
                 )
             )
+        self._recorder = _Recorder(
+            self._write_verified,
+            self._said_verified,
+            self._recording_failed,
+            name=f"rec-{ctx.account.name}",
+        )
+        try:
+            self._download(due, listed)
+        finally:
+            recorder, self._recorder = self._recorder, None
+            recorder.close()  # every verified download's row committed before going on
+
+    def _download(self, due: list[tuple[int, str]], listed: dict[str, Item]) -> None:
+        ctx = self.ctx
         workers = max(1, min(ctx.cfg.download.concurrency, len(due)))
         # Paths are chosen and recorded a few dozen at a time: one transaction (and one
         # fsync of the WAL) per batch; the first downloads wait for the first batch only.
@@ -386,22 +418,29 @@ class Downloader:
                     log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
                 crashpoint("after-commit")
             self._record_verified(pk, item, got, verdict or got.verdict)
-        except StateDamaged:
+        except Exception as exc:
+            self._archiving_failed(pk, item, got.part, exc)
+        finally:
+            self.ctx.on_progress(item.id)
+
+    def _archiving_failed(self, pk: int, item: Item, part: Path, exc: BaseException) -> None:
+        """What an error while verifying, committing or recording one download means."""
+        if isinstance(exc, StateDamaged):
             # Not this session's failure, and nothing can be recorded: stop the account (the
             # engine remembers the damage and the pass raises it). A file already committed
             # has its sidecar, from which `reindex` rebuilds its row.
             self.ctx.stop_account()
-        except (E4SyncError, OSError) as exc:
-            self._failed(pk, item, got.part, exc)
-        except Exception as exc:
-            if disk_full(exc):  # the state database could not commit for lack of space
-                self._failed(pk, item, got.part, exc)
-                return
+        elif isinstance(exc, E4SyncError | OSError):
+            self._failed(pk, item, part, exc)
+        elif isinstance(exc, Exception) and disk_full(exc):
+            # The state database could not commit for lack of space.
+            self._failed(pk, item, part, exc)
+        elif isinstance(exc, Exception):
             # A bug must not vanish inside a pool thread.
-            log.exception("session %s: unexpected error while archiving", item.id)
-            self._failed(pk, item, got.part, RuntimeError("unexpected error; see the log"))
-        finally:
-            self.ctx.on_progress(item.id)
+            log.error("session %s: unexpected error while archiving", item.id, exc_info=exc)
+            self._failed(pk, item, part, RuntimeError("unexpected error; see the log"))
+        else:
+            raise exc
 
     def _failed(self, pk: int, item: Item, part: Path, exc: BaseException) -> None:
         if isinstance(exc, StorageError) or not isinstance(exc, E4SyncError):
@@ -466,7 +505,16 @@ class Downloader:
             values["content_json"] = (
                 json.dumps(dict(verdict.facts), sort_keys=True) if verdict.facts else None
             )
-        self._recorder.record(values)  # returns once a transaction holding it committed
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.record(_Entry(values, pk, item, got))  # committed in a batch
+        else:
+            self._write_verified([values])
+            self._said_verified(_Entry(values, pk, item, got))
+
+    def _said_verified(self, entry: _Entry) -> None:
+        """A verified download's row committed: counted in the report, and logged."""
+        item, got = entry.item, entry.got
         with self.ctx.report_lock:
             if got.foreign:
                 self.ctx.report.adopted += 1
@@ -483,6 +531,9 @@ class Downloader:
             got.size / 1e6,
             got.size / 1e6 / seconds,
         )
+
+    def _recording_failed(self, entry: _Entry, exc: BaseException) -> None:
+        self._archiving_failed(entry.pk, entry.item, entry.got.part, exc)
 
     def _write_verified(self, records: list[dict]) -> None:
         """One transaction: each record's row updated by its primary key (``id``)."""
@@ -761,14 +812,19 @@ def update_by_id(db: DbSession, records: list[dict]) -> None:
     by_columns: dict[tuple[str, ...], list[dict]] = {}
     for record in records:
         by_columns.setdefault(tuple(sorted(record)), []).append(record)
-    table = SessionRow.__table__
     for columns, group in by_columns.items():
-        statement = (
-            table.update()
-            .where(table.c.id == bindparam("_id"))
-            .values({c: bindparam(f"_{c}") for c in columns if c != "id"})
-        )
+        statement = _UPDATES.get(columns)
+        if statement is None:
+            table = SessionRow.__table__
+            statement = _UPDATES[columns] = (
+                table.update()
+                .where(table.c.id == bindparam("_id"))
+                .values({c: bindparam(f"_{c}") for c in columns if c != "id"})
+            )
         db.execute(statement, [{f"_{c}": r[c] for c in columns} for r in group])
+
+
+_UPDATES: dict[tuple[str, ...], Any] = {}  # update_by_id's statements, by their columns
 
 
 def disk_full(exc: BaseException) -> str:

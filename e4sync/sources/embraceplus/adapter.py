@@ -53,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,11 +195,15 @@ def _timestamp(text: str) -> datetime:
     """A time S3 sends, as botocore's default parser gives it (an aware datetime), read with
     the standard library where it is ISO 8601 (every listed ``LastModified``): botocore's
     dateutil parser takes about 0.2 ms each, most of an idle pass over a few thousand
-    objects. Anything else (an HTTP date in a header) goes to botocore's parser."""
+    objects), or an HTTP date (``Last-Modified`` on every GET); anything else goes to
+    botocore's parser."""
     try:
         parsed = datetime.fromisoformat(text)
     except (TypeError, ValueError):
-        parsed = None
+        try:
+            parsed = parsedate_to_datetime(text)  # an HTTP date: Last-Modified on a GET
+        except (TypeError, ValueError, IndexError):
+            parsed = None
     if parsed is None or parsed.tzinfo is None:
         return parse_timestamp(text)
     return parsed
