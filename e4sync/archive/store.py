@@ -293,7 +293,8 @@ class Archive:
         copy (whole, an older version) gets its sidecar copied too, marked ``kept_aside``
         so that ``reindex`` does not take it for the item's current copy; a ``damaged`` one
         is kept as found, for a person to look at. The file keeps its current name until
-        the caller replaces it: a crash in between leaves two names for one file.
+        the caller replaces it: a crash in between leaves two names for one file, and the
+        next call for it returns the name it has already instead of adding a third.
 
         With ``aside_root`` (``{account}/.versions``) the dated name is not beside the
         file but in the same place under that folder (``{account}/.versions/a/b/X.<reason>-
@@ -306,6 +307,12 @@ class Archive:
         if aside_root is not None:
             folder = _relpath(aside_root) / rel.parent.relative_to(_relpath(aside_root).parent)
             self._makedirs(self.resolve(folder))
+        earlier = self._kept_already(final, self.resolve(folder / rel.name).parent, reason)
+        if earlier is not None:
+            # A replacement killed between keeping the copy and naming the new file: the
+            # copy is kept already, under the name that pass gave it.
+            log.info("%s is kept aside already as %s", final, earlier)
+            return earlier
         for beside in aside_names(rel, reason, stamp):
             aside_rel = folder / beside.name
             aside = self.resolve(aside_rel)
@@ -337,6 +344,28 @@ class Archive:
             log.warning("kept the %s copy %s aside as %s", reason, final, aside)
             return aside
         raise StorageError(f"no free name to keep {final} aside after {MAX_COLLISIONS} tries")
+
+    @staticmethod
+    def _kept_already(final: Path, folder: Path, reason: str) -> Path | None:
+        """A name ``keep_aside`` gave ``final`` earlier (the very same file: one inode),
+        in ``folder``, or None."""
+        ext = suffix_of(final.name)
+        marker = f".{reason}-"
+        try:
+            names = [n for n in os.listdir(folder) if marker in n and n.endswith(ext)]
+            if not names:
+                return None
+            here = os.stat(final)
+        except OSError:
+            return None
+        for name in sorted(names):
+            try:
+                there = os.lstat(folder / name)
+            except OSError:
+                continue
+            if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) and name != final.name:
+                return folder / name
+        return None
 
     def read_sidecar(self, relpath: str | PurePath) -> dict | None:
         """Return the sidecar beside ``relpath`` as a dict, or None if there is none or it

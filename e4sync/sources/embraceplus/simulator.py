@@ -47,6 +47,7 @@ import logging
 import math
 import random
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -460,6 +461,11 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive"})
 class _ProxyServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     proxy: FaultProxy
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client went away mid-answer (a killed pass): nothing to report
+        super().handle_error(request, client_address)
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
