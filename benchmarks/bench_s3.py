@@ -142,6 +142,9 @@ class S3Server:
     def counts(self) -> dict[str, int]:
         return dict(self.command("counts"))
 
+    def seconds(self, *operations: str) -> float:
+        return float(self.command("seconds " + " ".join(operations))["seconds"])
+
     def clear(self) -> None:
         self.command("clear")
 
@@ -298,6 +301,38 @@ class Aws:
         return _tree(self.dest)
 
 
+class GetLoop:
+    """``benchmarks.s3_get_loop``: botocore's list and GETs alone, nothing kept."""
+
+    name = "floor"
+
+    def __init__(self, server: S3Server) -> None:
+        self.info = server.info
+        self.env = _clean_env(
+            {
+                "AWS_ACCESS_KEY_ID": self.info["access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": server.secret,
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            }
+        )
+
+    def mirror(self) -> Measured:
+        info = self.info
+        argv = [PYTHON, "-m", "benchmarks.s3_get_loop", info["endpoint_url"], info["bucket"]]
+        argv += [info["prefix"], str(CONCURRENCY)]
+        m = run_child(argv, env=self.env).check("s3_get_loop")
+        if int(m.out.split()[-1]) != info["objects"]:
+            raise RuntimeError(f"s3_get_loop fetched {m.out.strip()} objects")
+        return m
+
+
+IMPORTS = (
+    "import e4sync.cli, e4sync.monitoring, e4sync.sync, e4sync.state.db, "
+    "e4sync.sources.embraceplus.adapter, e4sync.sources.embraceplus.checks"
+)
+
+
 def _tree(root: Path) -> dict[str, int]:
     if not root.exists():
         return {}
@@ -358,6 +393,9 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
     idle_requests: dict[str, dict[str, int]] = {}
     full_idle: list[Measured] = []
     full_idle_requests: dict[str, int] = {}
+    floor: list[Measured] = []  # botocore's GETs alone
+    imports: list[Measured] = []  # e4sync's modules imported, nothing run
+    answering: list[float] = []  # the delivery answering the idle pass's list requests
     with S3Server(
         tmp / "delivery",
         participants=sizes.participants,
@@ -368,6 +406,8 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
         prefix = server.info["prefix"]
         want = {k[len(prefix) :]: v for k, v in server.sizes().items()}
         for rep in range(mode.reps):
+            floor.append(GetLoop(server).mirror())
+            imports.append(run_child([PYTHON, "-c", IMPORTS], env=_clean_env()).check("imports"))
             order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
             for tool in order:
                 where = tmp / f"{tool}-{rep}"
@@ -394,6 +434,8 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
                 else:
                     idle[tool].append(client.mirror())
                 idle_requests[tool] = server.counts()
+                if tool == "e4sync":
+                    answering.append(server.seconds(*LISTS))
                 if server.count("GetObject"):
                     raise RuntimeError(f"{tool}'s idle pass downloaded again")
                 if tool == "e4sync":
@@ -418,6 +460,7 @@ def run(mode: Mode, tmp: Path, ctx: dict) -> Result:
         full_idle_requests,
         scale,
         big,
+        {"floor": floor, "imports": imports, "answering": answering},
     )
 
 
@@ -524,6 +567,7 @@ def _result(
     full_idle_requests: dict[str, int],
     scale: dict[str, Any],
     big: dict[str, Any],
+    floors: dict[str, Any],
 ) -> Result:
     def wall(runs: list[Measured]) -> float:
         return median([m.seconds for m in runs])
@@ -550,11 +594,29 @@ def _result(
         [f"first mirror of {objects:,} objects: wall (median)"]
         + [cell(t, lambda t: fmt_s(wall(mirror[t]))) for t in columns],
         ["first mirror: runs"] + [cell(t, lambda t: _runs(mirror[t])) for t in columns],
+        [
+            "  floor: botocore's list and GETs alone, nothing kept (benchmarks/s3_get_loop.py)",
+            fmt_s(wall(floors["floor"])),
+            "",
+            "",
+        ],
         ["first mirror: peak RSS"] + [cell(t, lambda t: fmt_mb(rss(mirror[t]))) for t in columns],
         ["first mirror: requests"]
         + [cell(t, lambda t: requests(mirror_requests[t])) for t in columns],
         ["idle pass (nothing new): wall (median)"]
         + [cell(t, lambda t: fmt_s(wall(idle[t]))) for t in columns],
+        [
+            "  of it: the delivery answering e4sync's list requests (moto renders each page)",
+            fmt_s(median(floors["answering"])),
+            "",
+            "",
+        ],
+        [
+            "  of it: starting Python and importing e4sync's modules (SQLAlchemy, botocore)",
+            fmt_s(wall(floors["imports"])),
+            "",
+            "",
+        ],
         ["idle pass: list requests"]
         + [cell(t, lambda t: lists(idle_requests[t])) for t in columns],
         ["idle pass: all requests"]

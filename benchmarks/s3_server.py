@@ -11,7 +11,8 @@ key id, object count, seeding seconds) and then answers one JSON line per comman
 stdin:
 
 - ``count OP [OP ...]``: how many requests of these S3 operations the proxy has logged
-  (``{"n": 12}``); ``counts``: every operation's count; ``clear``: empty the log;
+  (``{"n": 12}``); ``counts``: every operation's count; ``seconds [OP ...]``: the time the
+  delivery took to answer them, summed; ``clear``: empty the log;
 - ``sizes``: ``{key: size}`` of every object under the prefix; ``stop``: close and exit.
 
 Running the delivery in its own process keeps moto's memory (it holds every object) out of
@@ -201,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 for record in delivery.requests:
                     seen[record.operation] = seen.get(record.operation, 0) + 1
                 answer = seen
+            elif words[0] == "seconds":
+                ops = set(words[1:])
+                answer = {
+                    "seconds": sum(
+                        r.seconds for r in delivery.requests if not ops or r.operation in ops
+                    )
+                }
             elif words[0] == "clear":
                 delivery.clear_requests()
                 answer = {}
