@@ -7,9 +7,11 @@
 
 Prints one detail table per benchmark and a summary table (one row per benchmark, starting
 with its key). Without --quick/--tiny and without --no-write, writes docs/benchmarks.md with
-the figures, the machine and the exact command, followed by benchmarks/findings.md. Exits 1
+the figures, the machine and the exact command, followed by benchmarks/findings.md. The
+EmbracePlus benchmark (``s3``) has a section of its own there, with its own machine and
+command: ``--only s3`` at full size rewrites that section alone and keeps the rest. Exits 1
 if a benchmark could not run; a missed target is reported, not an error. Talks only to
-127.0.0.1 (the simulator runs as a separate process).
+127.0.0.1 (the simulators run as separate processes).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: make `benchmarks` importable
 
-BENCHMARKS = ("throughput", "memory", "bigfile", "idle", "startup", "scale")
+BENCHMARKS = ("throughput", "memory", "bigfile", "idle", "startup", "scale", "s3")
 """Keys in run order; `startup` follows `idle` so that it can use the idle archive."""
+OWN_SECTION = "s3"  # rendered in its own section of docs/benchmarks.md (EmbracePlus)
+BEGIN, END = "<!-- embraceplus benchmark: begin -->", "<!-- embraceplus benchmark: end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(results)} benchmark(s) in {total:.0f} s"
         + (f"; could not run: {', '.join(failed)}" if failed else "")
     )
-    if mode.name == "full" and not args.no_write and not failed and not args.only:
+    if mode.name == "full" and not args.no_write and not failed:
         path = REPO / "docs" / "benchmarks.md"
-        path.write_text(render_doc(results, machine(), command, mode.reps, total))
-        print(f"wrote {path.relative_to(REPO)}")
+        info = machine()
+        if not args.only:
+            path.write_text(render_doc(results, info, command, mode.reps, total))
+            print(f"wrote {path.relative_to(REPO)}")
+        elif keys == (OWN_SECTION,) and path.exists():
+            section = render_own_section(results[0], info, command, mode.reps, total)
+            findings = REPO / "benchmarks" / "findings.md"
+            text = findings.read_text() if findings.exists() else None
+            path.write_text(splice(path.read_text(), section, text))
+            print(f"wrote the EmbracePlus section of {path.relative_to(REPO)}")
     return 1 if failed else 0
 
 
@@ -126,17 +138,79 @@ def render_detail(result, markdown: bool) -> str:
     return "\n\n".join(parts) if markdown else "\n".join(parts)
 
 
+def render_own_section(result, info: dict[str, str], command: str, reps: int, total: float) -> str:
+    """The EmbracePlus section: its own date, command, machine (with rclone's and aws's
+    versions), summary line and table, between markers so that a run of it alone can
+    replace it."""
+    from benchmarks.bench_s3 import versions
+
+    today = dt.date.today().isoformat()
+    info = {**info, **versions()}
+    lines = [
+        BEGIN,
+        "## EmbracePlus (S3)",
+        "",
+        "e4sync against its loopback EmbracePlus delivery (moto's S3 on 127.0.0.1 behind a "
+        "counting proxy, in its own process, in the real layout), side by side with "
+        "`rclone copy --checksum` and `aws s3 sync` at the same number of parallel transfers. "
+        "Written by the benchmark runner.",
+        "",
+        f"Run on {today} with:",
+        "",
+        "```",
+        command.strip(),
+        "```",
+        "",
+        f"{reps} repetitions of each timed step (medians shown); this benchmark took "
+        f"{total / 60:.0f} minutes.",
+        "",
+        "### Machine",
+        "",
+        _table(["", ""], [[k, v] for k, v in info.items()], markdown=True),
+        "",
+        "### Summary",
+        "",
+        render_summary([result], markdown=True),
+        "",
+        render_detail(result, markdown=True),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def splice(doc: str, section: str, findings: str | None = None) -> str:
+    """``doc`` with its EmbracePlus section replaced by ``section`` (or put before the
+    findings when it has none), and its findings, from their heading to the end, replaced
+    by ``findings`` when given."""
+    marker = "## Findings"
+    if BEGIN in doc and END in doc:
+        head, rest = doc.split(BEGIN, 1)
+        doc = head + section + rest.split(END, 1)[1]
+    elif marker in doc:
+        head, rest = doc.split(marker, 1)
+        doc = head + section + "\n\n" + marker + rest
+    else:
+        doc = doc.rstrip() + "\n\n" + section + "\n"
+    if findings is not None and marker in doc:
+        doc = doc[: doc.index(marker, doc.index(END))] + findings.rstrip() + "\n"
+    return doc
+
+
 def render_doc(results: list, info: dict[str, str], command: str, reps: int, total: float) -> str:
     today = dt.date.today().isoformat()
     findings = REPO / "benchmarks" / "findings.md"
+    own = [r for r in results if r.key == OWN_SECTION]
+    results = [r for r in results if r.key != OWN_SECTION]
     lines = [
         "# Benchmarks",
         "",
         "e4sync measured side by side with the older `e4client` 1.12 package and with "
         "`curl` + `sha256sum` + `unzip -t`, all against e4sync's own E4 Connect simulator on "
-        "127.0.0.1 (E4 Connect itself is switched off). The simulator always runs in a "
-        "separate process, so its memory is never counted. This file is written by the "
-        "benchmark runner; the findings at the end are `benchmarks/findings.md`.",
+        "127.0.0.1 (E4 Connect itself is switched off), and, in its own section below, "
+        "against its EmbracePlus S3 delivery beside `rclone` and `aws s3 sync`. The "
+        "simulators always run in a separate process, so their memory is never counted. "
+        "This file is written by the benchmark runner; the findings at the end are "
+        "`benchmarks/findings.md`.",
         "",
         f"Run on {today} with:",
         "",
@@ -161,6 +235,8 @@ def render_doc(results: list, info: dict[str, str], command: str, reps: int, tot
     ]
     for r in results:
         lines += [render_detail(r, markdown=True), ""]
+    for r in own:
+        lines += [render_own_section(r, info, command, reps, total), ""]
     if findings.exists():
         lines += [findings.read_text().rstrip(), ""]
     return "\n".join(lines)

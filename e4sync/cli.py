@@ -572,6 +572,8 @@ def _print_report(report) -> None:
             f"{a.name}: {a.listed} listed, {a.new} new, {a.downloaded} downloaded "
             f"({a.bytes / 1e6:.1f} MB), {a.failed} failed, {a.deleted} deleted remotely"
         )
+        if a.adopted:
+            line += f", {a.adopted} already in the archive (verified and adopted, not downloaded)"
         if a.gone:
             line += f", {a.gone} vanished from the platform"
         if a.content_changed:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def build(
     account: str,
     user_id: str,
     item_id: str,
-    remote: dict[str, Any],
+    remote: Mapping[str, Any],
     file: str,
     size: int,
     sha256: str,
@@ -95,7 +96,7 @@ def build(
         "account": account,
         "user_id": user_id,
         ID_KEY: item_id,
-        "remote": remote,
+        "remote": dict(remote),
         "file": file,
         "size": size,
         "sha256": sha256,

@@ -60,6 +60,7 @@ _NO_HARDLINK_ERRNOS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 )
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_JOINED_MAX = 10_000  # relative paths ``resolve`` keeps joined (then it starts again)
 _ROOT_HINT = (
     "create it and give the user running e4sync write access (chown/chmod), or point "
     "[archive] root at a writable folder; under systemd, list it in ReadWritePaths="
@@ -83,6 +84,10 @@ class Archive:
         self._inside: set[str] = set()
         # Paths handed out by choose_path in this process, so two threads never get one.
         self._reserved: dict[PurePosixPath, str] = {}
+        # Relative paths already checked by their text to lie inside the root, joined to
+        # it (with their folder's text): a download resolves its path several times (its
+        # part, sidecar, commit). What the file system holds is looked at on every call.
+        self._joined: dict[str | PurePath, tuple[Path, str]] = {}
 
     def __repr__(self) -> str:
         return f"Archive({str(self.root)!r})"
@@ -112,14 +117,19 @@ class Archive:
         by its text or through a symbolic link: a folder (or file) inside the archive that
         links elsewhere would send an item's file outside it. The root itself may be a
         link; what counts is where the path really is, against where the root really is."""
-        rel = _relpath(relpath)
-        path = self.root.joinpath(*rel.parts)
-        if os.path.commonpath([self.root, os.path.normpath(path)]) != str(self.root):
-            raise UnsafePathError(f"{str(rel)!r} leaves the archive root {self.root}")
+        joined = self._joined.get(relpath)
+        if joined is None:
+            rel = _relpath(relpath)
+            path = self.root.joinpath(*rel.parts)
+            if os.path.commonpath([self.root, os.path.normpath(path)]) != str(self.root):
+                raise UnsafePathError(f"{str(rel)!r} leaves the archive root {self.root}")
+            if len(self._joined) >= _JOINED_MAX:
+                self._joined.clear()
+            joined = self._joined[relpath] = (path, str(path.parent))
+        path, folder = joined
         # The folder is resolved once per Archive (a pass): a realpath per call costs a
         # lstat per component, several times per item. The name itself is looked at
         # every time (one lstat): a file there may be a link too.
-        folder = str(path.parent)
         if folder not in self._inside:
             self._check_inside(path.parent)
             if os.path.isdir(folder):
@@ -283,7 +293,8 @@ class Archive:
         copy (whole, an older version) gets its sidecar copied too, marked ``kept_aside``
         so that ``reindex`` does not take it for the item's current copy; a ``damaged`` one
         is kept as found, for a person to look at. The file keeps its current name until
-        the caller replaces it: a crash in between leaves two names for one file.
+        the caller replaces it: a crash in between leaves two names for one file, and the
+        next call for it returns the name it has already instead of adding a third.
 
         With ``aside_root`` (``{account}/.versions``) the dated name is not beside the
         file but in the same place under that folder (``{account}/.versions/a/b/X.<reason>-
@@ -296,6 +307,12 @@ class Archive:
         if aside_root is not None:
             folder = _relpath(aside_root) / rel.parent.relative_to(_relpath(aside_root).parent)
             self._makedirs(self.resolve(folder))
+        earlier = self._kept_already(final, self.resolve(folder / rel.name).parent, reason)
+        if earlier is not None:
+            # A replacement killed between keeping the copy and naming the new file: the
+            # copy is kept already, under the name that pass gave it.
+            log.info("%s is kept aside already as %s", final, earlier)
+            return earlier
         for beside in aside_names(rel, reason, stamp):
             aside_rel = folder / beside.name
             aside = self.resolve(aside_rel)
@@ -327,6 +344,28 @@ class Archive:
             log.warning("kept the %s copy %s aside as %s", reason, final, aside)
             return aside
         raise StorageError(f"no free name to keep {final} aside after {MAX_COLLISIONS} tries")
+
+    @staticmethod
+    def _kept_already(final: Path, folder: Path, reason: str) -> Path | None:
+        """A name ``keep_aside`` gave ``final`` earlier (the very same file: one inode),
+        in ``folder``, or None."""
+        ext = suffix_of(final.name)
+        marker = f".{reason}-"
+        try:
+            names = [n for n in os.listdir(folder) if marker in n and n.endswith(ext)]
+            if not names:
+                return None
+            here = os.stat(final)
+        except OSError:
+            return None
+        for name in sorted(names):
+            try:
+                there = os.lstat(folder / name)
+            except OSError:
+                continue
+            if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) and name != final.name:
+                return folder / name
+        return None
 
     def read_sidecar(self, relpath: str | PurePath) -> dict | None:
         """Return the sidecar beside ``relpath`` as a dict, or None if there is none or it

@@ -163,7 +163,12 @@ class Source(Protocol):
       ``e4sync devices``;
     - ``download(item_id: str, target: Path) -> Path``: one item, checked, to the file
       ``target`` or into the existing folder ``target`` under the platform's own name,
-      outside the archive (via a ``.part`` renamed into place), for ``e4sync download``.
+      outside the archive (via a ``.part`` renamed into place), for ``e4sync download``;
+    - ``pinned_version(item: Item) -> RemoteVersion | None``: the listed size and validators
+      when the listing pins the item's exact bytes and ``verify`` checks a file against
+      them (S3: an ETag that is the object's MD5), else None. With it, a pass adopts a file
+      another tool left at an item's archive path (no sidecar: an ``aws s3 sync`` copy)
+      once ``verify`` passes, instead of downloading it again.
 
     ``identity()`` answers ``e4sync whoami``; "" (no identity) makes it "not offered"."""
 
@@ -301,6 +306,10 @@ class DryRunSource:
 
     def verify(self, path: Path, item: Item) -> Verdict:
         return self.inner.verify(path, item)
+
+    def pinned_version(self, item: Item) -> RemoteVersion | None:
+        pinned = getattr(self.inner, "pinned_version", None)  # reads the listing only
+        return pinned(item) if pinned is not None else None
 
     def close(self) -> None:
         self.inner.close()

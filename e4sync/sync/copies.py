@@ -53,11 +53,14 @@ def check_archived_copies(
     """Stat every archived copy of the account; mark (unless ``dry_run``) and report what
     is missing or the wrong size, and clear what is whole again."""
     report = CopiesReport()
+    found: list[tuple[int, str]] = []
+    cleared: list[int] = []
     with sessions() as db:
+        # Read in batches, not all at once: an account may hold 100,000 archived copies,
+        # and only the few with a problem are kept.
         rows = db.execute(
             select(
                 SessionRow.id,
-                SessionRow.remote_id,
                 SessionRow.state,
                 SessionRow.local_path,
                 SessionRow.size,
@@ -69,25 +72,28 @@ def check_archived_copies(
                 SessionRow.sha256.is_not(None),
                 SessionRow.state.in_(ARCHIVED_STATES)
                 | (SessionRow.state.in_(DUE_STATES) & SessionRow.local_problem.is_not(None)),
-            )
-        ).all()
-    found: list[tuple[int, str]] = []
-    cleared: list[int] = []
-    for pk, _rid, state, rel, size, sha256, known in rows:
-        problem = _look(archive, rel, size)
-        if problem is None:
-            if known is not None and state in ARCHIVED_STATES and _rehashes(archive, rel, sha256):
-                cleared.append(pk)
-                report.restored.append(archive.join(rel))
-            continue
-        if state in DUE_STATES:
-            continue  # already queued to be downloaded again
-        if state == VERIFIED:
-            report.requeued.append(problem)
-        else:
-            report.lost.append(problem)
-        if problem != known or state == VERIFIED:
-            found.append((pk, problem))
+            ),
+            execution_options={"yield_per": 2000},
+        )
+        for pk, state, rel, size, sha256, known in rows:
+            problem = _look(archive, rel, size)
+            if problem is None:
+                if (
+                    known is not None
+                    and state in ARCHIVED_STATES
+                    and _rehashes(archive, rel, sha256)
+                ):
+                    cleared.append(pk)
+                    report.restored.append(archive.join(rel))
+                continue
+            if state in DUE_STATES:
+                continue  # already queued to be downloaded again
+            if state == VERIFIED:
+                report.requeued.append(problem)
+            else:
+                report.lost.append(problem)
+            if problem != known or state == VERIFIED:
+                found.append((pk, problem))
     if not dry_run and (found or cleared):
         with sessions() as db, db.begin():
             for pk, problem in found:

@@ -7,7 +7,10 @@ slot is free as soon as a body is on disk. A failed attempt is recorded with its
 stopped one removes its ``.part`` (no later process could resume it); a full disk pauses the
 account's downloads for the pass without counting an attempt. A file on disk is adopted only
 when it is not the copy the database already knows (a re-download of a lost, damaged or
-replaced copy fetches anew). Also ``backoff_delay`` and ``disk_full``.
+replaced copy fetches anew). A file another tool left at an item's path (no sidecar: an
+``aws s3 sync`` copy) is adopted without a download when the source pins the item's bytes
+(``pinned_version``: S3's MD5 ETag) and ``verify`` passes; otherwise it is never touched.
+Also ``backoff_delay`` and ``disk_full``.
 
 Everything it shares with the rest of the pass is in its ``AccountContext``.
 Must not import: e4sync.cli, e4sync.sources.e4connect, e4sync.sync.run, e4sync.sync.deletions.
@@ -20,10 +23,12 @@ import errno
 import itertools
 import json
 import logging
+import os
 import random
+import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +36,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session as DbSession
 
 from e4sync.archive import render_relpath, session_key, sidecar
 from e4sync.crashpoints import crashpoint
@@ -43,8 +49,8 @@ from e4sync.errors import (
     StateDamaged,
     StorageError,
 )
-from e4sync.sources import Item, Source, Verdict, kind
-from e4sync.state import problems as local_problems
+from e4sync.fsutil import fsync_file
+from e4sync.sources import Item, RemoteVersion, Source, Verdict, kind
 from e4sync.state.models import (
     DOWNLOADING,
     DUE_STATES,
@@ -74,6 +80,8 @@ class _Fetched:
     version: str | None = None
     etag: str | None = None  # the validators the platform sent with the bytes
     last_modified: str | None = None
+    verdict: Verdict | None = None  # an adopted file's verification, for its row
+    foreign: bool = False  # a copy another tool made, adopted: nothing was downloaded
 
 
 class _Finishing:
@@ -93,6 +101,73 @@ class _Finishing:
             log.error("archiving failed and could not be recorded: %s", exc, exc_info=exc)
 
 
+class _Recorder:
+    """Verified downloads recorded in the state database in batches, by a thread of their
+    own: a finisher hands its row's new values over (``record``) and goes on to the next
+    file, and the recorder writes whatever has gathered meanwhile (up to ``BATCH``) in one
+    transaction: one statement and one fsync of the WAL for many files, not an ORM load,
+    flush and commit each. ``done(entry)`` or ``failed(entry, exc)`` runs for each entry
+    once its transaction ended. ``close`` writes what is left and returns once every entry
+    has, so the pass's next step (deletion) reads every row. A kill loses no more than it
+    did: a record not yet committed leaves a committed file (and sidecar) whose row still
+    says ``downloading``, which the next pass adopts."""
+
+    BATCH = 256
+
+    def __init__(
+        self,
+        write: Callable[[list[dict]], None],
+        done: Callable[[_Entry], None],
+        failed: Callable[[_Entry, BaseException], None],
+        name: str,
+    ):
+        self._write, self._done, self._failed = write, done, failed
+        self._cond = threading.Condition()
+        self._queue: list[_Entry] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def record(self, entry: _Entry) -> None:
+        with self._cond:
+            self._queue.append(entry)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue[: self.BATCH], self._queue[self.BATCH :]
+            try:
+                self._write([entry.values for entry in batch])
+            except BaseException as exc:
+                for entry in batch:
+                    self._failed(entry, exc)
+            else:
+                for entry in batch:
+                    self._done(entry)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One verified download waiting for its row: the new values, and what the report,
+    the log and a failure need."""
+
+    values: dict
+    pk: int
+    item: Item
+    got: _Fetched
+
+
 class Downloader:
     """The download step of one account's pass: ``download_due`` fetches, verifies,
     commits and records what is due. Built once the source is connected."""
@@ -104,22 +179,35 @@ class Downloader:
         # something to download, extended as paths are chosen.
         self.claimed_paths: set[str] = set()
         self._people: Any = None  # the [participants] file, read when first needed
+        # Copies another tool made, adopted when their paths were chosen (sidecar written),
+        # waiting for their download slot to be recorded.
+        self._adopted: dict[PurePosixPath, _Fetched] = {}
+        self._adopted_lock = threading.Lock()
+        self._would_adopt: set[str] = set()  # a dry run's: items such a copy would be
+        self._recorder: _Recorder | None = None  # while download_due runs
 
     def download_due(self, listed: dict[str, Item], only: set[str] | None = None) -> None:
         """Download what is due and listed (of ``only``, when given)."""
         ctx = self.ctx
         now = time.time()
         with ctx.sessions() as db:
-            due = db.execute(
+            rows = db.execute(
                 select(SessionRow.id, SessionRow.remote_id)
                 .where(
                     SessionRow.account_id == ctx.account_id,
                     SessionRow.state.in_(DUE_STATES),
                     (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
                 )
-                .order_by(SessionRow.recorded_at, SessionRow.id)
-            ).all()
-        due = [(pk, rid) for pk, rid in due if rid in listed and (only is None or rid in only)]
+                .order_by(SessionRow.recorded_at, SessionRow.id),
+                execution_options={"yield_per": 2000},
+            )
+            # Read in batches, each id kept as the listing's own string, not the database's
+            # copy: a first pass may have 100,000 sessions due.
+            due = [
+                (pk, listed[rid].id)
+                for pk, rid in rows
+                if rid in listed and (only is None or rid in only)
+            ]
         if ctx.dry_run:
             ctx.report.would_download = [rid for _, rid in due] + ctx.dry_new
             self._plan(due, listed)
@@ -139,8 +227,24 @@ class Downloader:
                     )
                 )
             )
+        self._recorder = _Recorder(
+            self._write_verified,
+            self._said_verified,
+            self._recording_failed,
+            name=f"rec-{ctx.account.name}",
+        )
+        try:
+            self._download(due, listed)
+        finally:
+            recorder, self._recorder = self._recorder, None
+            recorder.close()  # every verified download's row committed before going on
+
+    def _download(self, due: list[tuple[int, str]], listed: dict[str, Item]) -> None:
+        ctx = self.ctx
         workers = max(1, min(ctx.cfg.download.concurrency, len(due)))
-        pending = self._with_paths(due, listed, batch=4 * workers)
+        # Paths are chosen and recorded a few dozen at a time: one transaction (and one
+        # fsync of the WAL) per batch; the first downloads wait for the first batch only.
+        pending = self._with_paths(due, listed, batch=max(32, 4 * workers))
         in_flight: set[Future] = set()
         with (
             ThreadPoolExecutor(workers, thread_name_prefix=f"fin-{ctx.account.name}") as finisher,
@@ -199,9 +303,14 @@ class Downloader:
                 why = row.last_error or f"{row.state}, not archived yet"
             try:
                 if row is not None:
-                    relpath = self._choose_path(row, item)
+                    relpath = self._choose_path(row, item, adopt=False)
                 else:
-                    relpath = self._choose_new_path(item)
+                    relpath = self._choose_new_path(item, adopt=False)
+                if item.id in self._would_adopt:
+                    why = (
+                        "already in the archive, not written by e4sync, and its size, MD5 "
+                        "and content match: would be adopted, not downloaded"
+                    )
                 path = str(ctx.archive.resolve(relpath))
             except (E4SyncError, OSError, ValueError) as exc:
                 path = f"(no path: {exc})"
@@ -311,23 +420,30 @@ class Downloader:
                     # Archived all the same (the platform's data); said once, and in the sidecar.
                     log.warning("session %s: %s", item.id, "; ".join(verdict.warnings))
                 crashpoint("after-commit")
-            self._record_verified(pk, item, got, verdict)
-        except StateDamaged:
+            self._record_verified(pk, item, got, verdict or got.verdict)
+        except Exception as exc:
+            self._archiving_failed(pk, item, got.part, exc)
+        finally:
+            self.ctx.on_progress(item.id)
+
+    def _archiving_failed(self, pk: int, item: Item, part: Path, exc: BaseException) -> None:
+        """What an error while verifying, committing or recording one download means."""
+        if isinstance(exc, StateDamaged):
             # Not this session's failure, and nothing can be recorded: stop the account (the
             # engine remembers the damage and the pass raises it). A file already committed
             # has its sidecar, from which `reindex` rebuilds its row.
             self.ctx.stop_account()
-        except (E4SyncError, OSError) as exc:
-            self._failed(pk, item, got.part, exc)
-        except Exception as exc:
-            if disk_full(exc):  # the state database could not commit for lack of space
-                self._failed(pk, item, got.part, exc)
-                return
+        elif isinstance(exc, E4SyncError | OSError):
+            self._failed(pk, item, part, exc)
+        elif isinstance(exc, Exception) and disk_full(exc):
+            # The state database could not commit for lack of space.
+            self._failed(pk, item, part, exc)
+        elif isinstance(exc, Exception):
             # A bug must not vanish inside a pool thread.
-            log.exception("session %s: unexpected error while archiving", item.id)
-            self._failed(pk, item, got.part, RuntimeError("unexpected error; see the log"))
-        finally:
-            self.ctx.on_progress(item.id)
+            log.error("session %s: unexpected error while archiving", item.id, exc_info=exc)
+            self._failed(pk, item, part, RuntimeError("unexpected error; see the log"))
+        else:
+            raise exc
 
     def _failed(self, pk: int, item: Item, part: Path, exc: BaseException) -> None:
         if isinstance(exc, StorageError) or not isinstance(exc, E4SyncError):
@@ -370,38 +486,62 @@ class Downloader:
     def _record_verified(
         self, pk: int, item: Item, got: _Fetched, verdict: Verdict | None = None
     ) -> None:
-        with self.ctx.sessions() as db, db.begin():
-            row = db.get(SessionRow, pk)
-            row.state = VERIFIED
-            if verdict is not None:
-                if verdict.recorded is not None:
-                    # What the content says beats what the listing said.
-                    row.recorded_at, row.duration = verdict.recorded
-                row.content_json = (
-                    json.dumps(dict(verdict.facts), sort_keys=True) if verdict.facts else None
-                )
-            row.local_path = str(got.relpath)
-            row.size = got.size
-            row.sha256 = got.sha256
-            row.downloaded_version = got.version or item.version
-            row.downloaded_at = got.started
-            row.verified_at = time.time()
-            row.remote_etag = (got.etag or "")[:200] or None
-            row.remote_last_modified = (got.last_modified or "")[:100] or None
-            row.last_error = None
-            row.next_attempt_at = None
-            local_problems.clear(row)  # a whole copy is in place again
+        values = {
+            "id": pk,
+            "state": VERIFIED,
+            "local_path": str(got.relpath),
+            "size": got.size,
+            "sha256": got.sha256,
+            "downloaded_version": got.version or item.version,
+            "downloaded_at": got.started,
+            "verified_at": time.time(),
+            "remote_etag": (got.etag or "")[:200] or None,
+            "remote_last_modified": (got.last_modified or "")[:100] or None,
+            "last_error": None,
+            "next_attempt_at": None,
+            "local_problem": None,  # a whole copy is in place again (state.problems.clear)
+        }
+        if verdict is not None:
+            if verdict.recorded is not None:
+                # What the content says beats what the listing said.
+                values["recorded_at"], values["duration"] = verdict.recorded
+            values["content_json"] = (
+                json.dumps(dict(verdict.facts), sort_keys=True) if verdict.facts else None
+            )
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.record(_Entry(values, pk, item, got))  # committed in a batch
+        else:
+            self._write_verified([values])
+            self._said_verified(_Entry(values, pk, item, got))
+
+    def _said_verified(self, entry: _Entry) -> None:
+        """A verified download's row committed: counted in the report, and logged."""
+        item, got = entry.item, entry.got
         with self.ctx.report_lock:
-            self.ctx.report.downloaded += 1
-            self.ctx.report.bytes += got.size
+            if got.foreign:
+                self.ctx.report.adopted += 1
+            else:
+                self.ctx.report.downloaded += 1
+                self.ctx.report.bytes += got.size
+        if got.foreign:
+            return  # said when it was adopted
         seconds = max(time.time() - got.started, 1e-6)
         log.info(
             "session %s: archived %s (%.1f MB, %.1f MB/s)",
             item.id,
-            self.ctx.archive.resolve(got.relpath),
+            self.ctx.archive.join(str(got.relpath)),
             got.size / 1e6,
             got.size / 1e6 / seconds,
         )
+
+    def _recording_failed(self, entry: _Entry, exc: BaseException) -> None:
+        self._archiving_failed(entry.pk, entry.item, entry.got.part, exc)
+
+    def _write_verified(self, records: list[dict]) -> None:
+        """One transaction: each record's row updated by its primary key (``id``)."""
+        with self.ctx.sessions() as db, db.begin():
+            update_by_id(db, records)
 
     def _with_paths(
         self, due: list[tuple[int, str]], listed: dict[str, Item], batch: int
@@ -416,11 +556,15 @@ class Downloader:
             chosen = []
             unplaced: list[tuple[int, Item, BaseException]] = []
             with self.ctx.sessions() as db, db.begin():
-                # One SELECT per batch, not one per session (round trips on PostgreSQL).
-                rows = db.scalars(
-                    select(SessionRow).where(SessionRow.id.in_([pk for pk, _ in chunk]))
+                # One SELECT and one UPDATE per batch, not one per session (round trips on
+                # PostgreSQL), of the columns a path depends on, not whole ORM rows.
+                rows = db.execute(
+                    select(
+                        SessionRow.id, SessionRow.state, SessionRow.local_path, SessionRow.sha256
+                    ).where(SessionRow.id.in_([pk for pk, _ in chunk]))
                 )
                 by_pk = {row.id: row for row in rows}
+                placed = []
                 for pk, rid in chunk:
                     row = by_pk[pk]
                     try:
@@ -432,9 +576,9 @@ class Downloader:
                     ) as exc:  # ValueError: a layout its fields cannot fill
                         unplaced.append((pk, listed[rid], exc))
                         continue
-                    row.state = DOWNLOADING
-                    row.local_path = str(relpath)
+                    placed.append({"id": pk, "state": DOWNLOADING, "local_path": str(relpath)})
                     chosen.append((pk, listed[rid], relpath, row.sha256))
+                update_by_id(db, placed)
             # Recorded after the batch's transaction: one session without a path is its own
             # failure, not the batch's (and a nested write would wait for itself on SQLite).
             for pk, item, exc in unplaced:
@@ -442,14 +586,15 @@ class Downloader:
                 self.ctx.on_progress(item.id)
             yield from chosen
 
-    def _choose_path(self, row: SessionRow, item: Item) -> PurePosixPath:
+    def _choose_path(self, row: Any, item: Item, adopt: bool = True) -> PurePosixPath:
+        """``row``: the session's row, or its ``state``, ``local_path`` and ``sha256``."""
         if row.local_path and (row.state == DOWNLOADING or row.sha256):
             # A download taken up again keeps the path it was given (a whole file a killed
             # pass committed there is adopted, not downloaded twice), and so does a copy
             # downloaded again (lost, damaged, or replaced on the platform): the new file
             # takes the old one's name, which the archive keeps aside.
             return PurePosixPath(row.local_path)
-        return self._choose_new_path(item)
+        return self._choose_new_path(item, adopt=adopt)
 
     def _participant(self, item: Item) -> str | None:
         """Who had the item's device on its start day ([participants] file), if anyone."""
@@ -465,13 +610,28 @@ class Downloader:
         day = datetime.fromtimestamp(item.recorded_at, zone).date()
         return self._people.who(str(serial or ""), day)
 
-    def _choose_new_path(self, item: Item) -> PurePosixPath:
+    def _wanted_path(self, item: Item) -> PurePosixPath:
+        """Where the layout puts ``item``, before any collision is resolved."""
         layout = self.ctx.account.layout or self.ctx.cfg.archive.layout
         fields = {"account": self.ctx.account.name, "user_id": self.ctx.user_id, **item.fields}
         if "participant" in fields and not fields["participant"]:
             fields["participant"] = self._participant(item) or ""
         # Lenient: the layout was checked against the account's kind when it was loaded.
-        wanted = render_relpath(layout, fields, self.ctx.cfg.archive.timezone)
+        return PurePosixPath(render_relpath(layout, fields, self.ctx.cfg.archive.timezone))
+
+    def _choose_new_path(self, item: Item, adopt: bool = True) -> PurePosixPath:
+        """A free path for ``item``: the layout's, unless another item or a file e4sync did
+        not write holds it. A copy another tool left there that is this item's bytes is
+        adopted first (its sidecar written), so the path is the item's; without ``adopt``
+        (a dry run) nothing is written and such a copy is only noted."""
+        wanted = self._wanted_path(item)
+        if not adopt:
+            if self._unrecorded_copy(wanted, item) is not None:
+                self._would_adopt.add(item.id)
+                return wanted
+        elif (adopted := self._adopt_unrecorded(wanted, item)) is not None:
+            with self._adopted_lock:
+                self._adopted[wanted] = adopted  # for its download slot to record
         chosen = self.ctx.archive.choose_path(
             wanted,
             session_key(self.ctx.account.name, item.id),
@@ -486,11 +646,18 @@ class Downloader:
         """A crash after the rename but before the database commit leaves a whole file and
         its sidecar: take it if it still hashes to what the sidecar says, and is not the
         copy the database already knows (that one is being downloaded again). It keeps
-        the metadata and validators of the listing it was downloaded under."""
+        the metadata and validators of the listing it was downloaded under. A copy another
+        tool made (no sidecar) is adopted when it is the item's bytes (``_adopt_unrecorded``)."""
+        with self._adopted_lock:
+            early = self._adopted.pop(relpath, None)
+        if early is not None:
+            return early  # adopted when its path was chosen
         final = self.ctx.archive.resolve(relpath)
         sidecar = self.ctx.archive.read_sidecar(relpath)
-        if not final.exists() or not sidecar:
+        if not final.exists():
             return None
+        if not sidecar:
+            return self._adopt_unrecorded(relpath, item)
         if sidecar.get("session_key") != session_key(self.ctx.account.name, item.id):
             return None
         if known_sha256 is not None and sidecar.get("sha256") == known_sha256:
@@ -499,7 +666,10 @@ class Downloader:
 
         started = time.time()
         size, sha256 = sha256_file(final)
-        if sha256 != sidecar.get("sha256") or not self.source.verify(final, item).ok:
+        if sha256 != sidecar.get("sha256"):
+            return None
+        verdict = self.source.verify(final, item)
+        if not verdict.ok:
             return None
         log.info("session %s: adopting the archived file left by an interrupted pass", item.id)
         # A kill between link(part, final) and unlink(part) leaves the part as a second name.
@@ -518,7 +688,91 @@ class Downloader:
             version=then.version if then is not None else None,
             etag=validators.get("etag"),
             last_modified=validators.get("last_modified"),
+            verdict=verdict,
         )
+
+    def _unrecorded_copy(
+        self, relpath: PurePosixPath, item: Item
+    ) -> tuple[Path, int, str, Verdict, RemoteVersion] | None:
+        """The file at ``relpath`` if another tool made it and it is ``item``'s bytes: a
+        regular file with no sidecar (named or staged), on a path no other item holds, of
+        the listed size, where the source pins the bytes (``pinned_version``: S3's MD5 ETag)
+        and its ``verify`` passes (the MD5 and the content). Returns the path, its size and
+        sha256, the verdict and the pinned version; None otherwise. Reads; writes nothing."""
+        pinned_version = getattr(self.source, "pinned_version", None)
+        pinned = pinned_version(item) if pinned_version is not None else None
+        if pinned is None or pinned.size is None:
+            return None
+        try:
+            # A quick look first: most new items have no file at their path.
+            if not os.path.lexists(self.ctx.archive.join(str(relpath))):
+                return None
+        except (TypeError, ValueError):
+            return None
+        if str(relpath) in self.claimed_paths:
+            return None
+        try:
+            final = self.ctx.archive.resolve(relpath)
+            side = self.ctx.archive.sidecar_path(relpath)
+            found = os.lstat(final)
+            if not stat.S_ISREG(found.st_mode) or found.st_size != pinned.size:
+                return None
+            if os.path.lexists(side) or os.path.lexists(f"{side}.tmp"):
+                return None
+            from e4sync.verify import sha256_file
+
+            size, sha256 = sha256_file(final)
+            verdict = self.source.verify(final, item)
+        except (E4SyncError, OSError):
+            return None
+        if not verdict.ok:
+            log.info(
+                "session %s: %s is not e4sync's and not this object's bytes (%s); it is left "
+                "as it is",
+                item.id,
+                final,
+                "; ".join(verdict.problems),
+            )
+            return None
+        return final, size, sha256, verdict, pinned
+
+    def _adopt_unrecorded(self, relpath: PurePosixPath, item: Item) -> _Fetched | None:
+        """Adopt a copy another tool made at ``relpath`` (an ``aws s3 sync`` mirror) when
+        it is ``item``'s bytes (``_unrecorded_copy``): fsync it, write its sidecar (the
+        listing's validators; the verdict's content), and return it as fetched; the
+        download step then records it verified, with no request to the platform. Called
+        when a new item's path is chosen, and by the download thread when a path chosen
+        earlier holds such a copy (it appeared after the choice)."""
+        found = self._unrecorded_copy(relpath, item)
+        if found is None:
+            return None
+        final, size, sha256, verdict, pinned = found
+        started = time.time()
+        got = _Fetched(
+            relpath,
+            part_of(final),
+            size,
+            sha256,
+            started,
+            adopted=True,
+            etag=pinned.etag,
+            last_modified=pinned.last_modified,
+            verdict=verdict,
+            foreign=True,
+        )
+        try:
+            fsync_file(final)  # the other tool may never have
+            self.ctx.archive.write_sidecar(relpath, self._sidecar(item, got, time.time(), verdict))
+        except (E4SyncError, OSError) as exc:
+            log.warning("session %s: could not adopt %s: %s", item.id, final, describe(exc))
+            return None
+        log.info(
+            "session %s: adopted an existing copy at %s (not written by e4sync; its size, MD5 "
+            "and content match the listing): not downloaded again",
+            item.id,
+            final,
+        )
+        return got
 
     def _sidecar(self, item: Item, got: _Fetched, verified_at: float, verdict: Verdict) -> dict:
         return sidecar.build(
@@ -568,6 +822,28 @@ class Downloader:
         with self.ctx.report_lock:
             self.ctx.report.failed += 1
             self.ctx.report.errors.append(f"session {item.id}: {message}")
+
+
+def update_by_id(db: DbSession, records: list[dict]) -> None:
+    """Update session rows by their ``id``, each to its record's other values: one Core
+    statement per set of columns, run for many rows (SQLAlchemy's ORM bulk update does the
+    same, at several times the cost in Python for a few rows)."""
+    by_columns: dict[tuple[str, ...], list[dict]] = {}
+    for record in records:
+        by_columns.setdefault(tuple(sorted(record)), []).append(record)
+    for columns, group in by_columns.items():
+        statement = _UPDATES.get(columns)
+        if statement is None:
+            table = SessionRow.__table__
+            statement = _UPDATES[columns] = (
+                table.update()
+                .where(table.c.id == bindparam("_id"))
+                .values({c: bindparam(f"_{c}") for c in columns if c != "id"})
+            )
+        db.execute(statement, [{f"_{c}": r[c] for c in columns} for r in group])
+
+
+_UPDATES: dict[tuple[str, ...], Any] = {}  # update_by_id's statements, by their columns
 
 
 def disk_full(exc: BaseException) -> str:

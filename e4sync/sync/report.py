@@ -34,6 +34,7 @@ class AccountReport:
     new: int = 0
     changed: int = 0
     downloaded: int = 0
+    adopted: int = 0  # copies another tool made, verified and adopted instead of downloaded
     bytes: int = 0
     failed: int = 0
     deleted: int = 0

@@ -451,22 +451,33 @@ class AccountPass:
                 account.last_listed_at = now
                 if listing.complete:
                     account.last_complete_listing_at = now
-            known = {
-                rid: (pk, state, mhash)
-                for rid, pk, state, mhash in db.execute(
-                    select(
-                        SessionRow.remote_id,
-                        SessionRow.id,
-                        SessionRow.state,
-                        SessionRow.version,
-                    ).where(SessionRow.account_id == self.ctx.account_id)
-                )
-            }
-            present_before = sum(
-                1
-                for rid, (_, state, _) in known.items()
-                if state not in (REMOTE_GONE, REMOTE_DELETED) and listing.covered(rid)
-            )
+            # The recorded sessions are read in batches and compared as they come: only the
+            # listed ids not met yet (new), the rows to update and the vanished ones are
+            # kept, never a tuple per recorded session (an account may hold 100,000).
+            unseen = set(listed)
+            touched: list[tuple[str, int, str, str]] = []  # changed, or listed again
+            vanished: list[tuple[str, int]] = []
+            present_before = 0
+            for rid, pk, state, mhash in db.execute(
+                select(
+                    SessionRow.remote_id,
+                    SessionRow.id,
+                    SessionRow.state,
+                    SessionRow.version,
+                ).where(SessionRow.account_id == self.ctx.account_id),
+                execution_options={"yield_per": 2000},
+            ):
+                unseen.discard(rid)
+                back = state in (REMOTE_GONE, REMOTE_DELETED)
+                covered = listing.covered(rid)
+                if not back and covered:
+                    present_before += 1
+                item = listed.get(rid)
+                if item is None:
+                    if not back and covered:
+                        vanished.append((rid, pk))
+                elif mhash != item.version or back:
+                    touched.append((rid, pk, state, mhash))
             if not items and present_before:
                 # An empty list where sessions existed is a platform fault, never "all deleted".
                 log.warning(
@@ -477,7 +488,8 @@ class AccountPass:
                 )
                 self.ctx.report.errors.append("empty session list where sessions existed")
                 return False
-            new_ids = [rid for rid in listed if rid not in known]
+            new_ids = [rid for rid in listed if rid in unseen]
+            del unseen
             if self.ctx.dry_run:
                 # Say what is new, record nothing: a dry run changes nothing, here included.
                 self.ctx.dry_new = new_ids
@@ -490,11 +502,9 @@ class AccountPass:
                     [rows.new_values(self.ctx.account_id, listed[r], now) for r in chunk],
                 )
             self.ctx.report.new = len(new_ids)
-            for rid, (pk, state, mhash) in known.items():
-                item = listed.get(rid)
+            for rid, pk, state, mhash in touched:
+                item = listed[rid]
                 back = state in (REMOTE_GONE, REMOTE_DELETED)
-                if item is None or (mhash == item.version and not back):
-                    continue
                 row = db.get(SessionRow, pk)
                 if mhash != item.version:
                     self.ctx.report.changed += 1
@@ -536,13 +546,6 @@ class AccountPass:
                     log.warning("session %s is listed again after its deletion", rid)
                 if back and row.state == NEW:
                     row.attempts = 0  # a fresh start for a session the platform holds again
-            vanished = [
-                (rid, pk)
-                for rid, (pk, state, _) in known.items()
-                if rid not in listed
-                and state not in (REMOTE_GONE, REMOTE_DELETED)
-                and listing.covered(rid)
-            ]
             if vanished:
                 self._record_vanished(db, deleter, vanished, now)
         if self.ctx.report.new:

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "benchmarks" / "run.py"
-KEYS = ("throughput", "memory", "bigfile", "idle", "startup", "scale")
+KEYS = ("throughput", "memory", "bigfile", "idle", "startup", "scale", "s3")
 
 pytestmark = pytest.mark.slow
 

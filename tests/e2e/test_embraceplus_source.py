@@ -686,3 +686,90 @@ def test_an_archive_copied_elsewhere_verifies_offline(lab: Lab, s3: S3, tmp_path
     assert verdict.ok and verdict.recorded[0] == lab.rows()[key]["recorded_at"]
     copy.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     assert "differs from the ETag" in found.verify(copy, item).problems[0]
+
+
+# -- an existing `aws s3 sync` copy ----------------------------------------------------------
+
+
+def test_an_aws_s3_sync_copy_in_place_is_adopted_after_verifying_not_downloaded_again(
+    lab: Lab, s3: S3, run_cli
+):
+    """docs/embraceplus.md: a lab that mirrored the bucket with `aws s3 sync` puts
+    ``archive.root`` so that ``{account}/{key}`` lands on its copy. A file there with no
+    sidecar whose size, MD5 (the ETag) and content are the listed object's is adopted (a
+    sidecar written, its row verified) with no GET; any other file e4sync did not write is
+    left exactly as it is, and the object archived beside it."""
+    raw, raw_data = recent_raw(s3, 0)
+    day_csv = csv_key(days_ago(0), "P-01", "3YK3K15223")
+    s3.put(day_csv, csv_bytes(days_ago(0), 30))
+    stale = csv_key(days_ago(1), "P-01", "3YK3K15223")
+    old = csv_bytes(days_ago(1), 60)
+    s3.put(stale, old)
+    day = days_ago(1)
+    start = int(datetime(day.year, day.month, day.day, 11, tzinfo=UTC).timestamp())
+    multipart = raw_key(day, "P-01", "3YK3K15223", start)
+    s3.put_multipart(multipart, [avro_variant("P-01", "3YK3K15223", start)])
+    # The lab's mirror, as `aws s3 sync s3://<bucket>/<prefix> <root>/<account>/` leaves it:
+    # every object under its key below the prefix, made by boto3's downloads, no sidecars.
+    client = s3.moto.client()
+    for key in sorted(s3.keys_now()):
+        lab.path(key).parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(s3.bucket, key, str(lab.path(key)))
+    # Since then one CSV was rewritten to the same size, which `aws s3 sync` skips.
+    new = csv_bytes(days_ago(1), 60, bump=1)
+    assert len(new) == len(old) and new != old
+    s3.put(stale, new)
+    before = {p: (p.stat().st_ino, p.read_bytes()) for p in lab.archive.rglob("*") if p.is_file()}
+
+    mark = s3.proxy.mark()
+    plan = run_cli("run-once", "--dry-run", "--config", str(lab.config)).out
+    assert plan.count("would be adopted, not downloaded") == 2, plan
+    assert "get" not in s3.proxy.ops(mark)
+    assert {p for p in lab.archive.rglob("*") if p.is_file()} == set(before)  # wrote nothing
+
+    mark = s3.proxy.mark()
+    result = run_cli("run-once", "--config", str(lab.config), "--json")
+    (account,) = json.loads(result.out)["accounts"]
+    assert (account["adopted"], account["downloaded"], account["failed"]) == (2, 2, 0)
+    gets = sorted(r.key for r in s3.proxy.requests(mark) if r.op == "get")
+    assert gets == sorted([stale, multipart]), "the adopted files were not fetched"
+    rows = lab.rows()
+    assert {k: r["state"] for k, r in rows.items()} == dict.fromkeys(
+        (raw, day_csv, stale, multipart), "verified"
+    )
+    # Adopted: the very same file (inode and bytes), a sidecar beside it, the row's facts.
+    for key, data in ((raw, raw_data), (day_csv, s3.get(day_csv))):
+        path = lab.path(key)
+        assert (path.stat().st_ino, path.read_bytes()) == before[path] and path.read_bytes() == data
+        sidecar = lab.sidecar(key)
+        assert sidecar["session_id"] == key and sidecar["sha256"] == sha256_hex(data)
+        assert sidecar["content"]["integrity"]["md5"] == "matches the ETag"
+        assert sidecar["validators"]["etag"] == f'"{md5_hex(data)}"'
+        assert rows[key]["local_path"] == path.relative_to(lab.archive).as_posix()
+        assert rows[key]["sha256"] == sha256_hex(data)
+        assert rows[key]["remote_etag"] == f'"{md5_hex(data)}"'
+    assert rows[raw]["recorded_at"] == recent_start(0) and rows[raw]["duration"] > 0
+    assert json.loads(rows[raw]["content_json"])["streams"]["eda"]["samples"] > 0
+    assert lab.sidecar(day_csv)["content"]["rows"] == 30
+    # Not the object's bytes (stale), or not provably so (a multipart ETag is no MD5): the
+    # lab's file is untouched and has no sidecar; e4sync's verified copy is beside it.
+    for key, data in ((stale, new), (multipart, s3.get(multipart))):
+        path = lab.path(key)
+        assert (path.stat().st_ino, path.read_bytes()) == before[path]
+        assert not path.with_suffix(".json").exists()
+        archived = lab.archive / rows[key]["local_path"]
+        assert archived != path and archived.parent == path.parent
+        assert archived.read_bytes() == data and rows[key]["sha256"] == sha256_hex(data)
+    assert not list(lab.archive.rglob("*.part")) and not lab.versions()
+
+    mark = s3.proxy.mark()
+    again = lab.run()
+    assert (again.adopted, again.downloaded, again.failed) == (0, 0, 0)
+    assert "get" not in s3.proxy.ops(mark)
+    assert "4 files checked, 4 match" in run_cli("verify", "--config", str(lab.config)).out
+
+
+def recent_start(n_days: int) -> int:
+    """The recording start ``recent_raw`` gives a file of ``n_days`` ago."""
+    day = days_ago(n_days)
+    return int(datetime(day.year, day.month, day.day, 9, tzinfo=UTC).timestamp())

@@ -2,7 +2,7 @@
 (SPEC section 9).
 
 ``KIND`` is what the core knows of it: how to connect an account (``adapter``, which
-imports boto3 only then, so that E4 Connect users pay nothing for it at start-up), how to
+imports botocore only then, so that E4 Connect users pay nothing for it at start-up), how to
 rebuild an item from the raw metadata a sidecar kept and what a key a person gives must be
 (``keys``), how to check a fetched object offline (``checks``: size, MD5 against a plain
 ETag, an Avro recording's or a biomarker CSV's content), what the account points at, and

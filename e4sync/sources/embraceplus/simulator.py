@@ -12,7 +12,9 @@ from the real Avro file (``avrogen``), with moto's IAM auth on: read-only keys s
 prefix (GetObject + ListBucket; DeleteObject is AccessDenied), full keys, and pairs that
 must be refused (a wrong secret, an unknown key id). In front of moto sits a small threaded
 proxy (:class:`Faults`, :class:`RequestRecord`): it passes every request and header through
-unchanged (a client signs for the proxy's host:port, which moto then checks), logs each one,
+unchanged (a client signs for the proxy's host:port, which moto then checks; only the
+hop-by-hop ``Connection`` and ``Keep-Alive`` of moto's answers stay behind, so a client's
+connection is kept alive as S3 keeps it, though moto closes each of its own), logs each one,
 and on demand answers ``503 SlowDown`` or ``500 InternalError``, drops a connection, cuts
 a GET body after N bytes, or adds latency. It also refuses a read-only key's listing outside
 the prefix (moto ignores the policy's ``s3:prefix`` condition; S3 does not).
@@ -45,6 +47,7 @@ import logging
 import math
 import random
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -452,9 +455,17 @@ class FaultProxy:
         return not record.params.get("prefix", "").startswith(scope)
 
 
+_HOP_BY_HOP = frozenset({"connection", "keep-alive"})
+
+
 class _ProxyServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     proxy: FaultProxy
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client went away mid-answer (a killed pass): nothing to report
+        super().handle_error(request, client_address)
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
@@ -463,6 +474,9 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # An answer goes out as headers, then body: without TCP_NODELAY the body waits for
+        # the client's delayed ACK of the headers (40 ms on Linux) on every request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._upstream: http.client.HTTPConnection | None = None
         with self.server.proxy._lock:
             self.server.proxy._sockets.add(self.connection)
@@ -552,6 +566,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 self._upstream = http.client.HTTPConnection(
                     host, port, timeout=self.server.proxy.timeout
                 )
+                self._upstream.connect()
+                self._upstream.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = self._upstream
             try:
                 conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -596,7 +612,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             record.fault = "cut"
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
-            self.send_header(name, value)
+            # Connection and Keep-Alive are hop-by-hop: moto's server closes each of its
+            # connections, the client's stays open (S3 keeps connections alive).
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
         self.end_headers()
         if no_body:
             response.read()
