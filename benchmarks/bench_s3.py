@@ -575,6 +575,9 @@ def _result(
     def rss(runs: list[Measured]) -> float:
         return median([m.rss_mb for m in runs])
 
+    def cpu(runs: list[Measured]) -> float:
+        return median([m.cpu_s for m in runs])
+
     def cell(tool: str, text: Any) -> str:
         if tool in missing:
             return NOT_INSTALLED
@@ -600,6 +603,11 @@ def _result(
             "",
             "",
         ],
+        # On a small machine the delivery and the client share the cores: a client's CPU
+        # time is what it takes from the delivery, and so a large part of its wall time.
+        ["first mirror: CPU time, user + system (median)"]
+        + [cell(t, lambda t: fmt_s(cpu(mirror[t]))) for t in columns],
+        ["  floor: botocore's list and GETs alone", fmt_s(cpu(floors["floor"])), "", ""],
         ["first mirror: peak RSS"] + [cell(t, lambda t: fmt_mb(rss(mirror[t]))) for t in columns],
         ["first mirror: requests"]
         + [cell(t, lambda t: requests(mirror_requests[t])) for t in columns],

@@ -65,13 +65,15 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 @dataclass
 class Measured:
-    """One child process: wall seconds, its own peak RSS (MB), exit code and output."""
+    """One child process: wall seconds, its own peak RSS (MB), exit code and output, and
+    the CPU seconds (user + system) it and its children used."""
 
     seconds: float
     rss_mb: float
     code: int
     out: str
     err: str
+    cpu_s: float = float("nan")
 
     def check(self, what: str, ok: tuple[int, ...] = (0,)) -> Measured:
         """This run, if it exited with one of the ``ok`` codes; RuntimeError otherwise."""
@@ -99,7 +101,7 @@ for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda n, _f: os.kill(pid, n))
 _, status, usage = os.wait4(pid, 0)
 with open(report, "w") as f:
-    f.write(f"{usage.ru_maxrss} {time.perf_counter() - started}")
+    f.write(f"{usage.ru_maxrss} {time.perf_counter() - started} {usage.ru_utime + usage.ru_stime}")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
@@ -149,15 +151,16 @@ def run_child(
             if helper:
                 helper.join(timeout=60)
         try:
-            maxrss_kb, seconds = report.read_text().split()
+            maxrss_kb, seconds, cpu = report.read_text().split()
         except (OSError, ValueError):
-            maxrss_kb, seconds = "0", "nan"  # the launcher itself failed: see err
+            maxrss_kb, seconds, cpu = "0", "nan", "nan"  # the launcher itself failed: see err
         return Measured(
             float(seconds),
             int(maxrss_kb) / 1024,
             proc.returncode,
             out_path.read_bytes().decode(errors="replace"),
             err_path.read_bytes().decode(errors="replace"),
+            float(cpu),
         )
 
 
