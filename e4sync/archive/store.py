@@ -17,6 +17,7 @@ Must not import: e4sync.sources, e4sync.client, e4sync.state, e4sync.sync, e4syn
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -344,6 +345,59 @@ class Archive:
             log.warning("kept the %s copy %s aside as %s", reason, final, aside)
             return aside
         raise StorageError(f"no free name to keep {final} aside after {MAX_COLLISIONS} tries")
+
+    def keep_refused(
+        self,
+        part: Path,
+        relpath: str | PurePath,
+        data: dict,
+        aside_root: PurePosixPath | None = None,
+    ) -> Path:
+        """Keep a fetched file that its checks refused, but whose bytes are the platform's
+        own (its content is what is wrong, so fetching it again brings the same bytes), as
+        ``<stem>.refused-<UTC time><suffix>`` where ``keep_aside`` would put a copy of
+        ``relpath``, with ``data`` as its sidecar (marked ``kept_aside``, so ``reindex``
+        never takes it for the item's copy), and return that path. The same bytes kept
+        already (an earlier attempt) are not kept twice: that name is returned. The part
+        keeps its name; the caller removes it. The same durable order as a commit."""
+        rel = _relpath(relpath)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        folder = rel.parent
+        if aside_root is not None:
+            folder = _relpath(aside_root) / rel.parent.relative_to(_relpath(aside_root).parent)
+        where = self.resolve(folder / rel.name).parent
+        self._makedirs(where)
+        ext, marker = suffix_of(rel.name), ".refused-"
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(where)):
+                if marker in name and name.endswith(ext):
+                    earlier = self.read_sidecar(folder / name)
+                    if earlier is not None and earlier.get("sha256") == data.get("sha256"):
+                        return where / name
+        for beside in aside_names(rel, "refused", stamp):
+            aside_rel = folder / beside.name
+            aside = self.resolve(aside_rel)
+            if os.path.lexists(aside) or os.path.lexists(self.sidecar_path(aside_rel)):
+                continue
+            fsync_file(part)
+            staged = self._stage_sidecar(
+                aside_rel, mark_kept_aside(data, "refused", stamp, aside.name)
+            )
+            try:
+                os.link(part, aside)
+            except FileExistsError:
+                _unlink_quietly(staged)
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_HARDLINK_ERRNOS:
+                    _unlink_quietly(staged)
+                    raise _storage_error("keep the refused file", aside, exc) from exc
+                os.rename(part, aside)  # no hard links here: the name moves instead
+            fsync_dir(aside.parent)
+            os.replace(staged, self.sidecar_path(aside_rel))
+            fsync_dir(aside.parent)
+            return aside
+        raise StorageError(f"no free name to keep the refused {rel} after {MAX_COLLISIONS} tries")
 
     @staticmethod
     def _kept_already(final: Path, folder: Path, reason: str) -> Path | None:

@@ -146,6 +146,10 @@ class Verdict:
     facts: Mapping[str, Any] = field(default_factory=dict)
     # The span the file records, when its content says: (start unix seconds, seconds).
     recorded: tuple[int, float] | None = None
+    # The bytes are proven to be the platform's own (a digest it published matched), so the
+    # problems are in the content itself: downloading again brings the same bytes, and a
+    # refused file is kept aside for a person rather than thrown away.
+    bytes_proven: bool = False
 
     @property
     def ok(self) -> bool:

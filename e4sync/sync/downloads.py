@@ -409,9 +409,12 @@ class Downloader:
             if not got.adopted:
                 verdict = self.source.verify(got.part, item)
                 if verdict.problems:
+                    said = "; ".join(verdict.problems)
+                    if verdict.bytes_proven:
+                        said += self._keep_refused(item, got, verdict)
                     with contextlib.suppress(OSError):
                         got.part.unlink()
-                    raise NotAZipError("; ".join(verdict.problems))
+                    raise NotAZipError(said)
                 sidecar = self._sidecar(item, got, time.time(), verdict)
                 self.ctx.archive.commit(
                     got.part, got.relpath, sidecar, aside_root=self._aside_root()
@@ -425,6 +428,23 @@ class Downloader:
             self._archiving_failed(pk, item, got.part, exc)
         finally:
             self.ctx.on_progress(item.id)
+
+    def _keep_refused(self, item: Item, got: _Fetched, verdict: Verdict) -> str:
+        """Keep a refused file whose bytes are the platform's own (never lose what may be
+        the only copy), once; what to add to the error that says why it was refused."""
+        data = self._sidecar(item, got, time.time(), verdict)
+        data["refused"] = list(verdict.problems)
+        try:
+            kept = self.ctx.archive.keep_refused(
+                got.part, got.relpath, data, aside_root=self._aside_root()
+            )
+        except (E4SyncError, OSError) as exc:
+            log.warning("session %s: the refused file could not be kept: %s", item.id, exc)
+            return ""
+        return (
+            f"; its bytes are the platform's own (a digest it published matched), kept at "
+            f"{kept} for a person to look at; it is fetched again at the next attempts"
+        )
 
     def _archiving_failed(self, pk: int, item: Item, part: Path, exc: BaseException) -> None:
         """What an error while verifying, committing or recording one download means."""

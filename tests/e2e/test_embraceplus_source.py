@@ -12,11 +12,13 @@ folders and files in tmp_path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,7 +66,7 @@ def days_ago(n: int):
 def recent_raw(s3: S3, n_days: int = 0, participant: str = "P-01", serial: str = "3YK3K15223"):
     """A raw recording of ``n_days`` ago (its day folder and its content agree), put."""
     day = days_ago(n_days)
-    start = int(datetime(day.year, day.month, day.day, 9, tzinfo=UTC).timestamp())
+    start = recent_start(n_days)
     key = raw_key(day, participant, serial, start)
     data = avro_variant(participant, serial, start)
     s3.put(key, data)
@@ -268,6 +270,32 @@ def test_a_raw_file_of_another_participant_or_device_than_its_folder_is_refused(
     assert "not a whole Avro container" in rows[not_avro]["last_error"]
     for key in (wrong_person, wrong_device, not_avro):
         assert not lab.path(key).exists() and not list(lab.path(key).parent.glob("*.part"))
+
+
+def test_a_refused_file_whose_bytes_are_s3s_own_is_kept_aside_once(lab: Lab, s3: S3):
+    """Fetching it again brings the same bytes, and they may be the only copy there is."""
+    day = days_ago(0)
+    start = int(datetime(day.year, day.month, day.day, 9, tzinfo=UTC).timestamp())
+    refused = raw_key(day, "P-2", "3YK3K15223", start)
+    data = avro_variant("P-1-a", "3YK3K15223", start)  # another participant's recording
+    s3.put(refused, data)
+
+    first = lab.run()
+    assert (first.downloaded, first.failed) == (0, 1)
+    (kept,) = [p for p in lab.versions() if p.suffix == ".avro"]
+    assert kept.read_bytes() == data and ".refused-" in kept.name
+    assert kept.parent == (lab.archive / ACCOUNT / ".versions" / refused[len(PREFIX) :]).parent
+    side = json.loads(kept.with_suffix(".json").read_text())
+    assert side["kept_aside"]["reason"] == "refused" and side["file"] == kept.name
+    assert any("its folder of 'P-2'" in why for why in side["refused"])
+    assert side["sha256"] == hashlib.sha256(data).hexdigest()
+    assert str(kept) in lab.rows()[refused]["last_error"]
+    assert not lab.path(refused).exists()
+
+    second = lab.run()  # backoff 0s: tried again, the same bytes, not kept twice
+    assert second.failed == 1 and lab.rows()[refused]["attempts"] == 2
+    assert [p for p in lab.versions() if p.suffix == ".avro"] == [kept]
+    assert lab.rows()[refused]["state"] != "verified"
 
 
 # -- listing: lookback and full ------------------------------------------------------------
@@ -475,6 +503,7 @@ def test_a_body_altered_in_transit_is_refused_then_fetched_whole(lab: Lab, s3: S
     error = lab.rows()[key]["last_error"]
     assert ("SHA256 checksum" if checksum else "differs from the ETag") in error
     assert not lab.path(key).exists()
+    assert lab.versions() == []  # bytes that are not S3's are nobody's: not kept aside
     assert lab.run().downloaded == 1 and lab.path(key).read_bytes() == data
 
 
@@ -770,6 +799,10 @@ def test_an_aws_s3_sync_copy_in_place_is_adopted_after_verifying_not_downloaded_
 
 
 def recent_start(n_days: int) -> int:
-    """The recording start ``recent_raw`` gives a file of ``n_days`` ago."""
+    """The recording start ``recent_raw`` gives a file of ``n_days`` ago: 09:00 UTC that
+    day, or its midnight while today's 09:00 is still to come (a recording from the future
+    is one no deletion would take, and the suite may run just after midnight)."""
     day = days_ago(n_days)
-    return int(datetime(day.year, day.month, day.day, 9, tzinfo=UTC).timestamp())
+    midnight = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+    nine = midnight + 9 * 3600
+    return nine if nine <= time.time() - 60 else midnight

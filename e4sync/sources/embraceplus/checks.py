@@ -176,6 +176,7 @@ class _Findings:
     warnings: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     recorded: tuple[int, float] | None = None
+    bytes_proven: bool = False
 
     def verdict(self) -> Verdict:
         return Verdict(
@@ -183,6 +184,7 @@ class _Findings:
             warnings=tuple(self.warnings),
             facts=self.facts,
             recorded=self.recorded,
+            bytes_proven=self.bytes_proven,
         )
 
 
@@ -222,6 +224,10 @@ def check(path: Path, item: Item, received: Received | None = None) -> Verdict:
         integrity["resumed"] = received.resumed
     if found.problems:
         return found.verdict()  # the bytes are not the object's: their content says nothing
+    # S3's MD5 (the ETag) or its full-object checksum matched: these are the object's bytes.
+    found.bytes_proven = integrity.get("md5") == "matches the ETag" or str(
+        integrity.get("checksum", "")
+    ).endswith(" matches")
     prefix = str(item.raw.get("prefix") or "")
     info = parse_key(item.id[len(prefix) :] if item.id.startswith(prefix) else item.id)
     if info.kind == RAW:
