@@ -50,7 +50,7 @@ from e4sync.errors import (
     StorageError,
 )
 from e4sync.fsutil import fsync_file
-from e4sync.sources import Item, RemoteVersion, Source, Verdict, kind
+from e4sync.sources import Item, Listing, RemoteVersion, Source, Verdict, kind
 from e4sync.state.models import (
     DOWNLOADING,
     DUE_STATES,
@@ -238,6 +238,37 @@ class Downloader:
         finally:
             recorder, self._recorder = self._recorder, None
             recorder.close()  # every verified download's row committed before going on
+
+    def due_beyond(self, listing: Listing) -> dict[str, Item]:
+        """The due items a partial listing could not have shown (an object in a day folder
+        older than the lookback), rebuilt from the metadata they were last listed with, so
+        that a retry is tried at this pass rather than at the next whole listing (a day
+        away). A GET pinned to that version by If-Match keeps a changed object from being
+        saved; one gone fails its GET and waits for the next whole listing to say so."""
+        if listing.complete:
+            return {}
+        ctx = self.ctx
+        now = time.time()
+        rebuild = kind(ctx.account.source).item_from_raw
+        found: dict[str, Item] = {}
+        with ctx.sessions() as db:
+            rows = db.execute(
+                select(SessionRow.remote_id, SessionRow.remote_json).where(
+                    SessionRow.account_id == ctx.account_id,
+                    SessionRow.state.in_(DUE_STATES),
+                    (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
+                )
+            )
+            for rid, raw in rows:
+                if listing.covered(rid):
+                    continue  # listed (then it is in the listing) or known gone
+                try:
+                    item = rebuild(json.loads(raw or "{}"))
+                except ValueError:
+                    item = None
+                if item is not None and item.id == rid:
+                    found[rid] = item
+        return found
 
     def _download(self, due: list[tuple[int, str]], listed: dict[str, Item]) -> None:
         ctx = self.ctx

@@ -418,7 +418,9 @@ class AccountPass:
         )
         ctx.report.lost = len(copies.requeued) + len(copies.lost)
         listed = {i.id: i for i in listing.items}
-        downloader.download_due(listed)
+        # Only what was listed counts for deletion; a retry outside a partial listing is
+        # downloaded all the same.
+        downloader.download_due({**downloader.due_beyond(listing), **listed})
         damage = statedb.damage_found(ctx.engine)
         if damage is not None:
             # A download thread met it and stopped the account: no deletion on its word.

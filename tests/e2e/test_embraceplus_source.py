@@ -534,6 +534,31 @@ def test_slow_down_and_500_are_retried_with_backoff(lab: Lab, s3: S3):
     assert s3.proxy.counts()["get"] == 3
 
 
+def test_a_failed_object_older_than_the_lookback_is_retried_at_the_next_pass(
+    lab: Lab, s3: S3, monkeypatch
+):
+    """Not a day later, at the next whole listing: the retry is made from the metadata it
+    was listed with, pinned to that version by If-Match."""
+    from e4sync.sources.embraceplus import adapter
+
+    monkeypatch.setattr(adapter, "MAX_ATTEMPTS", 1)
+    key, data = recent_raw(s3, 10)  # a day folder well beyond the 3-day lookback
+    fault = s3.proxy.add(op="get", key=key, status=500, code="InternalError", times=100)
+    first = lab.run()  # the first listing is whole
+    assert (first.downloaded, first.failed) == (0, 1)
+    assert lab.rows()[key]["state"] != "verified"
+    s3.proxy.faults.remove(fault)  # S3 works again
+
+    mark = s3.proxy.mark()
+    second = lab.run()  # full_listing 1d: only the recent day folders are listed
+    lists = [r for r in s3.proxy.requests(mark) if r.op == "list" and not login(r)]
+    assert [r.query["start-after"] for r in lists] == [[PREFIX + f"participant_data/{days_ago(3)}"]]
+    assert (second.listed, second.downloaded, second.failed) == (0, 1, 0)
+    assert lab.rows()[key]["state"] == "verified" and lab.path(key).read_bytes() == data
+    (get,) = [r for r in s3.proxy.requests(mark) if r.op == "get"]
+    assert get.headers["If-Match"] == f'"{md5_hex(data)}"'
+
+
 def test_an_s3_that_keeps_failing_is_temporary_exit_75(lab: Lab, s3: S3, run_cli, monkeypatch):
     from e4sync.sources.embraceplus import adapter
 
