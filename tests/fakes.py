@@ -362,7 +362,8 @@ class MemorySource:
             raise fault.error
         limit = len(data) if fault is None else min(len(data), fault.cut_after or 0)
         digest, size = hashlib.sha256(), 0
-        with open(part_path, "wb") as fh:
+        Path(part_path).unlink(missing_ok=True)  # a new file: never one a part still names
+        with open(part_path, "xb") as fh:
             for start in range(0, limit, CHUNK):
                 if cancel is not None and cancel.is_set():
                     raise Interrupted(f"stopped while fetching {item.id!r}")

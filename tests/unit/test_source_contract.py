@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,20 @@ def test_fetch_writes_the_platforms_bytes_and_says_their_size_and_sha256(platfor
         assert fetched.size == len(data) == part.stat().st_size
         assert fetched.sha256 == sha256(data)
         assert sum(progress) == fetched.size, "every byte is reported as it arrives"
+
+
+def test_a_fetch_never_writes_through_a_part_that_is_a_second_name(platform, tmp_path):
+    """A kill between linking a part to its final name (or to a copy kept aside) and
+    removing it leaves the part as a second name of a kept file: a new fetch makes a new
+    file there, never empties or rewrites that one."""
+    item = listed(platform)[0]
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"a file e4sync keeps")
+    part = tmp_path / "again.part"
+    os.link(kept, part)
+    platform.source.fetch(item, part)
+    assert part.read_bytes() == platform.platform_bytes(item.id)
+    assert kept.read_bytes() == b"a file e4sync keeps"
 
 
 def test_a_fetched_file_verifies_online_and_offline(platform, tmp_path):

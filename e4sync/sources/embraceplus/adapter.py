@@ -549,7 +549,10 @@ class S3Source:
         )
         expected = item.size if item.size is not None else answer.get("ContentLength")
         try:
-            with open(part_path, "wb") as out:
+            # A new file, never the old one truncated: a part left by a kill between link and
+            # unlink is a second name of an archived or kept-aside file, which "wb" would empty.
+            part_path.unlink(missing_ok=True)
+            with open(part_path, "xb") as out:
                 self._stream(answer, out, received, key, etag, expected, cancel, progress)
         except BaseException:
             # Nothing half-fetched is of use later: the next attempt starts from byte 0.
