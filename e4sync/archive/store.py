@@ -304,9 +304,8 @@ class Archive:
         rel = _relpath(relpath)
         final = self.resolve(rel)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        folder = rel.parent
+        folder = _aside_folder(rel, aside_root)
         if aside_root is not None:
-            folder = _relpath(aside_root) / rel.parent.relative_to(_relpath(aside_root).parent)
             self._makedirs(self.resolve(folder))
         earlier = self._kept_already(final, self.resolve(folder / rel.name).parent, reason)
         if earlier is not None:
@@ -362,9 +361,7 @@ class Archive:
         keeps its name; the caller removes it. The same durable order as a commit."""
         rel = _relpath(relpath)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        folder = rel.parent
-        if aside_root is not None:
-            folder = _relpath(aside_root) / rel.parent.relative_to(_relpath(aside_root).parent)
+        folder = _aside_folder(rel, aside_root)
         where = self.resolve(folder / rel.name).parent
         self._makedirs(where)
         ext, marker = suffix_of(rel.name), ".refused-"
@@ -724,6 +721,14 @@ def _unlink_quietly(path: Path) -> None:
 
 def _walk_error(exc: OSError) -> None:
     log.warning("cannot read the folder %s: %s", exc.filename, explain(exc))
+
+
+def _aside_folder(rel: PurePosixPath, aside_root: PurePosixPath | None) -> PurePosixPath:
+    """Where a copy of ``rel`` is kept aside: its own folder, or the same place under
+    ``aside_root`` (``{account}/.versions/a/b`` for ``{account}/a/b/X``)."""
+    if aside_root is None:
+        return rel.parent
+    return _relpath(aside_root) / rel.parent.relative_to(_relpath(aside_root).parent)
 
 
 def _storage_error(what: str, path: Path, exc: OSError) -> StorageError:

@@ -257,7 +257,8 @@ class Downloader:
                     SessionRow.account_id == ctx.account_id,
                     SessionRow.state.in_(DUE_STATES),
                     (SessionRow.next_attempt_at.is_(None)) | (SessionRow.next_attempt_at <= now),
-                )
+                ),
+                execution_options={"yield_per": 2000},  # a first pass may leave 100,000 due
             )
             for rid, raw in rows:
                 if listing.covered(rid):
